@@ -1,0 +1,113 @@
+//! The gateway's only source of wall-clock time.
+//!
+//! Every timestamp the gateway stores or compares (creation, use, idle limits, rate-limit
+//! windows) comes from a [`Clock`]. Production uses [`SystemClock`]; tests inject a
+//! [`ManualClock`] and move it forward to exercise the idle policy without waiting. The
+//! database server's clock is never used (SQL never calls `now()`).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, UTC. The unit every layer (store, policy, API) shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + d`, saturating (durations come from config and may be huge).
+    pub fn add(self, d: Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// `self - d`, saturating.
+    pub fn sub(self, d: Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
+    /// RFC 3339 in UTC with a `Z`, second precision (`2026-11-26T03:04:05Z`).
+    pub fn rfc3339(self) -> String {
+        let secs = u64::try_from(self.0.div_euclid(1000)).unwrap_or(0);
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    }
+}
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The operating system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+/// A clock that only moves when told to; shared by cloning. For tests.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(Arc::new(AtomicI64::new(start.0)))
+    }
+
+    /// Starts at the current system time (rounded to a whole second, so API timestamps
+    /// printed with second precision compare exactly).
+    pub fn starting_now() -> Self {
+        let now = SystemClock.now().0;
+        Self::new(Timestamp(now - now.rem_euclid(1000)))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// The clock handle the rest of the gateway holds.
+pub type SharedClock = Arc<dyn Clock>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(Timestamp(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp(1_700_000_000_999).rfc3339(), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(Timestamp(1000));
+        assert_eq!(c.now(), Timestamp(1000));
+        c.advance(Duration::from_secs(2));
+        assert_eq!(c.now(), Timestamp(3000));
+        assert_eq!(c.now().add(Duration::from_millis(5)), Timestamp(3005));
+        assert_eq!(c.now().sub(Duration::from_millis(5)), Timestamp(2995));
+    }
+}

@@ -1,0 +1,170 @@
+//! Refusals of the proxy listener and their one mapping to HTTP (linkerd's "rescue" idea):
+//! pipeline steps return a [`ProxyError`], and only [`ProxyError::into_response`] decides the
+//! status, the `error` code and the body. Bodies of the common refusals are static bytes, so a
+//! flood of bad tokens allocates nothing for them.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+/// The proxy's response body: a small static/owned body, or the upstream's stream.
+pub type ProxyBody = Either<Full<Bytes>, hyper::body::Incoming>;
+
+macro_rules! json_body {
+    ($code:literal, $msg:literal) => {
+        concat!("{\"error\":\"", $code, "\",\"message\":\"", $msg, "\"}")
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("too many failed authentications")]
+    TooManyFailures { retry_after_secs: u64 },
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("token store unavailable")]
+    StoreUnavailable,
+    #[error("token inactive")]
+    TokenInactive,
+    #[error("client IP blocked for this token")]
+    IpBlocked,
+    #[error("no route")]
+    NoRoute,
+    #[error("access denied")]
+    AccessDenied,
+    #[error("bad gateway")]
+    BadGateway,
+    #[error("gateway timeout")]
+    GatewayTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenInactive | ProxyError::IpBlocked | ProxyError::AccessDenied => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The SPEC's `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::TooManyFailures { .. } => "too_many_failures",
+            ProxyError::MissingToken => "missing_token",
+            ProxyError::InvalidToken => "invalid_token",
+            ProxyError::StoreUnavailable => "store_unavailable",
+            ProxyError::TokenInactive => "token_inactive",
+            ProxyError::IpBlocked => "ip_blocked",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::AccessDenied => "access_denied",
+            ProxyError::BadGateway => "bad_gateway",
+            ProxyError::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    fn body(&self) -> Bytes {
+        let s: &'static str = match self {
+            ProxyError::InvalidRequest(reason) => {
+                let v = serde_json::json!({"error": "invalid_request", "message": reason});
+                return Bytes::from(v.to_string());
+            }
+            ProxyError::HeadersTooLarge => {
+                json_body!("headers_too_large", "the request header block is too large")
+            }
+            ProxyError::TooManyFailures { .. } => json_body!(
+                "too_many_failures",
+                "too many failed authentications from this address; retry later"
+            ),
+            ProxyError::MissingToken => {
+                json_body!("missing_token", "an Authorization: Bearer token is required")
+            }
+            ProxyError::InvalidToken => json_body!("invalid_token", "the token is not valid"),
+            ProxyError::StoreUnavailable => json_body!(
+                "store_unavailable",
+                "the token store is unavailable; retry later"
+            ),
+            ProxyError::TokenInactive => json_body!("token_inactive", "the token is inactive"),
+            ProxyError::IpBlocked => {
+                json_body!("ip_blocked", "this client address is blocked for the token")
+            }
+            ProxyError::NoRoute => json_body!("no_route", "no route matches this request"),
+            ProxyError::AccessDenied => {
+                json_body!("access_denied", "the token does not grant access to this API")
+            }
+            ProxyError::BadGateway => json_body!("bad_gateway", "the upstream could not be reached"),
+            ProxyError::GatewayTimeout => {
+                json_body!("gateway_timeout", "the upstream did not answer in time")
+            }
+        };
+        Bytes::from_static(s.as_bytes())
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(Either::Left(Full::new(self.body())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            ProxyError::MissingToken => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tokengate\""));
+            }
+            ProxyError::InvalidToken => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokengate\", error=\"invalid_token\""),
+                );
+            }
+            ProxyError::TooManyFailures { retry_after_secs } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_json_with_the_code() {
+        let all = [
+            ProxyError::InvalidRequest("x \"quoted\""),
+            ProxyError::HeadersTooLarge,
+            ProxyError::TooManyFailures { retry_after_secs: 3 },
+            ProxyError::MissingToken,
+            ProxyError::InvalidToken,
+            ProxyError::StoreUnavailable,
+            ProxyError::TokenInactive,
+            ProxyError::IpBlocked,
+            ProxyError::NoRoute,
+            ProxyError::AccessDenied,
+            ProxyError::BadGateway,
+            ProxyError::GatewayTimeout,
+        ];
+        for e in all {
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["error"], e.code());
+            assert!(v["message"].is_string());
+        }
+    }
+}

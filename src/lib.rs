@@ -1,0 +1,18 @@
+//! tokengate: a reverse-proxy authentication gateway for application tokens.
+//!
+//! The binary (`src/main.rs`) is a thin shell over [`cli`]; everything else lives here so
+//! integration tests can start the real gateway in-process ([`app::Gateway::start`]).
+//! See ARCHITECTURE.md for the map and the invariants.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod limiter;
+pub mod net;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod token;
+pub mod usage;

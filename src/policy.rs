@@ -1,0 +1,114 @@
+//! Pure decisions: is a token usable now (status and the idle policy at request time), is an
+//! IP blocked, does the token hold the route's access. No IO here; the lifecycle sweep that
+//! persists these decisions lives in [`crate::lifecycle`].
+
+use std::net::IpAddr;
+
+use crate::clock::Timestamp;
+use crate::config::LifecycleConfig;
+use crate::net::BlockEntry;
+use crate::store::{InactiveReason, Status};
+
+/// The latest of creation, (re)activation and last use: the idle clock starts here.
+pub fn idle_start(
+    created_at: Timestamp,
+    activated_at: Option<Timestamp>,
+    last_used_at: Option<Timestamp>,
+) -> Timestamp {
+    let mut t = created_at;
+    if let Some(a) = activated_at {
+        t = t.max(a);
+    }
+    if let Some(u) = last_used_at {
+        t = t.max(u);
+    }
+    t
+}
+
+/// A token's status as the API and the proxy must report it at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effective {
+    Active,
+    Inactive(InactiveReason),
+    /// Idle past `delete_after`: gone everywhere, sweep or not (proxy 401, admin 404).
+    Deleted,
+}
+
+/// Applies the idle policy to a stored status at `now` (exact at request time).
+pub fn effective(
+    stored: Status,
+    reason: Option<InactiveReason>,
+    idle_since: Timestamp,
+    now: Timestamp,
+    lc: &LifecycleConfig,
+) -> Effective {
+    if now >= idle_since.add(lc.delete_after) {
+        return Effective::Deleted;
+    }
+    match stored {
+        Status::Inactive => Effective::Inactive(reason.unwrap_or(InactiveReason::Admin)),
+        Status::Active if now >= idle_since.add(lc.inactive_after) => {
+            Effective::Inactive(InactiveReason::Idle)
+        }
+        Status::Active => Effective::Active,
+    }
+}
+
+/// The block entry covering `ip`, if any (exact entries are checked first so the answer
+/// names the most specific one).
+pub fn blocked_by(blocks: &[BlockEntry], ip: IpAddr) -> Option<&BlockEntry> {
+    blocks
+        .iter()
+        .find(|b| b.is_single() && b.contains(ip))
+        .or_else(|| blocks.iter().find(|b| b.contains(ip)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DAY: i64 = 86_400_000;
+
+    fn lc() -> LifecycleConfig {
+        LifecycleConfig {
+            inactive_after: Duration::from_secs(30 * 86400),
+            delete_after: Duration::from_secs(90 * 86400),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn idle_start_is_the_latest_event() {
+        let t = |d: i64| Timestamp(d * DAY);
+        assert_eq!(idle_start(t(1), None, None), t(1));
+        assert_eq!(idle_start(t(1), Some(t(5)), Some(t(3))), t(5));
+        assert_eq!(idle_start(t(1), Some(t(2)), Some(t(3))), t(3));
+    }
+
+    #[test]
+    fn lapses_exactly_at_the_limits() {
+        let start = Timestamp(100 * DAY);
+        let at = |ms: i64| effective(Status::Active, None, start, Timestamp(start.0 + ms), &lc());
+        assert_eq!(at(30 * DAY - 1000), Effective::Active);
+        assert_eq!(at(30 * DAY), Effective::Inactive(InactiveReason::Idle));
+        assert_eq!(at(90 * DAY - 1), Effective::Inactive(InactiveReason::Idle));
+        assert_eq!(at(90 * DAY), Effective::Deleted);
+        let admin = effective(Status::Inactive, Some(InactiveReason::Admin), start, start, &lc());
+        assert_eq!(admin, Effective::Inactive(InactiveReason::Admin));
+    }
+
+    #[test]
+    fn blocks_match_exact_before_cidr() {
+        let blocks = vec![
+            BlockEntry::parse("10.0.0.0/8").unwrap(),
+            BlockEntry::parse("10.1.2.3").unwrap(),
+        ];
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(blocked_by(&blocks, ip).unwrap().to_string(), "10.1.2.3");
+        let ip: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(blocked_by(&blocks, ip).unwrap().to_string(), "10.0.0.0/8");
+        let ip: IpAddr = "11.0.0.1".parse().unwrap();
+        assert!(blocked_by(&blocks, ip).is_none());
+    }
+}

@@ -1,0 +1,257 @@
+//! Header rules between client and upstream (SPEC §2 "Headers").
+//!
+//! Order matters and is fixed here: hop-by-hop headers (and those the client names in
+//! `Connection`) are removed first, then everything the gateway owns is removed
+//! (`x-tokengate-*`, and the forwarding headers from an untrusted peer), and only then are
+//! the gateway's own headers added. So no client header can remove, replace or pre-empt a
+//! header the gateway sets.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::HeaderMap;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_TOKENGATE_TOKEN: HeaderName = HeaderName::from_static("x-tokengate-token");
+pub static X_TOKENGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-tokengate-token-id");
+pub static X_TOKENGATE_ACCESS: HeaderName = HeaderName::from_static("x-tokengate-access");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header named in `Connection`.
+/// When `upgrade` is `Some`, the request (or a 101 response) is a protocol upgrade and
+/// `Connection: upgrade` / `Upgrade: <value>` are put back after the strip.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    if headers.contains_key(CONNECTION) {
+        // Collect first: the names borrow from the map we are about to change. No allocation
+        // unless the client actually lists headers in Connection.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(proto) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, proto);
+    }
+}
+
+/// The `Upgrade` value when the request asks for a protocol upgrade (`Connection: upgrade`).
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes every `x-tokengate-*` header a client sent.
+pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-tokengate-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(&name);
+    }
+}
+
+/// What the pipeline learned about the request that the outgoing headers need.
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    pub peer_trusted: bool,
+    /// The request's original `Host` / `:authority`, for `X-Forwarded-Host`.
+    pub original_host: Option<HeaderValue>,
+    pub scheme: &'static str,
+    /// `Some` = set `Host` to this (the upstream authority); `None` = keep the client's.
+    pub host: Option<&'a HeaderValue>,
+    pub keep_authorization: bool,
+    pub token_name: &'a HeaderValue,
+    pub token_id: &'a HeaderValue,
+    pub token_access: &'a HeaderValue,
+}
+
+/// Rewrites a request's headers for the upstream. `headers` has already been through
+/// [`strip_hop_by_hop`].
+pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_gateway_headers(headers);
+    if !f.keep_authorization {
+        headers.remove(AUTHORIZATION);
+    }
+    let ip = HeaderValue::from_str(&f.client_ip.to_string())
+        .expect("an IP address is a valid header value");
+    if f.peer_trusted {
+        // Append the client IP to the chain the trusted proxy sent (folded into one line).
+        let mut chain: Vec<u8> = Vec::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(v.as_bytes());
+        }
+        let value = if chain.is_empty() {
+            ip
+        } else {
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&chain).unwrap_or(ip)
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    } else {
+        // From an untrusted peer these headers are claims we cannot check: drop them.
+        headers.remove(FORWARDED);
+        headers.remove(&X_REAL_IP);
+        headers.insert(X_FORWARDED_FOR.clone(), ip);
+    }
+    if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.scheme));
+    }
+    match &f.original_host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    match (f.host, &f.original_host) {
+        (Some(upstream), _) => {
+            headers.insert(HOST, upstream.clone());
+        }
+        (None, Some(orig)) => {
+            headers.insert(HOST, orig.clone());
+        }
+        (None, None) => {}
+    }
+    headers.insert(X_TOKENGATE_TOKEN.clone(), f.token_name.clone());
+    headers.insert(X_TOKENGATE_TOKEN_ID.clone(), f.token_id.clone());
+    headers.insert(X_TOKENGATE_ACCESS.clone(), f.token_access.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed_but_cannot_touch_gateway_headers() {
+        let mut h = map(&[
+            ("connection", "close, x-tokengate-token, x-forwarded-for, foo"),
+            ("foo", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-tokengate-token", "spoofed"),
+            ("x-tokengate-whatever", "spoofed"),
+            ("bar", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.get("foo").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("te").is_none());
+        assert_eq!(h.get("bar").unwrap(), "kept");
+        let name = HeaderValue::from_static("feed-a");
+        let id = HeaderValue::from_static("id-1");
+        let access = HeaderValue::from_static("third-party-feeds");
+        let f = Forwarding {
+            client_ip: "192.0.2.7".parse().unwrap(),
+            peer_trusted: false,
+            original_host: Some(HeaderValue::from_static("gw.example")),
+            scheme: "http",
+            host: None,
+            keep_authorization: false,
+            token_name: &name,
+            token_id: &id,
+            token_access: &access,
+        };
+        h.insert("x-tokengate-whatever", HeaderValue::from_static("spoofed"));
+        prepare_request(&mut h, &f);
+        assert_eq!(h.get("x-tokengate-token").unwrap(), "feed-a");
+        assert!(h.get("x-tokengate-whatever").is_none());
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "gw.example");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced_trusted_appended() {
+        let name = HeaderValue::from_static("n");
+        let id = HeaderValue::from_static("i");
+        let access = HeaderValue::from_static("a");
+        let mut f = Forwarding {
+            client_ip: "198.51.100.1".parse().unwrap(),
+            peer_trusted: false,
+            original_host: None,
+            scheme: "http",
+            host: None,
+            keep_authorization: true,
+            token_name: &name,
+            token_id: &id,
+            token_access: &access,
+        };
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("authorization", "Bearer x"),
+        ]);
+        prepare_request(&mut h, &f);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.1");
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
+        assert!(h.get("authorization").is_some(), "kept when forward_authorization");
+        f.peer_trusted = true;
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "198.51.100.1")]);
+        prepare_request(&mut h, &f);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 198.51.100.1, 198.51.100.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn upgrades_survive_the_strip() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let up = upgrade_request(&h);
+        assert_eq!(up.as_ref().unwrap(), "websocket");
+        strip_hop_by_hop(&mut h, up);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+    }
+}

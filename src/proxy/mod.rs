@@ -1,0 +1,396 @@
+//! The proxy listener: authenticates each request and forwards it to its route's upstream.
+//!
+//! [`Proxy::handle`] runs the request pipeline as a short list of named steps, in the order
+//! of SPEC §2's status table; each step returns a typed outcome, and every refusal is a
+//! [`ProxyError`] mapped to HTTP in one place. The hot path does no store IO, holds no lock
+//! across an `.await`, and allocates little: identity header values are prebuilt per token,
+//! common refusal bodies are static.
+
+pub mod headers;
+pub mod path;
+pub mod route;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{AUTHORIZATION, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::clock::SharedClock;
+use crate::config::{Config, LifecycleConfig, ProxyConfig};
+use crate::error::{ProxyBody, ProxyError};
+use crate::limiter::FailureLimiter;
+use crate::net;
+use crate::policy::{self, Effective};
+use crate::server::ConnInfo;
+use crate::state::{TokenIndex, TokenState};
+use crate::token::{self, Access};
+use crate::usage::UsageRecorder;
+
+use self::headers::{Forwarding, X_FORWARDED_FOR};
+use self::route::{normalise_host, RouteTable};
+
+/// One configured route, ready for the hot path.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The route's path prefix, used as its name in logs.
+    pub label: Box<str>,
+    pub access: Access,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` sent upstream unless `preserve_host`.
+    host_header: HeaderValue,
+    /// The upstream URL's path without a trailing slash ("" for none).
+    base_path: Box<str>,
+    strip_prefix: bool,
+    preserve_host: bool,
+    forward_authorization: bool,
+}
+
+/// Everything the proxy pipeline reads. Built once at start-up, shared by all connections.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    lifecycle: LifecycleConfig,
+    routes: RouteTable<Upstream>,
+    index: Arc<TokenIndex>,
+    usage: Arc<UsageRecorder>,
+    limiter: Arc<FailureLimiter>,
+    clock: SharedClock,
+    client: Client<HttpConnector, Incoming>,
+}
+
+/// What the access log line reports about a request, filled in as the pipeline goes.
+#[derive(Default)]
+struct Ctx {
+    client_ip: Option<IpAddr>,
+    token: Option<Arc<TokenState>>,
+    route: Option<usize>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        index: Arc<TokenIndex>,
+        usage: Arc<UsageRecorder>,
+        limiter: Arc<FailureLimiter>,
+        clock: SharedClock,
+    ) -> Proxy {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let parts = r.upstream.clone().into_parts();
+                let authority = parts.authority.expect("config validated the upstream authority");
+                let base = r.upstream.path().trim_end_matches('/');
+                let up = Upstream {
+                    label: r.path_prefix.clone().into_boxed_str(),
+                    access: r.access,
+                    scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+                    host_header: HeaderValue::from_str(authority.as_str())
+                        .expect("an authority is a valid header value"),
+                    authority,
+                    base_path: base.into(),
+                    strip_prefix: r.strip_prefix,
+                    preserve_host: r.preserve_host,
+                    forward_authorization: r.forward_authorization,
+                };
+                (r.host.clone(), r.path_prefix.clone(), up)
+            })
+            .collect();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.proxy.upstream_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(http);
+        Proxy {
+            cfg: config.proxy.clone(),
+            lifecycle: config.lifecycle,
+            routes: RouteTable::new(routes),
+            index,
+            usage,
+            limiter,
+            clock,
+            client,
+        }
+    }
+
+    /// Serves one request: runs the pipeline, turns a refusal into its response, and writes
+    /// the access log line.
+    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let mut ctx = Ctx::default();
+        let resp = match self.pipeline(conn, req, &mut ctx).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        if self.cfg.access_log {
+            let route = ctx.route.and_then(|i| self.routes.iter().nth(i)).map_or("-", |u| &*u.label);
+            let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
+            tracing::info!(
+                target: "tokengate::access",
+                method = %method,
+                route,
+                status = resp.status().as_u16(),
+                token,
+                client_ip = %ctx.client_ip.unwrap_or(conn.peer.ip()),
+                latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+        resp
+    }
+
+    async fn pipeline(
+        &self,
+        conn: ConnInfo,
+        mut req: Request<Incoming>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // 1. A request we can reason about at all.
+        check_form(&req, self.cfg.max_header_bytes)?;
+        let host = request_host(&req)?;
+        // The client IP comes from the TCP peer, or from X-Forwarded-For of a trusted peer.
+        let peer = net::canonical_ip(conn.peer.ip());
+        let client_ip = net::client_ip(
+            peer,
+            &self.cfg.trusted_proxies,
+            req.headers().get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes()),
+        );
+        ctx.client_ip = Some(client_ip);
+        // 2. Brute-force limit: no lookup at all for an IP over it.
+        if let Some(retry_after_secs) = self.limiter.check(client_ip) {
+            return Err(ProxyError::TooManyFailures { retry_after_secs });
+        }
+        // 3-5. The bearer token, and the token it names.
+        let presented = bearer(req.headers())?;
+        let token = self.authenticate(presented, client_ip)?;
+        ctx.token = Some(token.clone());
+        let now = self.clock.now();
+        let status = policy::effective(
+            token.status,
+            token.inactive_reason,
+            policy::idle_start(token.created_at, token.activated_at, token.last_used_at()),
+            now,
+            &self.lifecycle,
+        );
+        if status == Effective::Deleted {
+            // Idle past delete_after: gone, even before the sweep removes it.
+            self.limiter.record_failure(client_ip);
+            return Err(ProxyError::InvalidToken);
+        }
+        // 7. The path the router and the upstream will both see.
+        let path = path::normalise(req.uri().path())
+            .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
+        // 8. Status, 9. IP block (counted in the IP's record).
+        if status != Effective::Active {
+            return Err(ProxyError::TokenInactive);
+        }
+        if policy::blocked_by(&token.blocks, client_ip).is_some() {
+            self.usage.record_denied(&token.id, client_ip);
+            return Err(ProxyError::IpBlocked);
+        }
+        // 10. Route, 11. access.
+        let m = self.routes.find(host.as_deref(), &path).ok_or(ProxyError::NoRoute)?;
+        let route = m.route;
+        ctx.route = self.routes.iter().position(|u| std::ptr::eq(u, route));
+        if !token.access.contains(route.access) {
+            return Err(ProxyError::AccessDenied);
+        }
+        // Every check passed: this is a use, whatever the upstream answers.
+        token.touch(now);
+        self.usage.record_use(&token.id, client_ip, now);
+        let upstream_path = if route.strip_prefix { m.rest } else { path.as_str() };
+        let uri = upstream_uri(route, upstream_path, req.uri().query())?;
+
+        // 12-13. Forward.
+        let upgrade = if req.version() < Version::HTTP_2 {
+            headers::upgrade_request(req.headers())
+        } else {
+            None
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::prepare_request(
+            &mut parts.headers,
+            &Forwarding {
+                client_ip,
+                peer_trusted: self.cfg.trusted_proxies.iter().any(|n| n.contains(&peer)),
+                original_host,
+                scheme: if conn.tls { "https" } else { "http" },
+                host: (!route.preserve_host).then_some(&route.host_header),
+                keep_authorization: route.forward_authorization,
+                token_name: &token.header_name,
+                token_id: &token.header_id,
+                token_access: &token.header_access,
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+        let mut resp = match tokio::time::timeout(self.cfg.upstream_timeout, self.client.request(upstream_req)).await {
+            Err(_) => return Err(ProxyError::GatewayTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, route = %route.label, "upstream request failed");
+                return Err(ProxyError::BadGateway);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let resp_upgrade = if switching { resp.headers().get(http::header::UPGRADE).cloned() } else { None };
+        if let (true, Some(client_side)) = (switching, client_upgrade) {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers, resp_upgrade);
+        Ok(Response::from_parts(rparts, Either::Right(rbody)))
+    }
+
+    /// Steps 5: checks the secret's form and looks its hash up in memory. Every refusal here
+    /// counts as a failed authentication of `client_ip`.
+    fn authenticate(&self, presented: &[u8], client_ip: IpAddr) -> Result<Arc<TokenState>, ProxyError> {
+        let found = token::parse_bearer(presented).ok().and_then(|h| self.index.get(&h));
+        found.ok_or_else(|| {
+            self.limiter.record_failure(client_ip);
+            ProxyError::InvalidToken
+        })
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection (WebSocket).
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
+        return;
+    };
+    let mut c = TokioIo::new(c);
+    let mut u = TokioIo::new(u);
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+}
+
+/// Step 1: refuses request shapes the gateway never forwards, and head blocks over the limit.
+fn check_form(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
+    }
+    if !req.uri().path().starts_with('/') {
+        return Err(ProxyError::InvalidRequest("the request target must be an absolute path"));
+    }
+    // Request line + each "name: value\r\n"; hyper bounds the raw head at a little more, so
+    // this check decides the limit and answers with the JSON body.
+    let mut size = req.method().as_str().len() + req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 12;
+    for (k, v) in req.headers() {
+        size += k.as_str().len() + v.len() + 4;
+        if size > max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+    }
+    if size > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
+/// both present and different → 400.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::InvalidRequest("more than one Host header"));
+    }
+    let from_header = match header {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(normalise_host)
+                .ok_or(ProxyError::InvalidRequest("invalid Host header"))?,
+        ),
+    };
+    let from_uri = match req.uri().authority() {
+        None => None,
+        Some(a) => Some(normalise_host(a.as_str()).ok_or(ProxyError::InvalidRequest("invalid authority"))?),
+    };
+    match (from_header, from_uri) {
+        (Some(h), Some(a)) if h != a => Err(ProxyError::InvalidRequest("Host disagrees with the request authority")),
+        (h, a) => Ok(a.or(h)),
+    }
+}
+
+/// Steps 3-4: the single `Authorization: Bearer <token>` value.
+fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(ProxyError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::InvalidRequest("more than one Authorization header"));
+    }
+    let v = value.as_bytes();
+    let (scheme, rest) = v.split_at(v.len().min(6));
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+        return Err(ProxyError::MissingToken);
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() {
+        return Err(ProxyError::MissingToken);
+    }
+    Ok(token)
+}
+
+fn upstream_uri(route: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let mut pq = String::with_capacity(route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(&route.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::from_maybe_shared(pq)
+        .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))?;
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(v: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for s in v {
+            m.append(AUTHORIZATION, HeaderValue::from_str(s).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_scheme_rules() {
+        assert_eq!(bearer(&hm(&[])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearer"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearer   "])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Basic abc"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearerabc"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["bEaReR abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer(&hm(&["Bearer  abc "])), Ok(&b"abc"[..]));
+        assert!(matches!(bearer(&hm(&["Bearer a", "Bearer b"])), Err(ProxyError::InvalidRequest(_))));
+    }
+}

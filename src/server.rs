@@ -1,0 +1,199 @@
+//! The accept loop shared by the proxy and admin listeners: hyper-util's auto builder
+//! (HTTP/1.1 keep-alive and h2c on one port), the limits a public listener needs, and
+//! graceful shutdown.
+//!
+//! Limits applied to every connection: a header read timeout (hyper enforces it only when a
+//! Timer is set, so one is always set), a bounded request head, HTTP/2 stream and header-list
+//! limits, a keep-alive idle timeout, and a cap on concurrent connections (a full gateway
+//! stops accepting; the kernel backlog holds the rest).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+/// Per-listener connection settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub header_read_timeout: Duration,
+    /// Upper bound of hyper's read buffer, i.e. of one HTTP/1 request head.
+    pub max_buf_size: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_size: u32,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting and waits up to
+/// `shutdown_grace` for open connections to finish their in-flight requests.
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    opts: ServerOptions,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_buf_size)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.h2_max_concurrent_streams)
+        .max_header_list_size(opts.h2_max_header_list_size)
+        .keep_alive_interval(None);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(opts.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo { peer, tls: false };
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(info, req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let activity = Arc::new(AtomicI64::new(0));
+        let io = TokioIo::new(IdleIo { inner: stream, activity: activity.clone() });
+        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let conn = graceful.watch(conn);
+        let idle = opts.idle_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                res = conn => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                _ = idle_watch(activity, idle) => {
+                    tracing::debug!(%peer, "closing idle connection");
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+/// Resolves once the connection has seen no byte in either direction for `idle`.
+/// A request waiting on a slow upstream is not idle traffic-wise, but upstream_timeout is
+/// normally far below idle_timeout; a long-lived stream with no bytes for `idle` is closed.
+async fn idle_watch(activity: Arc<AtomicI64>, idle: Duration) {
+    let mut seen = -1;
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// Wraps a connection's IO to count activity for the idle timeout.
+struct IdleIo {
+    inner: TcpStream,
+    activity: Arc<AtomicI64>,
+}
+
+impl IdleIo {
+    fn bump(&self) {
+        // A counter, not a time: idle_watch only needs to know whether anything happened.
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.bump();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.bump();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.bump();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,162 @@
+//! Persistence: the [`Store`] trait and the records it keeps.
+//!
+//! The store is the durable truth (tokens, statuses, block entries, usage records). It knows
+//! nothing of HTTP, caches or policy, and never chooses a timestamp: every time it writes comes
+//! in as an argument from the gateway's [`Clock`](crate::clock::Clock). Admin mutations are
+//! committed durably before the call returns; the admin layer relies on that to answer only
+//! after the change is safe. Implementations: [`sqlite::SqliteStore`] (embedded, default).
+
+pub mod sqlite;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::net::BlockEntry;
+use crate::token::{Access, SecretHash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique name is taken, or a concurrent writer changed the row first.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The store cannot be reached or refused the operation (disk full, read-only, corrupt).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Inactive,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InactiveReason {
+    Admin,
+    Idle,
+}
+
+impl InactiveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InactiveReason::Admin => "admin",
+            InactiveReason::Idle => "idle",
+        }
+    }
+}
+
+/// One token as stored. `version` increases with every admin write (optimistic concurrency:
+/// [`Store::save_token`] only succeeds against the version it read).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub access: Access,
+    pub secret_hash: SecretHash,
+    pub status: Status,
+    pub inactive_reason: Option<InactiveReason>,
+    pub created_at: Timestamp,
+    pub activated_at: Option<Timestamp>,
+    pub deactivated_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+/// A token with its block entries: everything the proxy needs to decide a request.
+#[derive(Debug, Clone)]
+pub struct TokenWithBlocks {
+    pub token: TokenRecord,
+    pub blocks: Vec<BlockEntry>,
+}
+
+/// A usage or block row for one token and one IP (or one CIDR block entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRecord {
+    /// The canonical IP, or the CIDR of a network block entry.
+    pub entry: BlockEntry,
+    pub first_used_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub requests: u64,
+    pub denied: u64,
+    /// Set when this row is itself a block entry.
+    pub blocked_at: Option<Timestamp>,
+}
+
+/// Usage gathered in memory since the last flush, for one token and one client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub token_id: String,
+    pub ip: IpAddr,
+    pub requests: u64,
+    pub denied: u64,
+    /// First and last forwarded use in this batch (`None` if only denied requests).
+    pub first_used_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What the lifecycle sweep changed (ids and names, for logs and cache invalidation).
+#[derive(Debug, Clone, Default)]
+pub struct SweepOutcome {
+    pub deactivated: Vec<(String, String)>,
+    pub deleted: Vec<(String, String)>,
+}
+
+/// The persistence boundary. All methods are cancel-safe from the caller's point of view:
+/// the work runs to completion (or rolls back) even if the awaiting future is dropped.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every token with its block entries (start-up load of the in-memory index).
+    async fn load_all(&self) -> StoreResult<Vec<TokenWithBlocks>>;
+    async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>>;
+    /// Lookup by the case-folded name.
+    async fn token_by_name(&self, name_key: &str) -> StoreResult<Option<TokenRecord>>;
+    /// Tokens whose name key is `> after` and contains `q` (both already case-folded),
+    /// ordered by name key, at most `limit`.
+    async fn list_tokens(
+        &self,
+        after: Option<&str>,
+        q: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<TokenRecord>>;
+    /// Inserts a new token; `Conflict("name_taken")` if the name (ignoring case) exists.
+    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// Writes the admin-controlled fields (description, access, secret hash, status, reason,
+    /// activated/deactivated times) of every token in one transaction, each only if its stored
+    /// `version` still equals the record's; bumps the versions. All or nothing:
+    /// `Conflict("version")` or `NotFound` roll everything back.
+    async fn save_tokens(&self, tokens: &[TokenRecord]) -> StoreResult<()>;
+    /// Deletes a token and its IP records. `NotFound` if it did not exist.
+    async fn delete_token(&self, id: &str) -> StoreResult<()>;
+    async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>>;
+    /// Adds block entries (idempotent: an existing entry keeps its `blocked_at`).
+    async fn block(&self, token_id: &str, entries: &[BlockEntry], now: Timestamp) -> StoreResult<()>;
+    /// Removes exact block entries (idempotent).
+    async fn unblock(&self, token_id: &str, entries: &[BlockEntry]) -> StoreResult<()>;
+    /// Adds a batch of usage to the records (sums counters, keeps the earliest first use and
+    /// the latest last use), raises each token's `last_used_at`, then trims each touched token
+    /// to `max_ips` unblocked records, least recently used first. Deltas of tokens that no
+    /// longer exist are dropped.
+    async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()>;
+    /// Persists the idle policy at `now`: active tokens idle since `inactive_before` or
+    /// earlier become inactive (reason idle); tokens idle since `delete_before` are deleted.
+    async fn sweep(&self, inactive_before: Timestamp, delete_before: Timestamp, now: Timestamp)
+        -> StoreResult<SweepOutcome>;
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,664 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! rusqlite is synchronous, so every call runs on tokio's blocking pool behind one connection
+//! (SQLite allows one writer at a time anyway). Admin mutations commit with
+//! `synchronous=FULL`, so an acknowledged change survives power loss; usage write-behind uses
+//! `NORMAL` (a crash may lose the last flush interval of usage, never a token or a block).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::*;
+
+/// Versioned migrations, applied in order at open, each in its own transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE tokens (
+        id              TEXT PRIMARY KEY,
+        name            TEXT NOT NULL,
+        name_key        TEXT NOT NULL UNIQUE,
+        description     TEXT,
+        access          INTEGER NOT NULL,
+        secret_hash     BLOB NOT NULL UNIQUE,
+        status          TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
+        inactive_reason TEXT CHECK (inactive_reason IN ('admin', 'idle')),
+        created_at      INTEGER NOT NULL,
+        activated_at    INTEGER,
+        deactivated_at  INTEGER,
+        last_used_at    INTEGER,
+        version         INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE token_ips (
+        token_id      TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+        entry         TEXT NOT NULL,
+        first_used_at INTEGER,
+        last_used_at  INTEGER,
+        requests      INTEGER NOT NULL DEFAULT 0,
+        denied        INTEGER NOT NULL DEFAULT 0,
+        blocked_at    INTEGER,
+        PRIMARY KEY (token_id, entry)
+    ) WITHOUT ROWID;",
+)];
+
+const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, inactive_reason, \
+     created_at, activated_at, deactivated_at, last_used_at, version";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its directory) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let path = path.to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&p))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        // spawn_blocking runs to completion even if the caller stops waiting, so a dropped
+        // admin request never leaves a half-done transaction behind.
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn open_blocking(path: &Path) -> StoreResult<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            create_private_dir(dir)?;
+        }
+    }
+    let existed = path.exists();
+    let mut conn = Connection::open(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+    })?;
+    if !existed {
+        restrict_permissions(path);
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|e| StoreError::Unavailable(format!("cannot use {}: {e}", path.display())))?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> StoreResult<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// The database holds only hashes, but names and usage are still nobody else's business.
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )
+    .map_err(unavailable)?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction().map_err(unavailable)?;
+        let applied: bool = tx
+            .query_row("SELECT 1 FROM schema_migrations WHERE version = ?1", [version], |_| Ok(()))
+            .optional()
+            .map_err(unavailable)?
+            .is_some();
+        if !applied {
+            tx.execute_batch(sql).map_err(unavailable)?;
+            tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
+                .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let hash: Vec<u8> = row.get(4)?;
+    let hash: [u8; 32] = hash.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, "hash length".into())
+    })?;
+    let status: String = row.get(5)?;
+    let reason: Option<String> = row.get(6)?;
+    let access: i64 = row.get(3)?;
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        access: Access::from_bits(u8::try_from(access).unwrap_or(0)),
+        secret_hash: SecretHash::from_bytes(hash),
+        status: if status == "active" { Status::Active } else { Status::Inactive },
+        inactive_reason: match reason.as_deref() {
+            Some("admin") => Some(InactiveReason::Admin),
+            Some("idle") => Some(InactiveReason::Idle),
+            _ => None,
+        },
+        created_at: Timestamp(row.get(7)?),
+        activated_at: ts(row.get(8)?),
+        deactivated_at: ts(row.get(9)?),
+        last_used_at: ts(row.get(10)?),
+        version: row.get(11)?,
+    })
+}
+
+fn blocks_of(conn: &Connection, token_id: &str) -> StoreResult<Vec<BlockEntry>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NOT NULL")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([token_id], |r| r.get::<_, String>(0))
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let s = r.map_err(unavailable)?;
+        // Entries are written canonical by this store; an unparsable one means corruption.
+        out.push(BlockEntry::parse(&s).map_err(StoreError::Unavailable)?);
+    }
+    Ok(out)
+}
+
+/// The idle clock's start, as SQL (latest of created, activated, last used).
+const IDLE_START: &str = "max(created_at, coalesce(activated_at, 0), coalesce(last_used_at, 0))";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_all(&self) -> StoreResult<Vec<TokenWithBlocks>> {
+        self.run(|conn| {
+            let mut blocks: HashMap<String, Vec<BlockEntry>> = HashMap::new();
+            {
+                let mut stmt = conn
+                    .prepare("SELECT token_id, entry FROM token_ips WHERE blocked_at IS NOT NULL")
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(unavailable)?;
+                for r in rows {
+                    let (id, entry) = r.map_err(unavailable)?;
+                    let entry = BlockEntry::parse(&entry).map_err(StoreError::Unavailable)?;
+                    blocks.entry(id).or_default().push(entry);
+                }
+            }
+            let mut stmt = conn
+                .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([], token_from_row).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let token = r.map_err(unavailable)?;
+                let b = blocks.remove(&token.id).unwrap_or_default();
+                out.push(TokenWithBlocks { token, blocks: b });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>> {
+        let id = id.to_string();
+        self.run(move |conn| {
+            let token = conn
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+                    [&id],
+                    token_from_row,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match token {
+                None => Ok(None),
+                Some(token) => {
+                    let blocks = blocks_of(conn, &id)?;
+                    Ok(Some(TokenWithBlocks { token, blocks }))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn token_by_name(&self, name_key: &str) -> StoreResult<Option<TokenRecord>> {
+        let key = name_key.to_string();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE name_key = ?1"),
+                [&key],
+                token_from_row,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        after: Option<&str>,
+        q: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<TokenRecord>> {
+        let after = after.unwrap_or("").to_string();
+        let q = q.unwrap_or("").to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            // instr() rather than LIKE: `q` may contain `%` or `_`, which must match literally.
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens
+                     WHERE name_key > ?1 AND instr(name_key, ?2) > 0
+                     ORDER BY name_key LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, q, limit], token_from_row)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        let t = t.clone();
+        self.run(move |conn| {
+            let res = conn.execute(
+                "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
+                    inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    t.id,
+                    t.name,
+                    crate::token::name_key(&t.name),
+                    t.description,
+                    t.access.bits(),
+                    t.secret_hash.as_bytes().as_slice(),
+                    t.status.as_str(),
+                    t.inactive_reason.map(|r| r.as_str()),
+                    t.created_at.0,
+                    t.activated_at.map(|x| x.0),
+                    t.deactivated_at.map(|x| x.0),
+                    t.last_used_at.map(|x| x.0),
+                    t.version,
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => {
+                    if e.to_string().contains("name_key") {
+                        Err(StoreError::Conflict("name_taken"))
+                    } else {
+                        Err(StoreError::Conflict("duplicate"))
+                    }
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
+    async fn save_tokens(&self, tokens: &[TokenRecord]) -> StoreResult<()> {
+        let tokens = tokens.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for t in &tokens {
+                let n = tx
+                    .execute(
+                        "UPDATE tokens SET description = ?2, access = ?3, secret_hash = ?4,
+                            status = ?5, inactive_reason = ?6, activated_at = ?7,
+                            deactivated_at = ?8, version = version + 1
+                         WHERE id = ?1 AND version = ?9",
+                        params![
+                            t.id,
+                            t.description,
+                            t.access.bits(),
+                            t.secret_hash.as_bytes().as_slice(),
+                            t.status.as_str(),
+                            t.inactive_reason.map(|r| r.as_str()),
+                            t.activated_at.map(|x| x.0),
+                            t.deactivated_at.map(|x| x.0),
+                            t.version,
+                        ],
+                    )
+                    .map_err(unavailable)?;
+                if n == 0 {
+                    let exists = tx
+                        .query_row("SELECT 1 FROM tokens WHERE id = ?1", [&t.id], |_| Ok(()))
+                        .optional()
+                        .map_err(unavailable)?
+                        .is_some();
+                    // Dropping `tx` rolls back the rows already written.
+                    return Err(if exists { StoreError::Conflict("version") } else { StoreError::NotFound });
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_token(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_string();
+        self.run(move |conn| {
+            let n = conn.execute("DELETE FROM tokens WHERE id = ?1", [&id]).map_err(unavailable)?;
+            if n == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>> {
+        let id = token_id.to_string();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT entry, first_used_at, last_used_at, requests, denied, blocked_at
+                     FROM token_ips WHERE token_id = ?1",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([&id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (entry, first, last, requests, denied, blocked) = r.map_err(unavailable)?;
+                out.push(IpRecord {
+                    entry: BlockEntry::parse(&entry).map_err(StoreError::Unavailable)?,
+                    first_used_at: ts(first),
+                    last_used_at: ts(last),
+                    requests: u64::try_from(requests).unwrap_or(0),
+                    denied: u64::try_from(denied).unwrap_or(0),
+                    blocked_at: ts(blocked),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn block(&self, token_id: &str, entries: &[BlockEntry], now: Timestamp) -> StoreResult<()> {
+        let id = token_id.to_string();
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM tokens WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()
+                .map_err(unavailable)?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            for e in &entries {
+                // A repeat keeps the first blocked_at.
+                tx.execute(
+                    "INSERT INTO token_ips (token_id, entry, blocked_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (token_id, entry) DO UPDATE SET
+                        blocked_at = coalesce(blocked_at, excluded.blocked_at)",
+                    params![id, e, now.0],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn unblock(&self, token_id: &str, entries: &[BlockEntry]) -> StoreResult<()> {
+        let id = token_id.to_string();
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            for e in &entries {
+                tx.execute(
+                    "UPDATE token_ips SET blocked_at = NULL WHERE token_id = ?1 AND entry = ?2",
+                    params![id, e],
+                )
+                .map_err(unavailable)?;
+                // A row that existed only as a block entry (a CIDR, or an IP never seen) goes.
+                tx.execute(
+                    "DELETE FROM token_ips WHERE token_id = ?1 AND entry = ?2
+                        AND requests = 0 AND denied = 0 AND first_used_at IS NULL",
+                    params![id, e],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
+        let batch = batch.to_vec();
+        self.run(move |conn| {
+            // Usage is write-behind: a crash may lose the last interval anyway, so skip the
+            // fsync per commit here; the next FULL commit syncs the WAL including these pages.
+            conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(unavailable)?;
+            let res = flush_blocking(conn, &batch, max_ips);
+            conn.execute_batch("PRAGMA synchronous = FULL").map_err(unavailable)?;
+            res
+        })
+        .await
+    }
+
+    async fn sweep(
+        &self,
+        inactive_before: Timestamp,
+        delete_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<SweepOutcome> {
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let mut out = SweepOutcome::default();
+            {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "DELETE FROM tokens WHERE {IDLE_START} <= ?1 RETURNING id, name"
+                    ))
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([delete_before.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                for r in rows {
+                    out.deleted.push(r.map_err(unavailable)?);
+                }
+            }
+            {
+                // deactivated_at = the instant the token lapsed (idle start + inactive_after),
+                // not the sweep's time: the record reads the same however late the sweep ran.
+                let lapse = now.0 - inactive_before.0;
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "UPDATE tokens SET status = 'inactive', inactive_reason = 'idle',
+                            deactivated_at = {IDLE_START} + ?2, version = version + 1
+                         WHERE status = 'active' AND {IDLE_START} <= ?1 RETURNING id, name"
+                    ))
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![inactive_before.0, lapse], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                for r in rows {
+                    out.deactivated.push(r.map_err(unavailable)?);
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|conn| {
+            conn.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let mut touched: HashMap<&str, Option<i64>> = HashMap::new();
+    {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO token_ips (token_id, entry, first_used_at, last_used_at, requests, denied)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM tokens WHERE id = ?1)
+                 ON CONFLICT (token_id, entry) DO UPDATE SET
+                    first_used_at = coalesce(min(first_used_at, excluded.first_used_at),
+                                             first_used_at, excluded.first_used_at),
+                    last_used_at = coalesce(max(last_used_at, excluded.last_used_at),
+                                            last_used_at, excluded.last_used_at),
+                    requests = requests + excluded.requests,
+                    denied = denied + excluded.denied",
+            )
+            .map_err(unavailable)?;
+        for d in batch {
+            upsert
+                .execute(params![
+                    d.token_id,
+                    crate::net::canonical_ip(d.ip).to_string(),
+                    d.first_used_at.map(|x| x.0),
+                    d.last_used_at.map(|x| x.0),
+                    i64::try_from(d.requests).unwrap_or(i64::MAX),
+                    i64::try_from(d.denied).unwrap_or(i64::MAX),
+                ])
+                .map_err(unavailable)?;
+            let last = touched.entry(d.token_id.as_str()).or_insert(None);
+            if let Some(l) = d.last_used_at {
+                *last = Some(last.map_or(l.0, |x| x.max(l.0)));
+            }
+        }
+        let mut raise = tx
+            .prepare_cached(
+                "UPDATE tokens SET last_used_at = coalesce(max(last_used_at, ?2), ?2) WHERE id = ?1",
+            )
+            .map_err(unavailable)?;
+        for (id, last) in &touched {
+            if let Some(l) = last {
+                raise.execute(params![id, l]).map_err(unavailable)?;
+            }
+        }
+    }
+    for id in touched.keys() {
+        trim_ips(&tx, id, max_ips)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
+/// Keeps at most `max_ips` unblocked records for a token, dropping the least recently used.
+/// Records covered by a block entry (exact or CIDR) are never dropped.
+fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> StoreResult<()> {
+    let count: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM token_ips WHERE token_id = ?1 AND blocked_at IS NULL",
+            [token_id],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    if usize::try_from(count).unwrap_or(0) <= max_ips {
+        return Ok(());
+    }
+    let blocks = blocks_of(tx, token_id)?;
+    let mut candidates: Vec<(Option<i64>, String)> = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT last_used_at, entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NULL",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([token_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(unavailable)?;
+        for r in rows {
+            let (last, entry): (Option<i64>, String) = r.map_err(unavailable)?;
+            let covered = BlockEntry::parse(&entry)
+                .map(|e| blocks.iter().any(|b| b.contains(e.net().addr())))
+                .unwrap_or(false);
+            if !covered {
+                candidates.push((last, entry));
+            }
+        }
+    }
+    if candidates.len() <= max_ips {
+        return Ok(());
+    }
+    // Oldest first (never-used rows sort first: None < Some).
+    candidates.sort();
+    let excess = candidates.len() - max_ips;
+    let mut del = tx
+        .prepare_cached("DELETE FROM token_ips WHERE token_id = ?1 AND entry = ?2")
+        .map_err(unavailable)?;
+    for (_, entry) in candidates.into_iter().take(excess) {
+        del.execute(params![token_id, entry]).map_err(unavailable)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Usage records: per (token, client IP) counters gathered in memory on the request path and
+//! written behind to the store.
+//!
+//! Recording is a dashmap update (no await, no store). A flush task drains the pending map at
+//! least every `usage.flush_interval` and once more at shutdown; a failed flush puts the batch
+//! back so nothing is lost while the store is briefly unavailable. The pending map is bounded:
+//! past [`MAX_PENDING`] distinct pairs, new pairs are dropped (and counted) rather than
+//! letting a flood of addresses grow memory without limit.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::clock::Timestamp;
+use crate::store::{Store, StoreResult, UsageDelta};
+
+/// Distinct (token, IP) pairs held between flushes at most.
+pub const MAX_PENDING: usize = 1_000_000;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    requests: u64,
+    denied: u64,
+    /// ms; 0 = none in this batch.
+    first_used: i64,
+    last_used: i64,
+}
+
+impl Counters {
+    fn merge(&mut self, o: &Counters) {
+        self.requests += o.requests;
+        self.denied += o.denied;
+        if o.first_used != 0 && (self.first_used == 0 || o.first_used < self.first_used) {
+            self.first_used = o.first_used;
+        }
+        self.last_used = self.last_used.max(o.last_used);
+    }
+}
+
+pub struct UsageRecorder {
+    pending: DashMap<(Arc<str>, IpAddr), Counters>,
+    dropped: AtomicU64,
+    max_ips_per_token: usize,
+}
+
+impl UsageRecorder {
+    pub fn new(max_ips_per_token: usize) -> UsageRecorder {
+        UsageRecorder { pending: DashMap::new(), dropped: AtomicU64::new(0), max_ips_per_token }
+    }
+
+    /// Records a forwarded request.
+    pub fn record_use(&self, token_id: &Arc<str>, ip: IpAddr, now: Timestamp) {
+        self.update(token_id, ip, |c| {
+            c.requests += 1;
+            if c.first_used == 0 {
+                c.first_used = now.0;
+            }
+            c.last_used = c.last_used.max(now.0);
+        });
+    }
+
+    /// Records a request refused because the IP is blocked for this token.
+    pub fn record_denied(&self, token_id: &Arc<str>, ip: IpAddr) {
+        self.update(token_id, ip, |c| c.denied += 1);
+    }
+
+    fn update(&self, token_id: &Arc<str>, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
+        let key = (token_id.clone(), ip);
+        if let Some(mut c) = self.pending.get_mut(&key) {
+            f(&mut c);
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        f(&mut self.pending.entry(key).or_default());
+    }
+
+    /// Pairs waiting for the next flush.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records dropped because the pending map was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything pending to the store. On failure the batch is merged back and the
+    /// error returned; the next flush retries it.
+    pub async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
+        let mut taken: Vec<((Arc<str>, IpAddr), Counters)> = Vec::new();
+        self.pending.retain(|k, v| {
+            taken.push((k.clone(), *v));
+            false
+        });
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<UsageDelta> = taken
+            .iter()
+            .map(|((id, ip), c)| UsageDelta {
+                token_id: id.to_string(),
+                ip: *ip,
+                requests: c.requests,
+                denied: c.denied,
+                first_used_at: (c.first_used != 0).then_some(Timestamp(c.first_used)),
+                last_used_at: (c.last_used != 0).then_some(Timestamp(c.last_used)),
+            })
+            .collect();
+        match store.flush_usage(&batch, self.max_ips_per_token).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                for (k, c) in taken {
+                    self.pending.entry(k).or_default().merge(&c);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The background write-behind loop; returns when `shutdown` fires (the caller then does
+    /// one last [`flush`](Self::flush)).
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.flush(store.as_ref()).await {
+                tracing::warn!(error = %e, pending = self.pending(), "usage flush failed; will retry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_merge_keeps_extremes() {
+        let mut a = Counters { requests: 1, denied: 0, first_used: 50, last_used: 60 };
+        a.merge(&Counters { requests: 2, denied: 3, first_used: 40, last_used: 55 });
+        assert_eq!((a.requests, a.denied, a.first_used, a.last_used), (3, 3, 40, 60));
+        let mut b = Counters { requests: 0, denied: 1, first_used: 0, last_used: 0 };
+        b.merge(&Counters { requests: 1, denied: 0, first_used: 70, last_used: 70 });
+        assert_eq!((b.first_used, b.last_used), (70, 70));
+    }
+
+    #[test]
+    fn aggregates_per_token_and_ip() {
+        let u = UsageRecorder::new(10);
+        let t: Arc<str> = Arc::from("t1");
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        u.record_use(&t, ip, Timestamp(10));
+        u.record_use(&t, ip, Timestamp(20));
+        u.record_denied(&t, ip);
+        u.record_use(&t, "192.0.2.2".parse().unwrap(), Timestamp(30));
+        assert_eq!(u.pending(), 2);
+        let c = *u.pending.get(&(t.clone(), ip)).unwrap();
+        assert_eq!((c.requests, c.denied, c.first_used, c.last_used), (2, 1, 10, 20));
+    }
+}
