@@ -1,0 +1,58 @@
+//! The admin API's wire types: the only `Serialize` types the gateway puts on the wire.
+//! A secret appears in exactly one of them ([`CreatedToken`]), built only by create and
+//! regenerate.
+
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct TokenDto {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub access: Vec<&'static str>,
+    pub status: &'static str,
+    pub inactive_reason: Option<&'static str>,
+    pub created_at: String,
+    pub activated_at: Option<String>,
+    pub deactivated_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub inactive_at: Option<String>,
+    pub delete_at: Option<String>,
+}
+
+/// A token plus its secret: the create and regenerate responses, and nothing else.
+#[derive(Serialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenDto,
+    #[serde(rename = "token")]
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenDto>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Tokens {
+    pub tokens: Vec<TokenDto>,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct IpDto {
+    pub ip: String,
+    pub first_used_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub requests: u64,
+    pub denied: u64,
+    pub blocked: bool,
+    pub blocked_by: Option<String>,
+    pub blocked_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IpList {
+    pub ips: Vec<IpDto>,
+}

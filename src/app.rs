@@ -1,0 +1,156 @@
+//! Wiring: opens the store, loads the token index, binds both listeners, spawns the
+//! background tasks (usage flush, lifecycle sweep), and shuts everything down in order.
+//!
+//! [`Gateway::start`] returns only after both listeners are bound, with their real
+//! addresses, so tests can start the gateway on port 0 and use it at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::key::{AdminKey, KeySource};
+use crate::admin::Admin;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, StoreUrl};
+use crate::lifecycle::Sweeper;
+use crate::limiter::FailureLimiter;
+use crate::proxy::Proxy;
+use crate::server::{self, ServerOptions};
+use crate::state::TokenIndex;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::usage::UsageRecorder;
+
+/// Start-up inputs that are not config keys.
+pub struct StartOptions {
+    pub clock: SharedClock,
+    /// `TOKENGATE_ADMIN_KEY`, if set.
+    pub admin_key: Option<String>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { clock: Arc::new(SystemClock), admin_key: std::env::var("TOKENGATE_ADMIN_KEY").ok() }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub index: Arc<TokenIndex>,
+    pub usage: Arc<UsageRecorder>,
+    pub sweeper: Arc<Sweeper>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Gateway> {
+        if !config.admin.listen.ip().is_loopback() && !config.admin.allow_plaintext {
+            bail!(
+                "admin.listen {} is not a loopback address: refusing to serve the admin API without TLS \
+                 (set admin.allow_plaintext = true to override)",
+                config.admin.listen
+            );
+        }
+        if !config.proxy.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.proxy.listen, "the proxy listener is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text");
+        }
+        let store: Arc<dyn Store> = match &config.store.url {
+            StoreUrl::Sqlite(path) => Arc::new(
+                SqliteStore::open(path)
+                    .await
+                    .with_context(|| format!("opening the store at sqlite://{}", path.display()))?,
+            ),
+            StoreUrl::Postgres(_) => bail!("store.url: the PostgreSQL store is not built yet in this version"),
+        };
+        let (key, source) = AdminKey::load_or_create(opts.admin_key.as_deref(), &config.admin.key_file)?;
+        match source {
+            KeySource::Env => tracing::info!("admin key from TOKENGATE_ADMIN_KEY"),
+            KeySource::File => tracing::info!(path = %config.admin.key_file.display(), "admin key from file"),
+            KeySource::Generated => {
+                tracing::info!(path = %config.admin.key_file.display(), "generated a new admin key (mode 0600)")
+            }
+        }
+        let index = Arc::new(TokenIndex::load(store.as_ref()).await.context("loading tokens from the store")?);
+        tracing::info!(tokens = index.len(), "token index loaded");
+        let clock = opts.clock;
+        let usage = Arc::new(UsageRecorder::new(config.usage.max_ips_per_token));
+        let limiter = Arc::new(FailureLimiter::new(config.proxy.failed_auth_limit, clock.clone()));
+        let proxy = Arc::new(Proxy::new(&config, index.clone(), usage.clone(), limiter.clone(), clock.clone()));
+        let admin = Arc::new(Admin::new(
+            store.clone(),
+            index.clone(),
+            usage.clone(),
+            limiter,
+            clock.clone(),
+            config.lifecycle,
+            key,
+        ));
+        let sweeper = Arc::new(Sweeper {
+            store: store.clone(),
+            index: index.clone(),
+            usage: usage.clone(),
+            clock,
+            lifecycle: config.lifecycle,
+        });
+        // Persist the policy once before serving, so the store starts consistent.
+        if let Err(e) = sweeper.sweep_once().await {
+            tracing::warn!(error = %e, "start-up lifecycle sweep failed");
+        }
+
+        let proxy_listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .with_context(|| format!("binding proxy.listen {}", config.proxy.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let p = &config.proxy;
+        let opts = ServerOptions {
+            header_read_timeout: p.header_read_timeout,
+            // hyper refuses heads over this with a bare 431; the pipeline applies the exact
+            // limit below it with the JSON body. hyper's minimum is 8 KiB.
+            max_buf_size: (p.max_header_bytes + 4096).max(8192),
+            h2_max_concurrent_streams: p.h2_max_concurrent_streams,
+            h2_max_header_list_size: u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX),
+            idle_timeout: p.idle_timeout,
+            max_connections: p.max_connections,
+            shutdown_grace: p.shutdown_grace,
+        };
+        let admin_opts = ServerOptions { max_connections: 1024, ..opts.clone() };
+        let servers = vec![
+            tokio::spawn(server::serve(proxy_listener, opts, move |c, r| proxy.clone().handle(c, r), rx.clone())),
+            tokio::spawn(server::serve(admin_listener, admin_opts, move |c, r| admin.clone().handle(c, r), rx.clone())),
+        ];
+        let background = vec![
+            tokio::spawn(usage.clone().run(store.clone(), config.usage.flush_interval, rx.clone())),
+            tokio::spawn(sweeper.clone().run(config.lifecycle.sweep_interval, rx)),
+        ];
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokengate listening");
+        Ok(Gateway { proxy_addr, admin_addr, store, index, usage, sweeper, shutdown, servers, background })
+    }
+
+    /// Graceful stop: stop accepting, drain in-flight requests (up to `proxy.shutdown_grace`),
+    /// stop the background tasks, then flush pending usage one last time.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for s in self.servers {
+            let _ = s.await;
+        }
+        for b in self.background {
+            let _ = b.await;
+        }
+        self.usage.flush(self.store.as_ref()).await.context("final usage flush")?;
+        Ok(())
+    }
+}

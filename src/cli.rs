@@ -1,0 +1,452 @@
+//! The command line (SPEC §5): `serve` (default), `dev`, and the admin subcommands, which are
+//! clients of the admin API (they never open the store).
+//!
+//! Exit codes: 0 success; 1 with one line on stderr when the API refuses or cannot be
+//! reached (or start-up fails); 2 on a usage error (clap's own exit code).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::admin::key::read_key_file;
+use crate::app::{Gateway, StartOptions};
+use crate::client::AdminClient;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about = "Reverse-proxy authentication gateway for application tokens")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file (default: config/tokengate.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Admin API base URL (default: from the config's admin.listen, else http://127.0.0.1:9090).
+    #[arg(long, global = true, env = "TOKENGATE_ADMIN_URL", value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// CA certificate for a TLS admin listener.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for a TLS admin listener.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key for a TLS admin listener.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Zero-setup demo: gateway, two echo upstreams and a demo token, state in a temp dir.
+    Dev,
+    /// Manage application tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// See and block the client IPs of a token.
+    #[command(subcommand)]
+    Ip(IpCmd),
+    /// Show the audit log (all tokens, or one).
+    Audit {
+        token: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; prints its secret once.
+    Create {
+        name: String,
+        /// security-director and/or third-party-feeds, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        access: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens.
+    List {
+        /// Only active or inactive tokens.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only names containing this (ignoring case).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Show one token.
+    Show { name: String },
+    /// Change a token's description or access.
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Clear the description.
+        #[arg(long, conflicts_with = "description")]
+        clear_description: bool,
+        #[arg(long, value_delimiter = ',')]
+        access: Option<Vec<String>>,
+    },
+    /// Delete a token for good.
+    Delete { name: String },
+    /// Activate tokens (all or nothing).
+    Activate {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Deactivate tokens (all or nothing).
+    Deactivate {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Replace a token's secret; the old one stops working at once. Prints the new secret once.
+    Regenerate { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpCmd {
+    /// The IPs that used a token, with their block state.
+    List { token: String },
+    /// Block IPs or CIDRs for a token.
+    Block {
+        token: String,
+        #[arg(required = true, value_name = "IP_OR_CIDR")]
+        entries: Vec<String>,
+    },
+    /// Remove block entries.
+    Unblock {
+        token: String,
+        #[arg(required = true, value_name = "IP_OR_CIDR")]
+        entries: Vec<String>,
+    },
+}
+
+/// Logs go to stderr (stdout is for command output and `dev`'s banner); `RUST_LOG` sets the
+/// level, `info` by default.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.global.config.as_deref()).await,
+        Command::Dev => crate::dev::run().await,
+        Command::Token(cmd) => token_cmd(&cli.global, cmd).await,
+        Command::Ip(cmd) => ip_cmd(&cli.global, cmd).await,
+        Command::Audit { token, limit } => {
+            let c = admin_client(&cli.global)?;
+            let mut path = format!("/v1/audit?limit={limit}");
+            if let Some(t) = token {
+                path.push_str(&format!("&token={}", enc(&t)));
+            }
+            let v = c.call(Method::GET, &path, None).await?;
+            if cli.global.json {
+                print_json(&v);
+            } else {
+                let rows = v.get("entries").and_then(Value::as_array).cloned().unwrap_or_default();
+                print_table(
+                    &["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"],
+                    rows.iter().map(|e| {
+                        vec![s(e, "at"), s(e, "actor"), s(e, "source_ip"), s(e, "action"), s(e, "token"), e.get("details").map(|d| d.to_string()).unwrap_or_default()]
+                    }),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_path, std::env::vars())?;
+    let gw = Gateway::start(config, StartOptions::default()).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining connections and flushing usage");
+    gw.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
+    if g.ca_file.is_some() || g.client_cert.is_some() || g.client_key.is_some() {
+        return Err(anyhow!("--ca-file/--client-cert/--client-key need TLS support, which is not built yet in this version"));
+    }
+    // The config is read only for admin.listen and admin.key_file; a missing default file is fine.
+    let config = match &g.config {
+        Some(p) => Some(Config::load(Some(p), std::env::vars())?),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Some(Config::load(None, std::env::vars())?),
+        None => None,
+    };
+    let url = match (&g.admin_url, &config) {
+        (Some(u), _) => u.clone(),
+        (None, Some(c)) => {
+            let mut addr = c.admin.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+        (None, None) => "http://127.0.0.1:9090".to_string(),
+    };
+    let key = match std::env::var("TOKENGATE_ADMIN_KEY") {
+        Ok(k) => k,
+        Err(_) => {
+            let file = config
+                .as_ref()
+                .map(|c| c.admin.key_file.clone())
+                .unwrap_or_else(|| Config::defaults().admin.key_file);
+            read_key_file(&file)?.with_context(|| {
+                format!("no admin key: set TOKENGATE_ADMIN_KEY or create {}", file.display())
+            })?
+        }
+    };
+    Ok(AdminClient::new(&url, &key)?)
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn token_row(t: &Value) -> Vec<String> {
+    let status = match (s(t, "status").as_str(), t.get("inactive_reason").and_then(Value::as_str)) {
+        ("inactive", Some(r)) => format!("inactive ({r})"),
+        (st, _) => st.to_string(),
+    };
+    vec![s(t, "name"), status, s(t, "access"), s(t, "last_used_at"), s(t, "inactive_at"), s(t, "description")]
+}
+
+const TOKEN_HEADER: [&str; 6] = ["NAME", "STATUS", "ACCESS", "LAST USED", "LAPSES AT", "DESCRIPTION"];
+
+fn print_token(t: &Value) {
+    for k in [
+        "name", "id", "description", "access", "status", "inactive_reason", "created_at", "activated_at",
+        "deactivated_at", "last_used_at", "inactive_at", "delete_at",
+    ] {
+        println!("{:<16} {}", format!("{k}:"), s(t, k));
+    }
+}
+
+fn print_secret(t: &Value) {
+    print_token(t);
+    println!();
+    println!("secret:          {}", s(t, "token"));
+    println!("(store it now: it cannot be shown again)");
+}
+
+async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
+    let c = admin_client(g)?;
+    let v = match cmd {
+        TokenCmd::Create { name, access, description } => {
+            let mut body = json!({"name": name, "access": access});
+            if let Some(d) = description {
+                body["description"] = Value::String(d);
+            }
+            let v = c.call(Method::POST, "/v1/tokens", Some(body)).await?;
+            if !g.json {
+                print_secret(&v);
+                return Ok(());
+            }
+            v
+        }
+        TokenCmd::List { status, filter } => {
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = "/v1/tokens?limit=1000".to_string();
+                if let Some(st) = &status {
+                    path.push_str(&format!("&status={}", enc(st)));
+                }
+                if let Some(q) = &filter {
+                    path.push_str(&format!("&q={}", enc(q)));
+                }
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={}", enc(a)));
+                }
+                let page = c.call(Method::GET, &path, None).await?;
+                all.extend(page.get("tokens").and_then(Value::as_array).cloned().unwrap_or_default());
+                match page.get("next").and_then(Value::as_str) {
+                    Some(n) => after = Some(n.to_string()),
+                    None => break,
+                }
+            }
+            if !g.json {
+                print_table(&TOKEN_HEADER, all.iter().map(token_row));
+                return Ok(());
+            }
+            json!({"tokens": all, "next": null})
+        }
+        TokenCmd::Show { name } => {
+            let v = c.call(Method::GET, &format!("/v1/tokens/{}", enc(&name)), None).await?;
+            if !g.json {
+                print_token(&v);
+                return Ok(());
+            }
+            v
+        }
+        TokenCmd::Update { name, description, clear_description, access } => {
+            let mut body = serde_json::Map::new();
+            if let Some(d) = description {
+                body.insert("description".into(), Value::String(d));
+            }
+            if clear_description {
+                body.insert("description".into(), Value::Null);
+            }
+            if let Some(a) = access {
+                body.insert("access".into(), json!(a));
+            }
+            if body.is_empty() {
+                return Err(anyhow!("nothing to update: give --description, --clear-description or --access"));
+            }
+            let v = c.call(Method::PATCH, &format!("/v1/tokens/{}", enc(&name)), Some(Value::Object(body))).await?;
+            if !g.json {
+                print_token(&v);
+                return Ok(());
+            }
+            v
+        }
+        TokenCmd::Delete { name } => {
+            c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None).await?;
+            if !g.json {
+                println!("deleted {name}");
+                return Ok(());
+            }
+            json!({"deleted": name})
+        }
+        TokenCmd::Activate { names } | TokenCmd::Deactivate { names } if names.is_empty() => {
+            return Err(anyhow!("no token names given"));
+        }
+        TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
+        TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,
+        TokenCmd::Regenerate { name } => {
+            let v = c.call(Method::POST, &format!("/v1/tokens/{}/regenerate", enc(&name)), None).await?;
+            if !g.json {
+                print_secret(&v);
+                return Ok(());
+            }
+            v
+        }
+    };
+    if g.json {
+        print_json(&v);
+    }
+    Ok(())
+}
+
+async fn status_cmd(c: &AdminClient, g: &Global, op: &str, names: Vec<String>) -> anyhow::Result<Value> {
+    let v = c.call(Method::POST, &format!("/v1/tokens/{op}"), Some(json!({"names": names}))).await?;
+    if !g.json {
+        let rows = v.get("tokens").and_then(Value::as_array).cloned().unwrap_or_default();
+        print_table(&TOKEN_HEADER, rows.iter().map(token_row));
+    }
+    Ok(v)
+}
+
+async fn ip_cmd(g: &Global, cmd: IpCmd) -> anyhow::Result<()> {
+    let c = admin_client(g)?;
+    let v = match cmd {
+        IpCmd::List { token } => c.call(Method::GET, &format!("/v1/tokens/{}/ips", enc(&token)), None).await?,
+        IpCmd::Block { token, entries } => {
+            c.call(Method::POST, &format!("/v1/tokens/{}/ips/block", enc(&token)), Some(json!({"ips": entries})))
+                .await?
+        }
+        IpCmd::Unblock { token, entries } => {
+            c.call(Method::POST, &format!("/v1/tokens/{}/ips/unblock", enc(&token)), Some(json!({"ips": entries})))
+                .await?
+        }
+    };
+    if g.json {
+        print_json(&v);
+    } else {
+        let rows = v.get("ips").and_then(Value::as_array).cloned().unwrap_or_default();
+        print_table(
+            &["IP", "FIRST USED", "LAST USED", "REQUESTS", "DENIED", "BLOCKED"],
+            rows.iter().map(|r| {
+                let blocked = match r.get("blocked_by").and_then(Value::as_str) {
+                    Some(b) if b != s(r, "ip") => format!("yes (by {b})"),
+                    Some(_) => "yes".into(),
+                    None => "no".into(),
+                };
+                vec![s(r, "ip"), s(r, "first_used_at"), s(r, "last_used_at"), s(r, "requests"), s(r, "denied"), blocked]
+            }),
+        );
+    }
+    Ok(())
+}
