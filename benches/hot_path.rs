@@ -1,1 +1,118 @@
-fn main(){}
+//! Micro-benchmarks of the proxy's hot path pieces (criterion). Run: `cargo bench`.
+//! Compare results as ratios within one run; the machine is shared and noisy.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tokengate::clock::Timestamp;
+use tokengate::proxy::path::normalise;
+use tokengate::proxy::route::RouteTable;
+use tokengate::state::TokenIndex;
+use tokengate::store::{Status, TokenRecord, TokenWithBlocks};
+use tokengate::token::{parse_bearer, Access, Secret, SecretHash};
+use tokengate::usage::UsageRecorder;
+
+fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
+    TokenWithBlocks {
+        token: TokenRecord {
+            id: format!("00000000-0000-4000-8000-{i:012}"),
+            name: format!("token-{i}"),
+            description: None,
+            access: Access::SECURITY_DIRECTOR,
+            secret_hash: hash,
+            status: Status::Active,
+            inactive_reason: None,
+            created_at: Timestamp(1_700_000_000_000),
+            activated_at: None,
+            deactivated_at: None,
+            last_used_at: None,
+            version: 1,
+        },
+        blocks: Vec::new(),
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    const N: u32 = 100_000;
+    let index = TokenIndex::default();
+    let target = Secret::generate();
+    for i in 0..N {
+        index.upsert(record(i, SecretHash::of(format!("filler-{i}").as_bytes())));
+    }
+    index.upsert(record(N, target.hash()));
+    let valid = target.expose().as_bytes().to_vec();
+    let unknown = Secret::generate().expose().as_bytes().to_vec();
+    let garbage = b"tg_this-is-not-a-valid-token-at-all-xx".to_vec();
+
+    let mut g = c.benchmark_group("token");
+    g.bench_function("parse_checksum_hash", |b| {
+        b.iter(|| parse_bearer(black_box(&valid)))
+    });
+    g.bench_function("check_valid_among_100k", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&valid))
+                .ok()
+                .and_then(|h| index.get(&h))
+        })
+    });
+    g.bench_function("refuse_garbage", |b| {
+        b.iter(|| parse_bearer(black_box(&garbage)).is_err())
+    });
+    g.bench_function("refuse_unknown_well_formed", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&unknown))
+                .ok()
+                .and_then(|h| index.get(&h))
+                .is_none()
+        })
+    });
+    g.finish();
+}
+
+fn usage(c: &mut Criterion) {
+    let rec = UsageRecorder::new(10_000);
+    let id: Arc<str> = Arc::from("00000000-0000-4000-8000-000000000001");
+    let one: IpAddr = "192.0.2.1".parse().unwrap();
+    let many: Vec<IpAddr> = (0..10_000u32)
+        .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))
+        .collect();
+    let mut g = c.benchmark_group("usage");
+    g.bench_function("record_one_ip", |b| {
+        b.iter(|| rec.record_use(&id, black_box(one), Timestamp(1)))
+    });
+    let mut i = 0usize;
+    g.bench_function("record_10k_ips", |b| {
+        b.iter(|| {
+            i = (i + 1) % many.len();
+            rec.record_use(&id, black_box(many[i]), Timestamp(1))
+        })
+    });
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let routes: Vec<(Option<String>, String, usize)> = (0..100)
+        .map(|i| (None, format!("/api/v{}/service-{i}/", i % 3), i))
+        .collect();
+    let table = RouteTable::new(routes);
+    let mut g = c.benchmark_group("routing");
+    g.bench_function("find_among_100", |b| {
+        b.iter(|| {
+            table
+                .find(black_box(None), black_box("/api/v1/service-97/items/42"))
+                .map(|m| *m.route)
+        })
+    });
+    g.bench_function("normalise_clean", |b| {
+        b.iter(|| normalise(black_box("/feeds/v1/indicators/ip")))
+    });
+    g.bench_function("normalise_dirty", |b| {
+        b.iter(|| normalise(black_box("/feeds//v1/./indicators/%7Euser/../ip%3a")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, usage, routing);
+criterion_main!(benches);

@@ -34,7 +34,10 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { clock: Arc::new(SystemClock), admin_key: std::env::var("TOKENGATE_ADMIN_KEY").ok() }
+        StartOptions {
+            clock: Arc::new(SystemClock),
+            admin_key: std::env::var("TOKENGATE_ADMIN_KEY").ok(),
+        }
     }
 }
 
@@ -69,22 +72,40 @@ impl Gateway {
                     .await
                     .with_context(|| format!("opening the store at sqlite://{}", path.display()))?,
             ),
-            StoreUrl::Postgres(_) => bail!("store.url: the PostgreSQL store is not built yet in this version"),
+            StoreUrl::Postgres(_) => {
+                bail!("store.url: the PostgreSQL store is not built yet in this version")
+            }
         };
-        let (key, source) = AdminKey::load_or_create(opts.admin_key.as_deref(), &config.admin.key_file)?;
+        let (key, source) =
+            AdminKey::load_or_create(opts.admin_key.as_deref(), &config.admin.key_file)?;
         match source {
             KeySource::Env => tracing::info!("admin key from TOKENGATE_ADMIN_KEY"),
-            KeySource::File => tracing::info!(path = %config.admin.key_file.display(), "admin key from file"),
+            KeySource::File => {
+                tracing::info!(path = %config.admin.key_file.display(), "admin key from file")
+            }
             KeySource::Generated => {
                 tracing::info!(path = %config.admin.key_file.display(), "generated a new admin key (mode 0600)")
             }
         }
-        let index = Arc::new(TokenIndex::load(store.as_ref()).await.context("loading tokens from the store")?);
+        let index = Arc::new(
+            TokenIndex::load(store.as_ref())
+                .await
+                .context("loading tokens from the store")?,
+        );
         tracing::info!(tokens = index.len(), "token index loaded");
         let clock = opts.clock;
         let usage = Arc::new(UsageRecorder::new(config.usage.max_ips_per_token));
-        let limiter = Arc::new(FailureLimiter::new(config.proxy.failed_auth_limit, clock.clone()));
-        let proxy = Arc::new(Proxy::new(&config, index.clone(), usage.clone(), limiter.clone(), clock.clone()));
+        let limiter = Arc::new(FailureLimiter::new(
+            config.proxy.failed_auth_limit,
+            clock.clone(),
+        ));
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            index.clone(),
+            usage.clone(),
+            limiter.clone(),
+            clock.clone(),
+        ));
         let admin = Arc::new(Admin::new(
             store.clone(),
             index.clone(),
@@ -118,26 +139,54 @@ impl Gateway {
         let p = &config.proxy;
         let opts = ServerOptions {
             header_read_timeout: p.header_read_timeout,
-            // hyper refuses heads over this with a bare 431; the pipeline applies the exact
-            // limit below it with the JSON body. hyper's minimum is 8 KiB.
-            max_buf_size: (p.max_header_bytes + 4096).max(8192),
+            // The pipeline applies max_header_bytes exactly, with the SPEC's JSON 431; hyper's
+            // buffer sits above it (2x, at least 64 KiB) so that answer covers all but absurd
+            // heads, which hyper itself refuses with a bare 431.
+            max_buf_size: (p.max_header_bytes * 2).max(64 * 1024),
             h2_max_concurrent_streams: p.h2_max_concurrent_streams,
             h2_max_header_list_size: u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX),
             idle_timeout: p.idle_timeout,
             max_connections: p.max_connections,
             shutdown_grace: p.shutdown_grace,
         };
-        let admin_opts = ServerOptions { max_connections: 1024, ..opts.clone() };
+        let admin_opts = ServerOptions {
+            max_connections: 1024,
+            ..opts.clone()
+        };
         let servers = vec![
-            tokio::spawn(server::serve(proxy_listener, opts, move |c, r| proxy.clone().handle(c, r), rx.clone())),
-            tokio::spawn(server::serve(admin_listener, admin_opts, move |c, r| admin.clone().handle(c, r), rx.clone())),
+            tokio::spawn(server::serve(
+                proxy_listener,
+                opts,
+                move |c, r| proxy.clone().handle(c, r),
+                rx.clone(),
+            )),
+            tokio::spawn(server::serve(
+                admin_listener,
+                admin_opts,
+                move |c, r| admin.clone().handle(c, r),
+                rx.clone(),
+            )),
         ];
         let background = vec![
-            tokio::spawn(usage.clone().run(store.clone(), config.usage.flush_interval, rx.clone())),
+            tokio::spawn(
+                usage
+                    .clone()
+                    .run(store.clone(), config.usage.flush_interval, rx.clone()),
+            ),
             tokio::spawn(sweeper.clone().run(config.lifecycle.sweep_interval, rx)),
         ];
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokengate listening");
-        Ok(Gateway { proxy_addr, admin_addr, store, index, usage, sweeper, shutdown, servers, background })
+        Ok(Gateway {
+            proxy_addr,
+            admin_addr,
+            store,
+            index,
+            usage,
+            sweeper,
+            shutdown,
+            servers,
+            background,
+        })
     }
 
     /// Graceful stop: stop accepting, drain in-flight requests (up to `proxy.shutdown_grace`),
@@ -150,7 +199,10 @@ impl Gateway {
         for b in self.background {
             let _ = b.await;
         }
-        self.usage.flush(self.store.as_ref()).await.context("final usage flush")?;
+        self.usage
+            .flush(self.store.as_ref())
+            .await
+            .context("final usage flush")?;
         Ok(())
     }
 }

@@ -17,7 +17,11 @@ use crate::client::AdminClient;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Debug, Parser)]
-#[command(name = "tokengate", version, about = "Reverse-proxy authentication gateway for application tokens")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Reverse-proxy authentication gateway for application tokens"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -139,7 +143,8 @@ pub enum IpCmd {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
@@ -184,11 +189,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.global.json {
                 print_json(&v);
             } else {
-                let rows = v.get("entries").and_then(Value::as_array).cloned().unwrap_or_default();
+                let rows = v
+                    .get("entries")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 print_table(
                     &["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"],
                     rows.iter().map(|e| {
-                        vec![s(e, "at"), s(e, "actor"), s(e, "source_ip"), s(e, "action"), s(e, "token"), e.get("details").map(|d| d.to_string()).unwrap_or_default()]
+                        vec![
+                            s(e, "at"),
+                            s(e, "actor"),
+                            s(e, "source_ip"),
+                            s(e, "action"),
+                            s(e, "token"),
+                            e.get("details").map(|d| d.to_string()).unwrap_or_default(),
+                        ]
                     }),
                 );
             }
@@ -214,7 +230,9 @@ fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
     // The config is read only for admin.listen and admin.key_file; a missing default file is fine.
     let config = match &g.config {
         Some(p) => Some(Config::load(Some(p), std::env::vars())?),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Some(Config::load(None, std::env::vars())?),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Some(Config::load(None, std::env::vars())?)
+        }
         None => None,
     };
     let url = match (&g.admin_url, &config) {
@@ -236,7 +254,10 @@ fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
                 .map(|c| c.admin.key_file.clone())
                 .unwrap_or_else(|| Config::defaults().admin.key_file);
             read_key_file(&file)?.with_context(|| {
-                format!("no admin key: set TOKENGATE_ADMIN_KEY or create {}", file.display())
+                format!(
+                    "no admin key: set TOKENGATE_ADMIN_KEY or create {}",
+                    file.display()
+                )
             })?
         }
     };
@@ -251,7 +272,11 @@ fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(x)) => x.clone(),
         Some(Value::Null) | None => "-".into(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         Some(other) => other.to_string(),
     }
 }
@@ -286,19 +311,46 @@ fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
 }
 
 fn token_row(t: &Value) -> Vec<String> {
-    let status = match (s(t, "status").as_str(), t.get("inactive_reason").and_then(Value::as_str)) {
+    let status = match (
+        s(t, "status").as_str(),
+        t.get("inactive_reason").and_then(Value::as_str),
+    ) {
         ("inactive", Some(r)) => format!("inactive ({r})"),
         (st, _) => st.to_string(),
     };
-    vec![s(t, "name"), status, s(t, "access"), s(t, "last_used_at"), s(t, "inactive_at"), s(t, "description")]
+    vec![
+        s(t, "name"),
+        status,
+        s(t, "access"),
+        s(t, "last_used_at"),
+        s(t, "inactive_at"),
+        s(t, "description"),
+    ]
 }
 
-const TOKEN_HEADER: [&str; 6] = ["NAME", "STATUS", "ACCESS", "LAST USED", "LAPSES AT", "DESCRIPTION"];
+const TOKEN_HEADER: [&str; 6] = [
+    "NAME",
+    "STATUS",
+    "ACCESS",
+    "LAST USED",
+    "LAPSES AT",
+    "DESCRIPTION",
+];
 
 fn print_token(t: &Value) {
     for k in [
-        "name", "id", "description", "access", "status", "inactive_reason", "created_at", "activated_at",
-        "deactivated_at", "last_used_at", "inactive_at", "delete_at",
+        "name",
+        "id",
+        "description",
+        "access",
+        "status",
+        "inactive_reason",
+        "created_at",
+        "activated_at",
+        "deactivated_at",
+        "last_used_at",
+        "inactive_at",
+        "delete_at",
     ] {
         println!("{:<16} {}", format!("{k}:"), s(t, k));
     }
@@ -314,7 +366,11 @@ fn print_secret(t: &Value) {
 async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
     let c = admin_client(g)?;
     let v = match cmd {
-        TokenCmd::Create { name, access, description } => {
+        TokenCmd::Create {
+            name,
+            access,
+            description,
+        } => {
             let mut body = json!({"name": name, "access": access});
             if let Some(d) = description {
                 body["description"] = Value::String(d);
@@ -341,7 +397,12 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                     path.push_str(&format!("&after={}", enc(a)));
                 }
                 let page = c.call(Method::GET, &path, None).await?;
-                all.extend(page.get("tokens").and_then(Value::as_array).cloned().unwrap_or_default());
+                all.extend(
+                    page.get("tokens")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 match page.get("next").and_then(Value::as_str) {
                     Some(n) => after = Some(n.to_string()),
                     None => break,
@@ -354,14 +415,21 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             json!({"tokens": all, "next": null})
         }
         TokenCmd::Show { name } => {
-            let v = c.call(Method::GET, &format!("/v1/tokens/{}", enc(&name)), None).await?;
+            let v = c
+                .call(Method::GET, &format!("/v1/tokens/{}", enc(&name)), None)
+                .await?;
             if !g.json {
                 print_token(&v);
                 return Ok(());
             }
             v
         }
-        TokenCmd::Update { name, description, clear_description, access } => {
+        TokenCmd::Update {
+            name,
+            description,
+            clear_description,
+            access,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(d) = description {
                 body.insert("description".into(), Value::String(d));
@@ -373,9 +441,17 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                 body.insert("access".into(), json!(a));
             }
             if body.is_empty() {
-                return Err(anyhow!("nothing to update: give --description, --clear-description or --access"));
+                return Err(anyhow!(
+                    "nothing to update: give --description, --clear-description or --access"
+                ));
             }
-            let v = c.call(Method::PATCH, &format!("/v1/tokens/{}", enc(&name)), Some(Value::Object(body))).await?;
+            let v = c
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/tokens/{}", enc(&name)),
+                    Some(Value::Object(body)),
+                )
+                .await?;
             if !g.json {
                 print_token(&v);
                 return Ok(());
@@ -383,7 +459,8 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             v
         }
         TokenCmd::Delete { name } => {
-            c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None).await?;
+            c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None)
+                .await?;
             if !g.json {
                 println!("deleted {name}");
                 return Ok(());
@@ -396,7 +473,13 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
         TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,
         TokenCmd::Regenerate { name } => {
-            let v = c.call(Method::POST, &format!("/v1/tokens/{}/regenerate", enc(&name)), None).await?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/tokens/{}/regenerate", enc(&name)),
+                    None,
+                )
+                .await?;
             if !g.json {
                 print_secret(&v);
                 return Ok(());
@@ -410,10 +493,25 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status_cmd(c: &AdminClient, g: &Global, op: &str, names: Vec<String>) -> anyhow::Result<Value> {
-    let v = c.call(Method::POST, &format!("/v1/tokens/{op}"), Some(json!({"names": names}))).await?;
+async fn status_cmd(
+    c: &AdminClient,
+    g: &Global,
+    op: &str,
+    names: Vec<String>,
+) -> anyhow::Result<Value> {
+    let v = c
+        .call(
+            Method::POST,
+            &format!("/v1/tokens/{op}"),
+            Some(json!({"names": names})),
+        )
+        .await?;
     if !g.json {
-        let rows = v.get("tokens").and_then(Value::as_array).cloned().unwrap_or_default();
+        let rows = v
+            .get("tokens")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         print_table(&TOKEN_HEADER, rows.iter().map(token_row));
     }
     Ok(v)
@@ -422,29 +520,62 @@ async fn status_cmd(c: &AdminClient, g: &Global, op: &str, names: Vec<String>) -
 async fn ip_cmd(g: &Global, cmd: IpCmd) -> anyhow::Result<()> {
     let c = admin_client(g)?;
     let v = match cmd {
-        IpCmd::List { token } => c.call(Method::GET, &format!("/v1/tokens/{}/ips", enc(&token)), None).await?,
+        IpCmd::List { token } => {
+            c.call(
+                Method::GET,
+                &format!("/v1/tokens/{}/ips", enc(&token)),
+                None,
+            )
+            .await?
+        }
         IpCmd::Block { token, entries } => {
-            c.call(Method::POST, &format!("/v1/tokens/{}/ips/block", enc(&token)), Some(json!({"ips": entries})))
-                .await?
+            c.call(
+                Method::POST,
+                &format!("/v1/tokens/{}/ips/block", enc(&token)),
+                Some(json!({"ips": entries})),
+            )
+            .await?
         }
         IpCmd::Unblock { token, entries } => {
-            c.call(Method::POST, &format!("/v1/tokens/{}/ips/unblock", enc(&token)), Some(json!({"ips": entries})))
-                .await?
+            c.call(
+                Method::POST,
+                &format!("/v1/tokens/{}/ips/unblock", enc(&token)),
+                Some(json!({"ips": entries})),
+            )
+            .await?
         }
     };
     if g.json {
         print_json(&v);
     } else {
-        let rows = v.get("ips").and_then(Value::as_array).cloned().unwrap_or_default();
+        let rows = v
+            .get("ips")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         print_table(
-            &["IP", "FIRST USED", "LAST USED", "REQUESTS", "DENIED", "BLOCKED"],
+            &[
+                "IP",
+                "FIRST USED",
+                "LAST USED",
+                "REQUESTS",
+                "DENIED",
+                "BLOCKED",
+            ],
             rows.iter().map(|r| {
                 let blocked = match r.get("blocked_by").and_then(Value::as_str) {
                     Some(b) if b != s(r, "ip") => format!("yes (by {b})"),
                     Some(_) => "yes".into(),
                     None => "no".into(),
                 };
-                vec![s(r, "ip"), s(r, "first_used_at"), s(r, "last_used_at"), s(r, "requests"), s(r, "denied"), blocked]
+                vec![
+                    s(r, "ip"),
+                    s(r, "first_used_at"),
+                    s(r, "last_used_at"),
+                    s(r, "requests"),
+                    s(r, "denied"),
+                    blocked,
+                ]
             }),
         );
     }

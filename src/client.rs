@@ -19,7 +19,12 @@ pub struct AdminClient {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{code}: {message}")]
-    Api { status: StatusCode, code: String, message: String, body: Value },
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        body: Value,
+    },
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{0}")]
@@ -33,17 +38,31 @@ impl AdminClient {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
             Ok(u) if u.scheme_str() == Some("https") => {
                 return Err(ClientError::Usage(
-                    "https:// admin URLs need TLS support, which is not built yet in this version".into(),
+                    "https:// admin URLs need TLS support, which is not built yet in this version"
+                        .into(),
                 ))
             }
-            _ => return Err(ClientError::Usage(format!("invalid admin URL {base:?} (expected http://host:port)"))),
+            _ => {
+                return Err(ClientError::Usage(format!(
+                    "invalid admin URL {base:?} (expected http://host:port)"
+                )))
+            }
         }
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        Ok(AdminClient { base, key: key.to_string(), http })
+        Ok(AdminClient {
+            base,
+            key: key.to_string(),
+            http,
+        })
     }
 
     /// Sends one request; a 2xx answers `Ok(body)` (`Value::Null` for an empty body).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
@@ -59,16 +78,36 @@ impl AdminClient {
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| ClientError::Usage(format!("invalid request: {e}")))?;
-        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable { url: self.base.clone(), reason: e.to_string() };
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
         let resp = self.http.request(req).await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| unreachable(&e))?.to_bytes();
-        let value: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
         if status.is_success() {
             return Ok(value);
         }
-        let code = value.get("error").and_then(Value::as_str).unwrap_or("error").to_string();
-        let mut message = value.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+        let code = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_string();
+        let mut message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if let Some(f) = value.get("field").and_then(Value::as_str) {
             message = format!("{message} (field {f})");
         }
@@ -79,6 +118,11 @@ impl AdminClient {
         if message.is_empty() {
             message = format!("HTTP {status}");
         }
-        Err(ClientError::Api { status, code, message, body: value })
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            body: value,
+        })
     }
 }

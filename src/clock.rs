@@ -19,13 +19,13 @@ impl Timestamp {
     }
 
     /// `self + d`, saturating (durations come from config and may be huge).
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Timestamp(self.0.saturating_add(ms))
     }
 
     /// `self - d`, saturating.
-    pub fn sub(self, d: Duration) -> Timestamp {
+    pub fn minus(self, d: Duration) -> Timestamp {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Timestamp(self.0.saturating_sub(ms))
     }
@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn formats_rfc3339_utc() {
         assert_eq!(Timestamp(0).rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(Timestamp(1_700_000_000_999).rfc3339(), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            Timestamp(1_700_000_000_999).rfc3339(),
+            "2023-11-14T22:13:20Z"
+        );
     }
 
     #[test]
@@ -107,7 +110,7 @@ mod tests {
         assert_eq!(c.now(), Timestamp(1000));
         c.advance(Duration::from_secs(2));
         assert_eq!(c.now(), Timestamp(3000));
-        assert_eq!(c.now().add(Duration::from_millis(5)), Timestamp(3005));
-        assert_eq!(c.now().sub(Duration::from_millis(5)), Timestamp(2995));
+        assert_eq!(c.now().plus(Duration::from_millis(5)), Timestamp(3005));
+        assert_eq!(c.now().minus(Duration::from_millis(5)), Timestamp(2995));
     }
 }

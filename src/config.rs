@@ -37,7 +37,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 // === raw layer: mirrors the file ===
@@ -140,7 +143,10 @@ pub struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { url: "sqlite://data/tokengate.db".into(), outage_grace: "60s".into() }
+        RawStore {
+            url: "sqlite://data/tokengate.db".into(),
+            outage_grace: "60s".into(),
+        }
     }
 }
 
@@ -153,7 +159,10 @@ pub struct RawUsage {
 
 impl Default for RawUsage {
     fn default() -> Self {
-        RawUsage { flush_interval: "1s".into(), max_ips_per_token: 10000 }
+        RawUsage {
+            flush_interval: "1s".into(),
+            max_ips_per_token: 10000,
+        }
     }
 }
 
@@ -183,7 +192,9 @@ pub struct RawAudit {
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { retention: "400d".into() }
+        RawAudit {
+            retention: "400d".into(),
+        }
     }
 }
 
@@ -358,14 +369,19 @@ impl RawConfig {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(
-                config::File::from(path).format(config::FileFormat::Toml).required(true),
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
             );
         }
         // Only `TOKENGATE_<SECTION>__<KEY>` are config keys; `TOKENGATE_ADMIN_KEY` and friends
         // are not, and must not trip the unknown-key check.
         let overrides: config::Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.strip_prefix(ENV_PREFIX).is_some_and(|rest| rest.contains("__")))
+            .filter(|(k, _)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|rest| rest.contains("__"))
+            })
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("TOKENGATE")
@@ -374,12 +390,18 @@ impl RawConfig {
                 .try_parsing(true)
                 .source(Some(overrides)),
         );
-        let merged = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        let value: serde_json::Value =
-            merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let value: serde_json::Value = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::Invalid { key, message: e.into_inner().to_string() }
+            ConfigError::Invalid {
+                key,
+                message: e.into_inner().to_string(),
+            }
         })?;
         if file.is_none() && raw.routes.is_none() {
             raw.routes = Some(default_routes());
@@ -390,7 +412,10 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let p = self.proxy;
         if p.tls.is_some() {
-            return Err(invalid("proxy.tls", "TLS termination is not built yet in this version"));
+            return Err(invalid(
+                "proxy.tls",
+                "TLS termination is not built yet in this version",
+            ));
         }
         let proxy = ProxyConfig {
             listen: addr("proxy.listen", &p.listen)?,
@@ -401,7 +426,9 @@ impl RawConfig {
                     s.parse::<IpNet>()
                         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
                         .map(canonical_net)
-                        .map_err(|_| invalid("proxy.trusted_proxies", format!("invalid CIDR {s:?}")))
+                        .map_err(|_| {
+                            invalid("proxy.trusted_proxies", format!("invalid CIDR {s:?}"))
+                        })
                 })
                 .collect::<Result<_, _>>()?,
             forward_authorization: p.forward_authorization,
@@ -423,7 +450,10 @@ impl RawConfig {
         };
         let a = self.admin;
         if a.tls.is_some() {
-            return Err(invalid("admin.tls", "TLS termination is not built yet in this version"));
+            return Err(invalid(
+                "admin.tls",
+                "TLS termination is not built yet in this version",
+            ));
         }
         let admin = AdminConfig {
             listen: addr("admin.listen", &a.listen)?,
@@ -458,7 +488,9 @@ impl RawConfig {
                 ),
             ));
         }
-        let audit = AuditConfig { retention: positive("audit.retention", &self.audit.retention)? };
+        let audit = AuditConfig {
+            retention: positive("audit.retention", &self.audit.retention)?,
+        };
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in self.routes.unwrap_or_default().into_iter().enumerate() {
@@ -471,7 +503,15 @@ impl RawConfig {
             }
             routes.push(route);
         }
-        Ok(Config { proxy, admin, store, usage, lifecycle, audit, routes })
+        Ok(Config {
+            proxy,
+            admin,
+            store,
+            usage,
+            lifecycle,
+            audit,
+            routes,
+        })
     }
 }
 
@@ -479,7 +519,10 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
     let key = |k: &str| format!("routes[{i}].{k}");
     let prefix = r.path_prefix;
     if !prefix.starts_with('/') || !prefix.ends_with('/') {
-        return Err(invalid(key("path_prefix"), format!("{prefix:?} must start and end with '/'")));
+        return Err(invalid(
+            key("path_prefix"),
+            format!("{prefix:?} must start and end with '/'"),
+        ));
     }
     match normalise(&prefix) {
         Ok(n) if n == prefix => {}
@@ -493,13 +536,17 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
     let host = match r.host {
         None => None,
         Some(h) => Some(
-            normalise_host(&h).ok_or_else(|| invalid(key("host"), format!("invalid host {h:?}")))?,
+            normalise_host(&h)
+                .ok_or_else(|| invalid(key("host"), format!("invalid host {h:?}")))?,
         ),
     };
     let access = Access::parse_one(&r.access).ok_or_else(|| {
         invalid(
             key("access"),
-            format!("unknown access type {:?}: expected security-director or third-party-feeds", r.access),
+            format!(
+                "unknown access type {:?}: expected security-director or third-party-feeds",
+                r.access
+            ),
         )
     })?;
     let upstream: http::Uri = r
@@ -509,15 +556,33 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
     match upstream.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err(invalid(key("upstream"), "https:// upstreams are not built yet in this version"))
+            return Err(invalid(
+                key("upstream"),
+                "https:// upstreams are not built yet in this version",
+            ))
         }
-        _ => return Err(invalid(key("upstream"), format!("{:?} must be an http:// URL", r.upstream))),
+        _ => {
+            return Err(invalid(
+                key("upstream"),
+                format!("{:?} must be an http:// URL", r.upstream),
+            ))
+        }
     }
     if upstream.authority().is_none() || upstream.query().is_some() {
-        return Err(invalid(key("upstream"), format!("{:?} must be http://host:port[/base]", r.upstream)));
+        return Err(invalid(
+            key("upstream"),
+            format!("{:?} must be http://host:port[/base]", r.upstream),
+        ));
     }
-    if r.ca_file.is_some() || r.client_cert.is_some() || r.client_key.is_some() || r.tls_server_name.is_some() {
-        return Err(invalid(key("ca_file"), "upstream TLS settings need an https:// upstream"));
+    if r.ca_file.is_some()
+        || r.client_cert.is_some()
+        || r.client_key.is_some()
+        || r.tls_server_name.is_some()
+    {
+        return Err(invalid(
+            key("ca_file"),
+            "upstream TLS settings need an https:// upstream",
+        ));
     }
     Ok(RouteConfig {
         path_prefix: prefix,
@@ -531,7 +596,8 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
 }
 
 fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| invalid(key, format!("invalid address {s:?} (expected IP:PORT)")))
+    s.parse()
+        .map_err(|_| invalid(key, format!("invalid address {s:?} (expected IP:PORT)")))
 }
 
 /// Parses a humantime duration (`"500ms"`, `"2s"`, `"30d"`); `"0"` is zero.
@@ -546,14 +612,20 @@ pub fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
 fn positive(key: &str, s: &str) -> Result<Duration, ConfigError> {
     let d = duration(key, s)?;
     if d.is_zero() {
-        return Err(invalid(key, format!("must be greater than zero, got {s:?}")));
+        return Err(invalid(
+            key,
+            format!("must be greater than zero, got {s:?}"),
+        ));
     }
     Ok(d)
 }
 
 fn range(key: &str, v: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
     if v < min || v > max {
-        return Err(invalid(key, format!("{v} is out of range ({min} to {max})")));
+        return Err(invalid(
+            key,
+            format!("{v} is out of range ({min} to {max})"),
+        ));
     }
     usize::try_from(v).map_err(|_| invalid(key, format!("{v} is too large")))
 }
@@ -575,7 +647,10 @@ fn store_url(s: &str) -> Result<StoreUrl, ConfigError> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         return Ok(StoreUrl::Postgres(s.to_string()));
     }
-    Err(invalid("store.url", "expected sqlite://PATH or postgres://..."))
+    Err(invalid(
+        "store.url",
+        "expected sqlite://PATH or postgres://...",
+    ))
 }
 
 #[cfg(test)]
@@ -632,12 +707,18 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = load_str("[usage]\nflush_interval = \"soon\"\n", &[]).unwrap_err();
-        assert_eq!(e.to_string(), "usage.flush_interval: invalid duration \"soon\"");
+        assert_eq!(
+            e.to_string(),
+            "usage.flush_interval: invalid duration \"soon\""
+        );
         let e = load_str("[usage]\nbogus = 1\n", &[]).unwrap_err();
         assert!(e.to_string().starts_with("usage"), "{e}");
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = load_str("", &[("TOKENGATE_USAGE__FLUSH_INTERVAL", "soon")]).unwrap_err();
-        assert_eq!(e.to_string(), "usage.flush_interval: invalid duration \"soon\"");
+        assert_eq!(
+            e.to_string(),
+            "usage.flush_interval: invalid duration \"soon\""
+        );
         let e = load_str("[lifecycle]\ninactive_after = \"90d\"\n", &[]).unwrap_err();
         assert!(e.to_string().starts_with("lifecycle.delete_after:"), "{e}");
         let e = load_str("[proxy]\nlisten = \"nowhere\"\n", &[]).unwrap_err();

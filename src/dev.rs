@@ -24,7 +24,10 @@ use crate::server::{self, ConnInfo, ServerOptions};
 use crate::token::{self, Access};
 
 /// An upstream that answers every request with what it received (minus any Authorization).
-pub async fn spawn_echo(service: &'static str, shutdown: watch::Receiver<bool>) -> std::io::Result<SocketAddr> {
+pub async fn spawn_echo(
+    service: &'static str,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let opts = ServerOptions {
@@ -36,7 +39,12 @@ pub async fn spawn_echo(service: &'static str, shutdown: watch::Receiver<bool>) 
         max_connections: 1024,
         shutdown_grace: std::time::Duration::from_secs(1),
     };
-    tokio::spawn(server::serve(listener, opts, move |_c: ConnInfo, req: Request<Incoming>| echo(service, req), shutdown));
+    tokio::spawn(server::serve(
+        listener,
+        opts,
+        move |_c: ConnInfo, req: Request<Incoming>| echo(service, req),
+        shutdown,
+    ));
     Ok(addr)
 }
 
@@ -45,7 +53,12 @@ async fn echo(service: &'static str, req: Request<Incoming>) -> Response<Full<By
         .headers()
         .iter()
         .filter(|(k, _)| *k != http::header::AUTHORIZATION)
-        .map(|(k, v)| (k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     let body = json!({
         "service": service,
@@ -55,20 +68,27 @@ async fn echo(service: &'static str, req: Request<Incoming>) -> Response<Full<By
         "headers": headers,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// The preferred port if it is free, else any free port.
 async fn pick(preferred: &str) -> SocketAddr {
     match TcpListener::bind(preferred).await {
-        Ok(l) => l.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+        Ok(l) => l
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
         Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("tokengate-dev-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("tokengate-dev-")
+        .tempdir()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sd = spawn_echo("security-director", stop_rx.clone()).await?;
     let feeds = spawn_echo("third-party-feeds", stop_rx).await?;
@@ -81,7 +101,9 @@ pub async fn run() -> anyhow::Result<()> {
         path_prefix: prefix.into(),
         host: None,
         access,
-        upstream: format!("http://{upstream}").parse().expect("a socket address makes a valid URI"),
+        upstream: format!("http://{upstream}")
+            .parse()
+            .expect("a socket address makes a valid URI"),
         strip_prefix: true,
         preserve_host: false,
         forward_authorization: false,
@@ -91,7 +113,14 @@ pub async fn run() -> anyhow::Result<()> {
         route("/feeds/", Access::THIRD_PARTY_FEEDS, feeds),
     ];
     let admin_key = token::generate_admin_key();
-    let gw = Gateway::start(config, StartOptions { clock: Arc::new(SystemClock), admin_key: Some(admin_key.clone()) }).await?;
+    let gw = Gateway::start(
+        config,
+        StartOptions {
+            clock: Arc::new(SystemClock),
+            admin_key: Some(admin_key.clone()),
+        },
+    )
+    .await?;
     let admin_url = format!("http://{}", gw.admin_addr);
     let client = AdminClient::new(&admin_url, &admin_key)?;
     let created = client
@@ -105,9 +134,16 @@ pub async fn run() -> anyhow::Result<()> {
             })),
         )
         .await?;
-    let secret = created.get("token").and_then(Value::as_str).unwrap_or_default().to_string();
+    let secret = created
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let proxy = gw.proxy_addr;
-    println!("tokengate dev is running (state in {}, removed on exit)\n", dir.path().display());
+    println!(
+        "tokengate dev is running (state in {}, removed on exit)\n",
+        dir.path().display()
+    );
     println!("  proxy        http://{proxy}   (/sd/ -> security-director echo, /feeds/ -> third-party-feeds echo)");
     println!("  admin API    {admin_url}");
     println!("  console      {admin_url}/");

@@ -94,7 +94,10 @@ impl ProxyError {
                 "too many failed authentications from this address; retry later"
             ),
             ProxyError::MissingToken => {
-                json_body!("missing_token", "an Authorization: Bearer token is required")
+                json_body!(
+                    "missing_token",
+                    "an Authorization: Bearer token is required"
+                )
             }
             ProxyError::InvalidToken => json_body!("invalid_token", "the token is not valid"),
             ProxyError::StoreUnavailable => json_body!(
@@ -107,9 +110,14 @@ impl ProxyError {
             }
             ProxyError::NoRoute => json_body!("no_route", "no route matches this request"),
             ProxyError::AccessDenied => {
-                json_body!("access_denied", "the token does not grant access to this API")
+                json_body!(
+                    "access_denied",
+                    "the token does not grant access to this API"
+                )
             }
-            ProxyError::BadGateway => json_body!("bad_gateway", "the upstream could not be reached"),
+            ProxyError::BadGateway => {
+                json_body!("bad_gateway", "the upstream could not be reached")
+            }
             ProxyError::GatewayTimeout => {
                 json_body!("gateway_timeout", "the upstream did not answer in time")
             }
@@ -124,7 +132,10 @@ impl ProxyError {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             ProxyError::MissingToken => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tokengate\""));
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokengate\""),
+                );
             }
             ProxyError::InvalidToken => {
                 h.insert(
@@ -150,7 +161,9 @@ mod tests {
         let all = [
             ProxyError::InvalidRequest("x \"quoted\""),
             ProxyError::HeadersTooLarge,
-            ProxyError::TooManyFailures { retry_after_secs: 3 },
+            ProxyError::TooManyFailures {
+                retry_after_secs: 3,
+            },
             ProxyError::MissingToken,
             ProxyError::InvalidToken,
             ProxyError::StoreUnavailable,

@@ -4,9 +4,15 @@
 //! integration tests can start the real gateway in-process ([`app::Gateway::start`]).
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod dev;
 pub mod error;
+pub mod lifecycle;
 pub mod limiter;
 pub mod net;
 pub mod policy;
@@ -16,9 +22,3 @@ pub mod state;
 pub mod store;
 pub mod token;
 pub mod usage;
-pub mod admin;
-pub mod app;
-pub mod lifecycle;
-pub mod cli;
-pub mod client;
-pub mod dev;

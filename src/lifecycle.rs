@@ -31,7 +31,11 @@ impl Sweeper {
         let now = self.clock.now();
         let out = self
             .store
-            .sweep(now.sub(self.lifecycle.inactive_after), now.sub(self.lifecycle.delete_after), now)
+            .sweep(
+                now.minus(self.lifecycle.inactive_after),
+                now.minus(self.lifecycle.delete_after),
+                now,
+            )
             .await?;
         for (id, name) in &out.deactivated {
             tracing::info!(token = %name, token_id = %id, actor = "idle-policy", "token deactivated after inactive_after without use");
@@ -45,7 +49,11 @@ impl Sweeper {
     }
 
     /// The periodic loop (the start-up sweep has already run); returns when `shutdown` fires.
-    pub async fn run(self: Arc<Self>, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick fires at once: skip it.

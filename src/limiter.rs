@@ -64,7 +64,10 @@ impl FailureLimiter {
         }
         let now: Timestamp = self.clock.now();
         let w = self.windows.get_with(ip, || {
-            Arc::new(Window { start: AtomicI64::new(now.0), count: AtomicU32::new(0) })
+            Arc::new(Window {
+                start: AtomicI64::new(now.0),
+                count: AtomicU32::new(0),
+            })
         });
         let start = w.start.load(Ordering::Relaxed);
         if now.0 - start >= WINDOW_MS {

@@ -17,6 +17,8 @@ fn main() {
 
 fn try_main(args: Cli) -> anyhow::Result<()> {
     cli::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(cli::run(args))
 }

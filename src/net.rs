@@ -44,7 +44,9 @@ impl BlockEntry {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(BlockEntry(IpNet::from(canonical_ip(ip))));
         }
-        let net: IpNet = s.parse().map_err(|_| format!("{:?} is not an IP address or CIDR", short(s)))?;
+        let net: IpNet = s
+            .parse()
+            .map_err(|_| format!("{:?} is not an IP address or CIDR", short(s)))?;
         if net.addr() != net.network() {
             return Err(format!(
                 "{s:?} has host bits set (did you mean {}?)",
@@ -90,7 +92,11 @@ fn short(s: &str) -> String {
 /// then the right-most `X-Forwarded-For` address that is not itself trusted (the left-most if
 /// all are), where a malformed entry stops the walk at the last good address (or the peer).
 /// `xff` yields the header values in order; each may hold a comma-separated list.
-pub fn client_ip<'a>(peer: IpAddr, trusted: &[IpNet], xff: impl Iterator<Item = &'a [u8]>) -> IpAddr {
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    trusted: &[IpNet],
+    xff: impl Iterator<Item = &'a [u8]>,
+) -> IpAddr {
     let peer = canonical_ip(peer);
     if !is_trusted(trusted, peer) {
         return peer;
@@ -141,17 +147,42 @@ mod tests {
     fn canonical_forms() {
         assert_eq!(canonical_ip(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
         assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
-        assert_eq!(BlockEntry::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1");
-        assert_eq!(BlockEntry::parse("10.0.0.1/32").unwrap().to_string(), "10.0.0.1");
-        assert_eq!(BlockEntry::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(
-            BlockEntry::parse("2001:0DB8:0000:0000:0000:0000:0000:0001").unwrap().to_string(),
+            BlockEntry::parse("10.0.0.1").unwrap().to_string(),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            BlockEntry::parse("10.0.0.1/32").unwrap().to_string(),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            BlockEntry::parse("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            BlockEntry::parse("2001:0DB8:0000:0000:0000:0000:0000:0001")
+                .unwrap()
+                .to_string(),
             "2001:db8::1"
         );
-        assert_eq!(BlockEntry::parse("2001:db8::1/128").unwrap().to_string(), "2001:db8::1");
-        assert_eq!(BlockEntry::parse("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
-        assert_eq!(BlockEntry::parse("::ffff:10.0.0.1").unwrap().to_string(), "10.0.0.1");
-        assert_eq!(BlockEntry::parse("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            BlockEntry::parse("2001:db8::1/128").unwrap().to_string(),
+            "2001:db8::1"
+        );
+        assert_eq!(
+            BlockEntry::parse("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            BlockEntry::parse("::ffff:10.0.0.1").unwrap().to_string(),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            BlockEntry::parse("::ffff:10.0.0.0/104")
+                .unwrap()
+                .to_string(),
+            "10.0.0.0/8"
+        );
         assert!(BlockEntry::parse("10.0.0.1/8").is_err());
         assert!(BlockEntry::parse("10.0.0.0/33").is_err());
         assert!(BlockEntry::parse("nope").is_err());
@@ -170,32 +201,62 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client_whatever_the_headers() {
         let xff = [b"1.2.3.4".as_slice()];
-        assert_eq!(client_ip(ip("9.9.9.9"), &[], xff.into_iter()), ip("9.9.9.9"));
+        assert_eq!(
+            client_ip(ip("9.9.9.9"), &[], xff.into_iter()),
+            ip("9.9.9.9")
+        );
         let trusted = nets(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(ip("9.9.9.9"), &trusted, xff.into_iter()), ip("9.9.9.9"));
-        assert_eq!(client_ip(ip("::ffff:9.9.9.9"), &[], std::iter::empty()), ip("9.9.9.9"));
+        assert_eq!(
+            client_ip(ip("9.9.9.9"), &trusted, xff.into_iter()),
+            ip("9.9.9.9")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:9.9.9.9"), &[], std::iter::empty()),
+            ip("9.9.9.9")
+        );
     }
 
     #[test]
     fn trusted_peer_walks_from_the_right() {
         let trusted = nets(&["10.0.0.0/8"]);
         let h = [b"6.6.6.6, 1.2.3.4, 10.0.0.2".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("1.2.3.4")
+        );
         // Several header lines are one list.
         let h = [b"6.6.6.6".as_slice(), b"1.2.3.4".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("1.2.3.4")
+        );
         // All trusted: the left-most.
         let h = [b"10.0.0.9, 10.0.0.8".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("10.0.0.9"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("10.0.0.9")
+        );
         // No header: the peer.
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, std::iter::empty()), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, std::iter::empty()),
+            ip("10.0.0.1")
+        );
         // Malformed entry stops at the last good address.
         let h = [b"1.2.3.4, garbage, 10.0.0.3".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("10.0.0.3"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("10.0.0.3")
+        );
         let h = [b"1.2.3.4, garbage".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("10.0.0.1")
+        );
         // Mapped addresses in the header are canonicalised.
         let h = [b"::ffff:1.2.3.4".as_slice()];
-        assert_eq!(client_ip(ip("10.0.0.1"), &trusted, h.into_iter()), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, h.into_iter()),
+            ip("1.2.3.4")
+        );
     }
 }

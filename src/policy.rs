@@ -42,12 +42,12 @@ pub fn effective(
     now: Timestamp,
     lc: &LifecycleConfig,
 ) -> Effective {
-    if now >= idle_since.add(lc.delete_after) {
+    if now >= idle_since.plus(lc.delete_after) {
         return Effective::Deleted;
     }
     match stored {
         Status::Inactive => Effective::Inactive(reason.unwrap_or(InactiveReason::Admin)),
-        Status::Active if now >= idle_since.add(lc.inactive_after) => {
+        Status::Active if now >= idle_since.plus(lc.inactive_after) => {
             Effective::Inactive(InactiveReason::Idle)
         }
         Status::Active => Effective::Active,
@@ -94,7 +94,13 @@ mod tests {
         assert_eq!(at(30 * DAY), Effective::Inactive(InactiveReason::Idle));
         assert_eq!(at(90 * DAY - 1), Effective::Inactive(InactiveReason::Idle));
         assert_eq!(at(90 * DAY), Effective::Deleted);
-        let admin = effective(Status::Inactive, Some(InactiveReason::Admin), start, start, &lc());
+        let admin = effective(
+            Status::Inactive,
+            Some(InactiveReason::Admin),
+            start,
+            start,
+            &lc(),
+        );
         assert_eq!(admin, Effective::Inactive(InactiveReason::Admin));
     }
 

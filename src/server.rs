@@ -102,8 +102,13 @@ pub async fn serve<F, Fut, B>(
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let activity = Arc::new(AtomicI64::new(0));
-        let io = TokioIo::new(IdleIo { inner: stream, activity: activity.clone() });
-        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let io = TokioIo::new(IdleIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
         let conn = graceful.watch(conn);
         let idle = opts.idle_timeout;
         tokio::spawn(async move {
@@ -121,7 +126,10 @@ pub async fn serve<F, Fut, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
 }
@@ -155,7 +163,11 @@ impl IdleIo {
 }
 
 impl AsyncRead for IdleIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -167,7 +179,11 @@ impl AsyncRead for IdleIo {
 }
 
 impl AsyncWrite for IdleIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {

@@ -103,7 +103,7 @@ impl TokenIndex {
     pub async fn load(store: &dyn Store) -> StoreResult<TokenIndex> {
         let index = TokenIndex::default();
         for t in store.load_all().await? {
-            index.insert(t);
+            index.upsert(t);
         }
         Ok(index)
     }
@@ -126,7 +126,8 @@ impl TokenIndex {
         self.by_hash.is_empty()
     }
 
-    fn insert(&self, t: TokenWithBlocks) {
+    /// Adds or replaces one token (start-up load, refresh; benches seed with it).
+    pub fn upsert(&self, t: TokenWithBlocks) {
         let hash = t.token.secret_hash;
         let id: Arc<str> = Arc::from(t.token.id.as_str());
         // Keep the last-use counter of the previous version of this token.
@@ -155,7 +156,7 @@ impl TokenIndex {
     pub async fn refresh(&self, store: &dyn Store, id: &str) -> StoreResult<()> {
         let _serial = self.refresh_lock.lock().await;
         match store.token_by_id(id).await? {
-            Some(t) => self.insert(t),
+            Some(t) => self.upsert(t),
             None => self.remove(id),
         }
         Ok(())

@@ -153,7 +153,11 @@ impl Hash for SecretHash {
 impl fmt::Debug for SecretHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A hash is not a secret, but a short prefix is all anyone debugging needs.
-        write!(f, "SecretHash({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "SecretHash({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -285,7 +289,9 @@ pub fn name_key(name: &str) -> String {
 /// Checks a description: at most 1024 Unicode scalar values.
 pub fn validate_description(d: &str) -> Result<(), String> {
     if d.chars().count() > DESCRIPTION_MAX {
-        return Err(format!("description must be at most {DESCRIPTION_MAX} characters"));
+        return Err(format!(
+            "description must be at most {DESCRIPTION_MAX} characters"
+        ));
     }
     Ok(())
 }
@@ -343,9 +349,15 @@ mod tests {
         assert_eq!(parse_bearer(b"tg_"), Err(SecretError::Malformed));
         assert_eq!(parse_bearer(&[b'a'; 10_000]), Err(SecretError::Malformed));
         let wrong_prefix = format!("xx_{}", &g[3..]);
-        assert_eq!(parse_bearer(wrong_prefix.as_bytes()), Err(SecretError::Malformed));
+        assert_eq!(
+            parse_bearer(wrong_prefix.as_bytes()),
+            Err(SecretError::Malformed)
+        );
         let bad_char = format!("{}-{}", &g[..10], &g[11..]);
-        assert_eq!(parse_bearer(bad_char.as_bytes()), Err(SecretError::Malformed));
+        assert_eq!(
+            parse_bearer(bad_char.as_bytes()),
+            Err(SecretError::Malformed)
+        );
         // Flip one body character: checksum no longer matches.
         let mut bytes = g.as_bytes().to_vec();
         bytes[5] = if bytes[5] == b'a' { b'b' } else { b'a' };
@@ -388,8 +400,12 @@ mod tests {
 
     #[test]
     fn access_lists() {
-        let a = Access::parse_list(["third-party-feeds", "security-director", "third-party-feeds"])
-            .unwrap();
+        let a = Access::parse_list([
+            "third-party-feeds",
+            "security-director",
+            "third-party-feeds",
+        ])
+        .unwrap();
         assert_eq!(a.names(), vec!["security-director", "third-party-feeds"]);
         assert_eq!(a.joined(), "security-director,third-party-feeds");
         assert!(Access::parse_list([]).is_err());

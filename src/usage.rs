@@ -48,7 +48,11 @@ pub struct UsageRecorder {
 
 impl UsageRecorder {
     pub fn new(max_ips_per_token: usize) -> UsageRecorder {
-        UsageRecorder { pending: DashMap::new(), dropped: AtomicU64::new(0), max_ips_per_token }
+        UsageRecorder {
+            pending: DashMap::new(),
+            dropped: AtomicU64::new(0),
+            max_ips_per_token,
+        }
     }
 
     /// Records a forwarded request.
@@ -151,11 +155,34 @@ mod tests {
 
     #[test]
     fn counters_merge_keeps_extremes() {
-        let mut a = Counters { requests: 1, denied: 0, first_used: 50, last_used: 60 };
-        a.merge(&Counters { requests: 2, denied: 3, first_used: 40, last_used: 55 });
-        assert_eq!((a.requests, a.denied, a.first_used, a.last_used), (3, 3, 40, 60));
-        let mut b = Counters { requests: 0, denied: 1, first_used: 0, last_used: 0 };
-        b.merge(&Counters { requests: 1, denied: 0, first_used: 70, last_used: 70 });
+        let mut a = Counters {
+            requests: 1,
+            denied: 0,
+            first_used: 50,
+            last_used: 60,
+        };
+        a.merge(&Counters {
+            requests: 2,
+            denied: 3,
+            first_used: 40,
+            last_used: 55,
+        });
+        assert_eq!(
+            (a.requests, a.denied, a.first_used, a.last_used),
+            (3, 3, 40, 60)
+        );
+        let mut b = Counters {
+            requests: 0,
+            denied: 1,
+            first_used: 0,
+            last_used: 0,
+        };
+        b.merge(&Counters {
+            requests: 1,
+            denied: 0,
+            first_used: 70,
+            last_used: 70,
+        });
         assert_eq!((b.first_used, b.last_used), (70, 70));
     }
 
@@ -170,6 +197,9 @@ mod tests {
         u.record_use(&t, "192.0.2.2".parse().unwrap(), Timestamp(30));
         assert_eq!(u.pending(), 2);
         let c = *u.pending.get(&(t.clone(), ip)).unwrap();
-        assert_eq!((c.requests, c.denied, c.first_used, c.last_used), (2, 1, 10, 20));
+        assert_eq!(
+            (c.requests, c.denied, c.first_used, c.last_used),
+            (2, 1, 10, 20)
+        );
     }
 }

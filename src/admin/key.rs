@@ -45,7 +45,9 @@ impl std::fmt::Debug for AdminKey {
 
 impl AdminKey {
     pub fn from_plain(key: &str) -> AdminKey {
-        AdminKey { hash: blake3::hash(key.as_bytes()) }
+        AdminKey {
+            hash: blake3::hash(key.as_bytes()),
+        }
     }
 
     /// Constant-time: compares blake3 hashes (`blake3::Hash` equality is constant-time), so
@@ -55,7 +57,10 @@ impl AdminKey {
     }
 
     /// Resolves the key as SPEC §4 says. `env_key` is `TOKENGATE_ADMIN_KEY` if set.
-    pub fn load_or_create(env_key: Option<&str>, key_file: &Path) -> Result<(AdminKey, KeySource), KeyError> {
+    pub fn load_or_create(
+        env_key: Option<&str>,
+        key_file: &Path,
+    ) -> Result<(AdminKey, KeySource), KeyError> {
         if let Some(k) = env_key {
             check_len(k, "TOKENGATE_ADMIN_KEY")?;
             return Ok((AdminKey::from_plain(k), KeySource::Env));
@@ -107,7 +112,10 @@ pub fn read_key_file(path: &Path) -> Result<Option<String>, KeyError> {
 /// rename), creating the directory with mode 0700 if needed.
 fn write_key_file(path: &Path, key: &str) -> Result<(), KeyError> {
     let shown = path.display().to_string();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.exists() {
         #[cfg(unix)]
         {
@@ -122,11 +130,17 @@ fn write_key_file(path: &Path, key: &str) -> Result<(), KeyError> {
         std::fs::create_dir_all(dir).map_err(|e| KeyError::Write(shown.clone(), e))?;
     }
     // tempfile creates the file with mode 0600 on unix.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| KeyError::Write(shown.clone(), e))?;
-    tmp.write_all(key.as_bytes()).map_err(|e| KeyError::Write(shown.clone(), e))?;
-    tmp.write_all(b"\n").map_err(|e| KeyError::Write(shown.clone(), e))?;
-    tmp.as_file().sync_all().map_err(|e| KeyError::Write(shown.clone(), e))?;
-    tmp.persist(path).map_err(|e| KeyError::Write(shown, e.error))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| KeyError::Write(shown.clone(), e))?;
+    tmp.write_all(key.as_bytes())
+        .map_err(|e| KeyError::Write(shown.clone(), e))?;
+    tmp.write_all(b"\n")
+        .map_err(|e| KeyError::Write(shown.clone(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| KeyError::Write(shown.clone(), e))?;
+    tmp.persist(path)
+        .map_err(|e| KeyError::Write(shown, e.error))?;
     Ok(())
 }
 
@@ -143,7 +157,10 @@ mod tests {
         assert!(k.verify("k".repeat(32).as_bytes()));
         assert!(!k.verify(b"kkkk"));
         assert!(!file.exists());
-        assert!(matches!(AdminKey::load_or_create(Some("short"), &file), Err(KeyError::TooShort(_))));
+        assert!(matches!(
+            AdminKey::load_or_create(Some("short"), &file),
+            Err(KeyError::TooShort(_))
+        ));
     }
 
     #[test]
@@ -157,7 +174,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (k, src) = AdminKey::load_or_create(None, &file).unwrap();
         assert_eq!(src, KeySource::File);
@@ -172,10 +192,16 @@ mod tests {
         let file = dir.path().join("admin.key");
         std::fs::write(&file, format!("{}\n", "x".repeat(40))).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(AdminKey::load_or_create(None, &file), Err(KeyError::TooOpen(_))));
+        assert!(matches!(
+            AdminKey::load_or_create(None, &file),
+            Err(KeyError::TooOpen(_))
+        ));
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(AdminKey::load_or_create(None, &file).is_ok());
         std::fs::write(&file, "short\n").unwrap();
-        assert!(matches!(AdminKey::load_or_create(None, &file), Err(KeyError::TooShort(_))));
+        assert!(matches!(
+            AdminKey::load_or_create(None, &file),
+            Err(KeyError::TooShort(_))
+        ));
     }
 }

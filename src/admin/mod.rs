@@ -49,11 +49,17 @@ const RETRIES: usize = 5;
 pub enum AdminError {
     Unauthorized,
     TooManyFailures(u64),
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     NotFound,
     NamesNotFound(Vec<String>),
     NameTaken,
-    BlockedByCidr { ip: String, cidr: String },
+    BlockedByCidr {
+        ip: String,
+        cidr: String,
+    },
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
@@ -63,7 +69,10 @@ pub enum AdminError {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> AdminError {
-    AdminError::Invalid { field: Some(field.to_string()), message: message.into() }
+    AdminError::Invalid {
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -99,7 +108,12 @@ impl AdminError {
                 message,
                 field.map(|f| ("field", Value::String(f))),
             ),
-            AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such token".into(), None),
+            AdminError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such token".into(),
+                None,
+            ),
             AdminError::NamesNotFound(names) => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -167,7 +181,8 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<By
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -199,10 +214,22 @@ impl Admin {
         lifecycle: LifecycleConfig,
         key: AdminKey,
     ) -> Admin {
-        Admin { store, index, usage, limiter, clock, lifecycle, key }
+        Admin {
+            store,
+            index,
+            usage,
+            limiter,
+            clock,
+            lifecycle,
+            key,
+        }
     }
 
-    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
         let method = req.method().clone();
         let client_ip = net::canonical_ip(conn.peer.ip());
         let path = req.uri().path().to_string();
@@ -210,12 +237,14 @@ impl Admin {
             Ok(r) => r,
             Err(AdminError::TooManyFailures(secs)) => {
                 let mut r = AdminError::TooManyFailures(secs).into_response();
-                r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
                 r
             }
             Err(e) => e.into_response(),
         };
-        resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         tracing::info!(
             target: "tokengate::admin",
             method = %method,
@@ -230,7 +259,12 @@ impl Admin {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (method.clone(), path.as_str()) {
-            (Method::GET, "/healthz") => return Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+            (Method::GET, "/healthz") => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ok"}),
+                ))
+            }
             (Method::GET, "/readyz") => return self.readyz().await,
             _ => {}
         }
@@ -290,7 +324,10 @@ impl Admin {
 
     async fn readyz(&self) -> AdminResult {
         match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
-            Ok(Ok(())) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
+            Ok(Ok(())) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready"}),
+            )),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness check failed");
                 Ok(json_response(
@@ -342,8 +379,9 @@ impl Admin {
             activated_at: rec.activated_at.map(Timestamp::rfc3339),
             deactivated_at: rec.deactivated_at.map(Timestamp::rfc3339),
             last_used_at: last_used.map(Timestamp::rfc3339),
-            inactive_at: (status == "active").then(|| since.add(self.lifecycle.inactive_after).rfc3339()),
-            delete_at: Some(since.add(self.lifecycle.delete_after).rfc3339()),
+            inactive_at: (status == "active")
+                .then(|| since.plus(self.lifecycle.inactive_after).rfc3339()),
+            delete_at: Some(since.plus(self.lifecycle.delete_after).rfc3339()),
         }
     }
 
@@ -353,7 +391,11 @@ impl Admin {
         if token::validate_name(name).is_err() {
             return Err(AdminError::NotFound);
         }
-        let rec = self.store.token_by_name(&token::name_key(name)).await?.ok_or(AdminError::NotFound)?;
+        let rec = self
+            .store
+            .token_by_name(&token::name_key(name))
+            .await?
+            .ok_or(AdminError::NotFound)?;
         if self.effective(&rec, self.now()) == Effective::Deleted {
             return Err(AdminError::NotFound);
         }
@@ -383,7 +425,15 @@ impl Admin {
                         .ok_or_else(|| invalid("limit", format!("limit must be 1 to {LIST_MAX}")))?
                 }
                 "after" => after = Some(token::name_key(&v)).filter(|s| !s.is_empty()),
-                other => return Err(invalid(other, format!("unknown query parameter {:?}", token::truncate_for_message(other)))),
+                other => {
+                    return Err(invalid(
+                        other,
+                        format!(
+                            "unknown query parameter {:?}",
+                            token::truncate_for_message(other)
+                        ),
+                    ))
+                }
             }
         }
         let now = self.now();
@@ -392,7 +442,10 @@ impl Admin {
         let mut more = false;
         // Status depends on the clock, so it is filtered here, in batches, not in SQL.
         'fetch: loop {
-            let batch = self.store.list_tokens(cursor.as_deref(), q.as_deref(), limit + 1).await?;
+            let batch = self
+                .store
+                .list_tokens(cursor.as_deref(), q.as_deref(), limit + 1)
+                .await?;
             let exhausted = batch.len() <= limit;
             for rec in &batch {
                 cursor = Some(token::name_key(&rec.name));
@@ -413,8 +466,15 @@ impl Admin {
                 break;
             }
         }
-        let next = if more { page.last().map(|t| t.name.clone()) } else { None };
-        Ok(json_response(StatusCode::OK, &TokenList { tokens: page, next }))
+        let next = if more {
+            page.last().map(|t| t.name.clone())
+        } else {
+            None
+        };
+        Ok(json_response(
+            StatusCode::OK,
+            &TokenList { tokens: page, next },
+        ))
     }
 
     async fn show(&self, name: &str) -> AdminResult {
@@ -454,7 +514,11 @@ impl Admin {
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
         // removed yet: that name is free (SPEC §1), so drop the lapsed token first.
-        if let Some(old) = self.store.token_by_name(&token::name_key(&rec.name)).await? {
+        if let Some(old) = self
+            .store
+            .token_by_name(&token::name_key(&rec.name))
+            .await?
+        {
             if self.effective(&old, now) == Effective::Deleted {
                 match self.store.delete_token(&old.id).await {
                     Ok(()) | Err(StoreError::NotFound) => self.index.forget(&old.id).await,
@@ -466,7 +530,13 @@ impl Admin {
         self.index.refresh(self.store.as_ref(), &rec.id).await?;
         tracing::info!(token = %rec.name, token_id = %rec.id, "token created");
         let dto = self.dto(&rec, now);
-        Ok(json_response(StatusCode::CREATED, &CreatedToken { token: dto, secret: secret.expose().to_string() }))
+        Ok(json_response(
+            StatusCode::CREATED,
+            &CreatedToken {
+                token: dto,
+                secret: secret.expose().to_string(),
+            },
+        ))
     }
 
     async fn update(&self, name: &str, body: Bytes) -> AdminResult {
@@ -510,12 +580,22 @@ impl Admin {
         let secret = secret.ok_or(AdminError::Conflict)?;
         tracing::info!(token = %rec.name, token_id = %rec.id, "token secret regenerated");
         let dto = self.dto(&rec, self.now());
-        Ok(json_response(StatusCode::OK, &CreatedToken { token: dto, secret: secret.expose().to_string() }))
+        Ok(json_response(
+            StatusCode::OK,
+            &CreatedToken {
+                token: dto,
+                secret: secret.expose().to_string(),
+            },
+        ))
     }
 
     /// Read → change → versioned write → index refresh, retried on a lost race.
     /// `change` returns false when there is nothing to write.
-    async fn mutate_one(&self, name: &str, mut change: impl FnMut(&mut TokenRecord) -> bool) -> Result<TokenRecord, AdminError> {
+    async fn mutate_one(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut TokenRecord) -> bool,
+    ) -> Result<TokenRecord, AdminError> {
         for _ in 0..RETRIES {
             let mut rec = self.find(name).await?;
             if !change(&mut rec) {
@@ -613,7 +693,9 @@ impl Admin {
             tracing::warn!(error = %e, "usage flush before listing IPs failed");
         }
         let records = self.store.list_ips(token_id).await?;
-        Ok(IpList { ips: ip_dtos(records) })
+        Ok(IpList {
+            ips: ip_dtos(records),
+        })
     }
 
     async fn block(&self, name: &str, body: Bytes, block: bool) -> AdminResult {
@@ -629,15 +711,25 @@ impl Admin {
             self.store.block(&rec.id, &entries, self.now()).await?;
         } else {
             let current = self.store.list_ips(&rec.id).await?;
-            let exact: Vec<BlockEntry> = current.iter().filter(|r| r.blocked_at.is_some()).map(|r| r.entry).collect();
+            let exact: Vec<BlockEntry> = current
+                .iter()
+                .filter(|r| r.blocked_at.is_some())
+                .map(|r| r.entry)
+                .collect();
             for e in &entries {
                 if exact.contains(e) {
                     continue;
                 }
                 // Not blocked by itself: if a network entry covers it, unblocking it alone
                 // would be a no-op that looks like success.
-                if let Some(cidr) = exact.iter().find(|b| !b.is_single() && b.net().contains(&e.net())) {
-                    return Err(AdminError::BlockedByCidr { ip: e.to_string(), cidr: cidr.to_string() });
+                if let Some(cidr) = exact
+                    .iter()
+                    .find(|b| !b.is_single() && b.net().contains(&e.net()))
+                {
+                    return Err(AdminError::BlockedByCidr {
+                        ip: e.to_string(),
+                        cidr: cidr.to_string(),
+                    });
                 }
             }
             self.store.unblock(&rec.id, &entries).await?;
@@ -650,14 +742,19 @@ impl Admin {
 }
 
 fn not_found_path() -> Response<Full<Bytes>> {
-    json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "message": "no such path"}))
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found", "message": "no such path"}),
+    )
 }
 
 /// The IP list of SPEC §4: effective block state per row, newest use first, never-used rows
 /// last, then by address.
 pub fn ip_dtos(records: Vec<IpRecord>) -> Vec<IpDto> {
-    let blocks: Vec<(BlockEntry, Timestamp)> =
-        records.iter().filter_map(|r| r.blocked_at.map(|at| (r.entry, at))).collect();
+    let blocks: Vec<(BlockEntry, Timestamp)> = records
+        .iter()
+        .filter_map(|r| r.blocked_at.map(|at| (r.entry, at)))
+        .collect();
     let mut rows: Vec<(Option<Timestamp>, IpDto)> = records
         .into_iter()
         .map(|r| {
@@ -695,15 +792,26 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 AdminError::PayloadTooLarge
             } else {
-                AdminError::Invalid { field: None, message: "the request body could not be read".into() }
+                AdminError::Invalid {
+                    field: None,
+                    message: "the request body could not be read".into(),
+                }
             }
         })?
         .to_bytes();
@@ -715,23 +823,39 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
 
 fn json_object(body: &Bytes) -> Result<Map<String, Value>, AdminError> {
     if body.is_empty() {
-        return Err(AdminError::Invalid { field: None, message: "a JSON object body is required".into() });
+        return Err(AdminError::Invalid {
+            field: None,
+            message: "a JSON object body is required".into(),
+        });
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(AdminError::Invalid { field: None, message: "the body must be a JSON object".into() }),
-        Err(e) => Err(AdminError::Invalid { field: None, message: format!("invalid JSON: {e}") }),
+        Ok(_) => Err(AdminError::Invalid {
+            field: None,
+            message: "the body must be a JSON object".into(),
+        }),
+        Err(e) => Err(AdminError::Invalid {
+            field: None,
+            message: format!("invalid JSON: {e}"),
+        }),
     }
 }
 
 /// Refuses unknown fields (naming them) and fields that exist but cannot be changed here.
-fn allow_fields(obj: &Map<String, Value>, allowed: &[&str], immutable: &[&str]) -> Result<(), AdminError> {
+fn allow_fields(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    immutable: &[&str],
+) -> Result<(), AdminError> {
     for k in obj.keys() {
         if immutable.contains(&k.as_str()) {
             return Err(invalid(k, format!("{k} cannot be changed")));
         }
         if !allowed.contains(&k.as_str()) {
-            return Err(invalid(k, format!("unknown field {:?}", token::truncate_for_message(k))));
+            return Err(invalid(
+                k,
+                format!("unknown field {:?}", token::truncate_for_message(k)),
+            ));
         }
     }
     Ok(())
@@ -746,7 +870,10 @@ fn parse_description(v: Option<&Value>) -> Result<Option<Option<String>>, AdminE
             token::validate_description(s).map_err(|m| invalid("description", m))?;
             Ok(Some(Some(s.clone())))
         }
-        Some(_) => Err(invalid("description", "description must be a string or null")),
+        Some(_) => Err(invalid(
+            "description",
+            "description must be a string or null",
+        )),
     }
 }
 
@@ -766,16 +893,25 @@ fn parse_access(v: &Value) -> Result<Access, AdminError> {
 
 fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, AdminError> {
     let Some(Value::Array(items)) = v else {
-        return Err(invalid(field, format!("{field} must be an array of strings")));
+        return Err(invalid(
+            field,
+            format!("{field} must be an array of strings"),
+        ));
     };
     if items.is_empty() || items.len() > MAX_LIST {
-        return Err(invalid(field, format!("{field} must hold 1 to {MAX_LIST} entries")));
+        return Err(invalid(
+            field,
+            format!("{field} must hold 1 to {MAX_LIST} entries"),
+        ));
     }
     items
         .iter()
         .map(|i| match i {
             Value::String(s) => Ok(s.clone()),
-            _ => Err(invalid(field, format!("{field} must be an array of strings"))),
+            _ => Err(invalid(
+                field,
+                format!("{field} must be an array of strings"),
+            )),
         })
         .collect()
 }

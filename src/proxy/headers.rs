@@ -136,7 +136,10 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         headers.insert(X_FORWARDED_FOR.clone(), ip);
     }
     if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.scheme));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(f.scheme),
+        );
     }
     match &f.original_host {
         Some(h) => {
@@ -167,7 +170,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -175,7 +181,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed_but_cannot_touch_gateway_headers() {
         let mut h = map(&[
-            ("connection", "close, x-tokengate-token, x-forwarded-for, foo"),
+            (
+                "connection",
+                "close, x-tokengate-token, x-forwarded-for, foo",
+            ),
             ("foo", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
@@ -236,11 +245,20 @@ mod tests {
         prepare_request(&mut h, &f);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.1");
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
-        assert!(h.get("authorization").is_some(), "kept when forward_authorization");
+        assert!(
+            h.get("authorization").is_some(),
+            "kept when forward_authorization"
+        );
         f.peer_trusted = true;
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "198.51.100.1")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]);
         prepare_request(&mut h, &f);
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 198.51.100.1, 198.51.100.1");
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 198.51.100.1, 198.51.100.1"
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 

@@ -87,7 +87,9 @@ impl Proxy {
             .iter()
             .map(|r| {
                 let parts = r.upstream.clone().into_parts();
-                let authority = parts.authority.expect("config validated the upstream authority");
+                let authority = parts
+                    .authority
+                    .expect("config validated the upstream authority");
                 let base = r.upstream.path().trim_end_matches('/');
                 let up = Upstream {
                     label: r.path_prefix.clone().into_boxed_str(),
@@ -126,7 +128,11 @@ impl Proxy {
 
     /// Serves one request: runs the pipeline, turns a refusal into its response, and writes
     /// the access log line.
-    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let mut ctx = Ctx::default();
@@ -135,7 +141,10 @@ impl Proxy {
             Err(e) => e.into_response(),
         };
         if self.cfg.access_log {
-            let route = ctx.route.and_then(|i| self.routes.iter().nth(i)).map_or("-", |u| &*u.label);
+            let route = ctx
+                .route
+                .and_then(|i| self.routes.iter().nth(i))
+                .map_or("-", |u| &*u.label);
             let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
             tracing::info!(
                 target: "tokengate::access",
@@ -164,7 +173,10 @@ impl Proxy {
         let client_ip = net::client_ip(
             peer,
             &self.cfg.trusted_proxies,
-            req.headers().get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes()),
+            req.headers()
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes()),
         );
         ctx.client_ip = Some(client_ip);
         // 2. Brute-force limit: no lookup at all for an IP over it.
@@ -200,7 +212,10 @@ impl Proxy {
             return Err(ProxyError::IpBlocked);
         }
         // 10. Route, 11. access.
-        let m = self.routes.find(host.as_deref(), &path).ok_or(ProxyError::NoRoute)?;
+        let m = self
+            .routes
+            .find(host.as_deref(), &path)
+            .ok_or(ProxyError::NoRoute)?;
         let route = m.route;
         ctx.route = self.routes.iter().position(|u| std::ptr::eq(u, route));
         if !token.access.contains(route.access) {
@@ -209,7 +224,11 @@ impl Proxy {
         // Every check passed: this is a use, whatever the upstream answers.
         token.touch(now);
         self.usage.record_use(&token.id, client_ip, now);
-        let upstream_path = if route.strip_prefix { m.rest } else { path.as_str() };
+        let upstream_path = if route.strip_prefix {
+            m.rest
+        } else {
+            path.as_str()
+        };
         let uri = upstream_uri(route, upstream_path, req.uri().query())?;
 
         // 12-13. Forward.
@@ -221,7 +240,10 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::prepare_request(
@@ -241,7 +263,12 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
-        let mut resp = match tokio::time::timeout(self.cfg.upstream_timeout, self.client.request(upstream_req)).await {
+        let mut resp = match tokio::time::timeout(
+            self.cfg.upstream_timeout,
+            self.client.request(upstream_req),
+        )
+        .await
+        {
             Err(_) => return Err(ProxyError::GatewayTimeout),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, route = %route.label, "upstream request failed");
@@ -250,7 +277,11 @@ impl Proxy {
             Ok(Ok(r)) => r,
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let resp_upgrade = if switching { resp.headers().get(http::header::UPGRADE).cloned() } else { None };
+        let resp_upgrade = if switching {
+            resp.headers().get(http::header::UPGRADE).cloned()
+        } else {
+            None
+        };
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let upstream_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_side, upstream_side));
@@ -262,8 +293,14 @@ impl Proxy {
 
     /// Steps 5: checks the secret's form and looks its hash up in memory. Every refusal here
     /// counts as a failed authentication of `client_ip`.
-    fn authenticate(&self, presented: &[u8], client_ip: IpAddr) -> Result<Arc<TokenState>, ProxyError> {
-        let found = token::parse_bearer(presented).ok().and_then(|h| self.index.get(&h));
+    fn authenticate(
+        &self,
+        presented: &[u8],
+        client_ip: IpAddr,
+    ) -> Result<Arc<TokenState>, ProxyError> {
+        let found = token::parse_bearer(presented)
+            .ok()
+            .and_then(|h| self.index.get(&h));
         found.ok_or_else(|| {
             self.limiter.record_failure(client_ip);
             ProxyError::InvalidToken
@@ -287,11 +324,16 @@ fn check_form(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), Pr
         return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
     }
     if !req.uri().path().starts_with('/') {
-        return Err(ProxyError::InvalidRequest("the request target must be an absolute path"));
+        return Err(ProxyError::InvalidRequest(
+            "the request target must be an absolute path",
+        ));
     }
     // Request line + each "name: value\r\n"; hyper bounds the raw head at a little more, so
     // this check decides the limit and answers with the JSON body.
-    let mut size = req.method().as_str().len() + req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 12;
+    let mut size = req.method().as_str().len()
+        + req.uri().path().len()
+        + req.uri().query().map_or(0, |q| q.len() + 1)
+        + 12;
     for (k, v) in req.headers() {
         size += k.as_str().len() + v.len() + 4;
         if size > max_header_bytes {
@@ -323,10 +365,14 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     };
     let from_uri = match req.uri().authority() {
         None => None,
-        Some(a) => Some(normalise_host(a.as_str()).ok_or(ProxyError::InvalidRequest("invalid authority"))?),
+        Some(a) => Some(
+            normalise_host(a.as_str()).ok_or(ProxyError::InvalidRequest("invalid authority"))?,
+        ),
     };
     match (from_header, from_uri) {
-        (Some(h), Some(a)) if h != a => Err(ProxyError::InvalidRequest("Host disagrees with the request authority")),
+        (Some(h), Some(a)) if h != a => Err(ProxyError::InvalidRequest(
+            "Host disagrees with the request authority",
+        )),
         (h, a) => Ok(a.or(h)),
     }
 }
@@ -338,11 +384,15 @@ fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
         return Err(ProxyError::MissingToken);
     };
     if values.next().is_some() {
-        return Err(ProxyError::InvalidRequest("more than one Authorization header"));
+        return Err(ProxyError::InvalidRequest(
+            "more than one Authorization header",
+        ));
     }
     let v = value.as_bytes();
     let (scheme, rest) = v.split_at(v.len().min(6));
-    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+    if !scheme.eq_ignore_ascii_case(b"bearer")
+        || !rest.first().is_some_and(|&b| b == b' ' || b == b'\t')
+    {
         return Err(ProxyError::MissingToken);
     }
     let token = rest.trim_ascii();
@@ -353,7 +403,9 @@ fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
 }
 
 fn upstream_uri(route: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let mut pq = String::with_capacity(route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq = String::with_capacity(
+        route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
     pq.push_str(&route.base_path);
     pq.push_str(path);
     if let Some(q) = query {
@@ -391,6 +443,9 @@ mod tests {
         assert_eq!(bearer(&hm(&["Bearerabc"])), Err(ProxyError::MissingToken));
         assert_eq!(bearer(&hm(&["bEaReR abc"])), Ok(&b"abc"[..]));
         assert_eq!(bearer(&hm(&["Bearer  abc "])), Ok(&b"abc"[..]));
-        assert!(matches!(bearer(&hm(&["Bearer a", "Bearer b"])), Err(ProxyError::InvalidRequest(_))));
+        assert!(matches!(
+            bearer(&hm(&["Bearer a", "Bearer b"])),
+            Err(ProxyError::InvalidRequest(_))
+        ));
     }
 }

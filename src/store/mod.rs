@@ -145,7 +145,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_token(&self, id: &str) -> StoreResult<()>;
     async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>>;
     /// Adds block entries (idempotent: an existing entry keeps its `blocked_at`).
-    async fn block(&self, token_id: &str, entries: &[BlockEntry], now: Timestamp) -> StoreResult<()>;
+    async fn block(
+        &self,
+        token_id: &str,
+        entries: &[BlockEntry],
+        now: Timestamp,
+    ) -> StoreResult<()>;
     /// Removes exact block entries (idempotent).
     async fn unblock(&self, token_id: &str, entries: &[BlockEntry]) -> StoreResult<()>;
     /// Adds a batch of usage to the records (sums counters, keeps the earliest first use and
@@ -155,8 +160,12 @@ pub trait Store: Send + Sync + 'static {
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()>;
     /// Persists the idle policy at `now`: active tokens idle since `inactive_before` or
     /// earlier become inactive (reason idle); tokens idle since `delete_before` are deleted.
-    async fn sweep(&self, inactive_before: Timestamp, delete_before: Timestamp, now: Timestamp)
-        -> StoreResult<SweepOutcome>;
+    async fn sweep(
+        &self,
+        inactive_before: Timestamp,
+        delete_before: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<SweepOutcome>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 }

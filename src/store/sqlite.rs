@@ -60,7 +60,10 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || open_blocking(&p))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -91,9 +94,8 @@ fn open_blocking(path: &Path) -> StoreResult<Connection> {
         }
     }
     let existed = path.exists();
-    let mut conn = Connection::open(path).map_err(|e| {
-        StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-    })?;
+    let mut conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     if !existed {
         restrict_permissions(path);
     }
@@ -143,14 +145,21 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     for (version, sql) in MIGRATIONS {
         let tx = conn.transaction().map_err(unavailable)?;
         let applied: bool = tx
-            .query_row("SELECT 1 FROM schema_migrations WHERE version = ?1", [version], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM schema_migrations WHERE version = ?1",
+                [version],
+                |_| Ok(()),
+            )
             .optional()
             .map_err(unavailable)?
             .is_some();
         if !applied {
             tx.execute_batch(sql).map_err(unavailable)?;
-            tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
-                .map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?1)",
+                [version],
+            )
+            .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
     }
@@ -177,7 +186,11 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     let hash: Vec<u8> = row.get(4)?;
     let hash: [u8; 32] = hash.try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, "hash length".into())
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Blob,
+            "hash length".into(),
+        )
     })?;
     let status: String = row.get(5)?;
     let reason: Option<String> = row.get(6)?;
@@ -188,7 +201,11 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         description: row.get(2)?,
         access: Access::from_bits(u8::try_from(access).unwrap_or(0)),
         secret_hash: SecretHash::from_bytes(hash),
-        status: if status == "active" { Status::Active } else { Status::Inactive },
+        status: if status == "active" {
+            Status::Active
+        } else {
+            Status::Inactive
+        },
         inactive_reason: match reason.as_deref() {
             Some("admin") => Some(InactiveReason::Admin),
             Some("idle") => Some(InactiveReason::Idle),
@@ -204,7 +221,9 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 
 fn blocks_of(conn: &Connection, token_id: &str) -> StoreResult<Vec<BlockEntry>> {
     let mut stmt = conn
-        .prepare_cached("SELECT entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NOT NULL")
+        .prepare_cached(
+            "SELECT entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NOT NULL",
+        )
         .map_err(unavailable)?;
     let rows = stmt
         .query_map([token_id], |r| r.get::<_, String>(0))
@@ -385,7 +404,11 @@ impl Store for SqliteStore {
                         .map_err(unavailable)?
                         .is_some();
                     // Dropping `tx` rolls back the rows already written.
-                    return Err(if exists { StoreError::Conflict("version") } else { StoreError::NotFound });
+                    return Err(if exists {
+                        StoreError::Conflict("version")
+                    } else {
+                        StoreError::NotFound
+                    });
                 }
             }
             tx.commit().map_err(unavailable)
@@ -396,7 +419,9 @@ impl Store for SqliteStore {
     async fn delete_token(&self, id: &str) -> StoreResult<()> {
         let id = id.to_string();
         self.run(move |conn| {
-            let n = conn.execute("DELETE FROM tokens WHERE id = ?1", [&id]).map_err(unavailable)?;
+            let n = conn
+                .execute("DELETE FROM tokens WHERE id = ?1", [&id])
+                .map_err(unavailable)?;
             if n == 0 {
                 Err(StoreError::NotFound)
             } else {
@@ -444,7 +469,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn block(&self, token_id: &str, entries: &[BlockEntry], now: Timestamp) -> StoreResult<()> {
+    async fn block(
+        &self,
+        token_id: &str,
+        entries: &[BlockEntry],
+        now: Timestamp,
+    ) -> StoreResult<()> {
         let id = token_id.to_string();
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
         self.run(move |conn| {
@@ -501,9 +531,11 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             // Usage is write-behind: a crash may lose the last interval anyway, so skip the
             // fsync per commit here; the next FULL commit syncs the WAL including these pages.
-            conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(unavailable)?;
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(unavailable)?;
             let res = flush_blocking(conn, &batch, max_ips);
-            conn.execute_batch("PRAGMA synchronous = FULL").map_err(unavailable)?;
+            conn.execute_batch("PRAGMA synchronous = FULL")
+                .map_err(unavailable)?;
             res
         })
         .await
@@ -543,7 +575,9 @@ impl Store for SqliteStore {
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
-                    .query_map(params![inactive_before.0, lapse], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(params![inactive_before.0, lapse], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .map_err(unavailable)?;
                 for r in rows {
                     out.deactivated.push(r.map_err(unavailable)?);

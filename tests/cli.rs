@@ -1,0 +1,653 @@
+//! The command line of SPEC §5: the built binary, run as a separate process against a gateway
+//! running in-process on this test's runtime.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use support::*;
+use tokengate::token::Access;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+const SD: &str = "security-director";
+const TPF: &str = "third-party-feeds";
+
+/// What one run of the binary did.
+struct Out {
+    cmd: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmd, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Out {
+    #[track_caller]
+    fn ok(&self) -> &Out {
+        assert_eq!(self.code, Some(0), "{self}");
+        self
+    }
+
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+
+    /// Exit 1 with exactly one non-empty line on stderr.
+    #[track_caller]
+    fn refused(&self) -> &Out {
+        assert_eq!(self.code, Some(1), "{self}");
+        let lines: Vec<&str> = self.stderr.trim_end().lines().collect();
+        assert_eq!(lines.len(), 1, "stderr is not one line: {self}");
+        assert!(!lines[0].trim().is_empty(), "empty error line: {self}");
+        self
+    }
+
+    /// Every `tg_` secret printed on stdout.
+    fn secrets(&self) -> Vec<String> {
+        self.stdout
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|w| w.starts_with("tg_") && w.len() == 39)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// A command for the binary in `dir`, with no `TOKENGATE_*` variables inherited.
+fn command(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOKENGATE_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs `cmd` to completion on a blocking thread; kills it and fails after `limit`.
+async fn run(mut cmd: Command, limit: Duration) -> Out {
+    let shown = format!(
+        "tokengate {}",
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    tokio::task::spawn_blocking(move || {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{shown}: cannot start: {e}"));
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(o)) => Out {
+                cmd: shown,
+                code: o.status.code(),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Ok(Err(e)) => panic!("{shown}: {e}"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                panic!("{shown}: still running after {limit:?} (killed)");
+            }
+        }
+    })
+    .await
+    .expect("runner thread")
+}
+
+/// The CLI pointed at a test gateway, run from an empty directory.
+struct Cli {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Cli {
+    fn new(gw: &TestGateway) -> Cli {
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            url: format!("http://{}", gw.admin),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        let mut c = command(self.dir.path());
+        c.arg("--admin-url")
+            .arg(&self.url)
+            .args(args)
+            .env("TOKENGATE_ADMIN_KEY", ADMIN_KEY);
+        run(c, Duration::from_secs(60)).await
+    }
+}
+
+async fn show(gw: &TestGateway, name: &str) -> Value {
+    let r = gw
+        .admin(Method::GET, &format!("/v1/tokens/{name}"), None)
+        .await;
+    r.expect(200, None);
+    r.json()
+}
+
+async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
+    let r = gw
+        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
+        .await;
+    r.expect(200, None);
+    r.json()["ips"].as_array().unwrap().clone()
+}
+
+async fn routed() -> (TestGateway, Upstream) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .start()
+        .await;
+    (gw, up)
+}
+
+fn names_in(v: &Value) -> Vec<String> {
+    v["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tokens array in {v}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// === token commands ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_create_prints_a_working_secret_once() {
+    let (gw, up) = routed().await;
+    let cli = Cli::new(&gw);
+    let o = cli
+        .run(&[
+            "token",
+            "create",
+            "Feed-A",
+            "--access",
+            "security-director,third-party-feeds",
+            "--description",
+            "nightly feed",
+        ])
+        .await;
+    o.ok();
+    let secrets = o.secrets();
+    assert_eq!(
+        secrets.len(),
+        1,
+        "the secret is not printed exactly once: {o}"
+    );
+    assert_eq!(
+        o.stdout.matches(&secrets[0]).count(),
+        1,
+        "the secret is printed more than once: {o}"
+    );
+    gw.get("/sd/x", Some(&secrets[0])).await.expect(200, None);
+    gw.get("/feeds/y", Some(&secrets[0]))
+        .await
+        .expect(200, None);
+    assert_eq!(up.count(), 2);
+    let t = show(&gw, "feed-a").await;
+    assert_eq!(t["name"], "Feed-A", "{t}");
+    assert_eq!(t["description"], "nightly feed", "{t}");
+    assert_eq!(t["access"], json!([SD, TPF]), "{t}");
+    assert!(
+        !o.stderr.contains(&secrets[0]),
+        "the secret reached stderr: {o}"
+    );
+
+    // --json prints the API's answer, secret included (once).
+    let o = cli
+        .run(&["--json", "token", "create", "feed-b", "--access", TPF])
+        .await;
+    o.ok();
+    let v = o.json();
+    assert_eq!(v["name"], "feed-b", "{o}");
+    let secret = v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {o}"));
+    gw.get("/feeds/z", Some(secret)).await.expect(200, None);
+    gw.get("/sd/z", Some(secret))
+        .await
+        .expect(403, Some("access_denied"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_list_show_and_update() {
+    let gw = TestGateway::builder().start().await;
+    let (secret, created) = gw.create_token("alpha-feed", &[SD]).await;
+    gw.create_token("Bravo", &[TPF]).await;
+    let cli = Cli::new(&gw);
+
+    let o = cli.run(&["token", "list"]).await;
+    o.ok();
+    assert!(
+        o.stdout.contains("alpha-feed") && o.stdout.contains("Bravo"),
+        "{o}"
+    );
+    assert!(!o.stdout.contains(&secret), "{o}");
+    let a = o.stdout.find("alpha-feed").unwrap();
+    let b = o.stdout.find("Bravo").unwrap();
+    assert!(a < b, "the table is not sorted by name: {o}");
+
+    for args in [
+        &["--json", "token", "list"][..],
+        &["token", "list", "--json"][..],
+    ] {
+        let o = cli.run(args).await;
+        o.ok();
+        assert_eq!(names_in(&o.json()), ["alpha-feed", "Bravo"], "{o}");
+    }
+
+    let o = cli.run(&["token", "show", "ALPHA-feed"]).await;
+    o.ok();
+    assert!(o.stdout.contains("alpha-feed"), "{o}");
+    assert!(o.stdout.contains(created["id"].as_str().unwrap()), "{o}");
+    assert!(!o.stdout.contains(&secret), "{o}");
+    let o = cli.run(&["token", "show", "alpha-feed", "--json"]).await;
+    o.ok();
+    let v = o.json();
+    assert_eq!(v["id"], created["id"], "{o}");
+    assert!(v.get("token").is_none(), "show prints a secret field: {o}");
+
+    let o = cli
+        .run(&[
+            "token",
+            "update",
+            "alpha-feed",
+            "--description",
+            "updated by cli",
+        ])
+        .await;
+    o.ok();
+    assert!(o.stdout.contains("updated by cli"), "{o}");
+    let t = show(&gw, "alpha-feed").await;
+    assert_eq!(t["description"], "updated by cli", "{t}");
+    assert_eq!(t["access"], json!([SD]), "{t}");
+    let o = cli
+        .run(&[
+            "--json",
+            "token",
+            "update",
+            "alpha-feed",
+            "--access",
+            "third-party-feeds,security-director",
+        ])
+        .await;
+    o.ok();
+    assert_eq!(o.json()["access"], json!([SD, TPF]), "{o}");
+    assert_eq!(
+        show(&gw, "alpha-feed").await["description"],
+        "updated by cli"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_deactivate_activate_regenerate_and_delete() {
+    let (gw, _up) = routed().await;
+    let (sa, _) = gw.create_token("a", &[SD]).await;
+    let (sb, _) = gw.create_token("b", &[SD]).await;
+    let cli = Cli::new(&gw);
+
+    let o = cli.run(&["token", "deactivate", "a", "B"]).await;
+    o.ok();
+    for n in ["a", "b"] {
+        let t = show(&gw, n).await;
+        assert_eq!(
+            (t["status"].as_str(), t["inactive_reason"].as_str()),
+            (Some("inactive"), Some("admin")),
+            "{t}"
+        );
+    }
+    gw.get("/sd/x", Some(&sa))
+        .await
+        .expect(403, Some("token_inactive"));
+
+    // All or nothing through the CLI too.
+    let o = cli.run(&["token", "activate", "a", "ghost"]).await;
+    o.refused();
+    assert!(
+        o.stderr.contains("ghost"),
+        "the unknown name is not named: {o}"
+    );
+    assert_eq!(show(&gw, "a").await["status"], "inactive");
+
+    let o = cli.run(&["--json", "token", "activate", "b", "a"]).await;
+    o.ok();
+    assert_eq!(names_in(&o.json()), ["b", "a"], "{o}");
+    for n in ["a", "b"] {
+        assert_eq!(show(&gw, n).await["status"], "active");
+    }
+    gw.get("/sd/x", Some(&sa)).await.expect(200, None);
+
+    let o = cli.run(&["token", "regenerate", "a"]).await;
+    o.ok();
+    let fresh = o.secrets();
+    assert_eq!(fresh.len(), 1, "{o}");
+    assert_ne!(fresh[0], sa);
+    gw.get("/sd/x", Some(&sa))
+        .await
+        .expect(401, Some("invalid_token"));
+    gw.get("/sd/x", Some(&fresh[0])).await.expect(200, None);
+
+    let o = cli.run(&["token", "delete", "b"]).await;
+    o.ok();
+    gw.admin(Method::GET, "/v1/tokens/b", None)
+        .await
+        .expect(404, Some("not_found"));
+    gw.get("/sd/x", Some(&sb))
+        .await
+        .expect(401, Some("invalid_token"));
+    cli.run(&["token", "delete", "b"]).await.refused();
+}
+
+// === ip commands ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ip_block_list_and_unblock() {
+    let (gw, _up) = routed().await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    gw.get("/sd/x", Some(&secret)).await.expect(200, None);
+    let cli = Cli::new(&gw);
+
+    let o = cli
+        .run(&[
+            "ip",
+            "block",
+            "feed",
+            "127.0.0.1",
+            "10.0.0.0/8",
+            "2001:0db8::1",
+        ])
+        .await;
+    o.ok();
+    let rows = ips(&gw, "feed").await;
+    for ip in ["127.0.0.1", "10.0.0.0/8", "2001:db8::1"] {
+        let r = rows
+            .iter()
+            .find(|r| r["ip"] == ip)
+            .unwrap_or_else(|| panic!("{ip} not listed: {rows:?}"));
+        assert_eq!(r["blocked"], true, "{r}");
+    }
+    gw.get("/sd/x", Some(&secret))
+        .await
+        .expect(403, Some("ip_blocked"));
+
+    let o = cli.run(&["ip", "list", "feed"]).await;
+    o.ok();
+    for ip in ["127.0.0.1", "10.0.0.0/8", "2001:db8::1"] {
+        assert!(o.stdout.contains(ip), "{ip} missing from the table: {o}");
+    }
+    let o = cli.run(&["ip", "list", "feed", "--json"]).await;
+    o.ok();
+    assert_eq!(o.json()["ips"].as_array().map(Vec::len), Some(3), "{o}");
+
+    let o = cli.run(&["ip", "unblock", "feed", "10.1.2.3"]).await;
+    o.refused();
+    assert!(
+        o.stderr.contains("10.0.0.0/8"),
+        "the CIDR is not named: {o}"
+    );
+
+    let o = cli.run(&["ip", "unblock", "feed", "127.0.0.1"]).await;
+    o.ok();
+    let rows = ips(&gw, "feed").await;
+    let me = rows.iter().find(|r| r["ip"] == "127.0.0.1").unwrap();
+    assert_eq!(me["blocked"], false, "{me}");
+    gw.get("/sd/x", Some(&secret)).await.expect(200, None);
+
+    cli.run(&["ip", "block", "feed", "10.0.0.1/8"])
+        .await
+        .refused();
+    cli.run(&["ip", "list", "nope"]).await.refused();
+}
+
+// === errors and exit codes ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_and_unreachable_api_exit_1_with_one_line() {
+    let gw = TestGateway::builder().start().await;
+    gw.create_token("taken", &[SD]).await;
+    let cli = Cli::new(&gw);
+
+    let o = cli.run(&["token", "show", "nope"]).await;
+    o.refused();
+    assert!(o.stdout.is_empty(), "{o}");
+    cli.run(&["token", "create", "Taken", "--access", SD])
+        .await
+        .refused();
+    cli.run(&["token", "create", "bad_name", "--access", SD])
+        .await
+        .refused();
+    cli.run(&["token", "create", "ok", "--access", "admin"])
+        .await
+        .refused();
+
+    // A wrong admin key is an API refusal too.
+    let mut c = command(cli.dir.path());
+    c.args(["--admin-url", &cli.url, "token", "list"]).env(
+        "TOKENGATE_ADMIN_KEY",
+        "wrong-key-0123456789abcdefghijklmnopqrstuv",
+    );
+    run(c, Duration::from_secs(60)).await.refused();
+
+    // Nothing listens there.
+    let dead = refused_addr().await;
+    let mut c = command(cli.dir.path());
+    c.args(["--admin-url", &format!("http://{dead}"), "token", "list"])
+        .env("TOKENGATE_ADMIN_KEY", ADMIN_KEY);
+    let o = run(c, Duration::from_secs(60)).await;
+    o.refused();
+    assert!(
+        !o.stderr.contains(ADMIN_KEY),
+        "the admin key reached stderr: {o}"
+    );
+    let r = gw.admin(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(names_in(&r.json()), ["taken"], "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_errors_exit_2() {
+    let gw = TestGateway::builder().start().await;
+    let cli = Cli::new(&gw);
+    for args in [
+        &["token", "create", "x"][..],
+        &["token", "frobnicate"][..],
+        &["frobnicate"][..],
+        &["token", "show"][..],
+        &["token", "activate"][..],
+        &["ip", "block", "feed"][..],
+        &["token", "list", "--no-such-flag"][..],
+    ] {
+        let o = cli.run(args).await;
+        assert_eq!(o.code, Some(2), "{o}");
+        assert!(!o.stderr.trim().is_empty(), "no usage message: {o}");
+    }
+    let r = gw.admin(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(names_in(&r.json()), Vec::<String>::new(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_a_missing_config_file_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.args(["--config", "/nonexistent.toml", "serve"]);
+    let o = run(c, Duration::from_secs(30)).await;
+    assert_eq!(o.code, Some(1), "{o}");
+    assert!(
+        o.stderr.contains("/nonexistent.toml"),
+        "the file is not named: {o}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "a failed start created data/"
+    );
+}
+
+// === dev ===
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_prints_a_curl_line_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.arg("dev");
+    let mut child = Reap(c.spawn().expect("tokengate dev starts"));
+    let stdout = child.0.stdout.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (err_tx, err_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = err_tx.send(s);
+    });
+
+    // Read the banner until the curl line (or give up after 60 s).
+    let (printed, curl) = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut printed = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let is_curl = line.trim_start().starts_with("curl ");
+                    printed.push(line.clone());
+                    if is_curl {
+                        return (printed, line);
+                    }
+                }
+                Err(e) => panic!("no curl line on stdout ({e:?}); got {printed:#?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let banner = printed.join("\n");
+
+    // curl -s -H 'Authorization: Bearer <secret>' http://<addr>/<path>
+    let secret = curl
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|s| s.split(['\'', '"', ' ']).next())
+        .unwrap_or_else(|| panic!("no bearer token in {curl:?}"))
+        .to_string();
+    assert!(
+        secret.starts_with("tg_") && secret.len() == 39,
+        "odd token {secret:?} in {curl:?}"
+    );
+    let url = curl
+        .split_whitespace()
+        .map(|w| w.trim_matches(['\'', '"']))
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {curl:?}"))
+        .to_string();
+    let uri: http::Uri = url
+        .parse()
+        .unwrap_or_else(|e| panic!("bad URL {url:?}: {e}"));
+    let host = uri.host().unwrap_or_default();
+    assert!(
+        host == "127.0.0.1" || host == "localhost" || host == "[::1]",
+        "dev listens beyond loopback: {url}"
+    );
+
+    let req = Request::get(&url)
+        .header("authorization", format!("Bearer {secret}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let r = send(&client(), req).await;
+    r.expect(200, None);
+    assert!(
+        !r.text().contains(&secret),
+        "the echo upstream saw the Authorization header: {r}"
+    );
+    let without = send(
+        &client(),
+        Request::get(&url).body(Full::<Bytes>::default()).unwrap(),
+    )
+    .await;
+    without.expect(401, Some("missing_token"));
+
+    // Stop it (SIGTERM) and look at what it left behind.
+    let pid = child.0.id();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    // stderr ends when the process does.
+    let log = tokio::task::spawn_blocking(move || err_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("tokengate dev did not exit within 60 s of SIGTERM");
+    let status = child.0.wait().expect("wait for tokengate dev");
+    assert!(
+        status.success(),
+        "dev did not exit cleanly on SIGTERM: {status}\n{log}"
+    );
+    assert!(
+        !log.contains(&secret),
+        "the demo token reached the log (stderr): {log}"
+    );
+    if let Some(key) = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin key"))
+        .map(str::trim)
+    {
+        assert!(
+            !key.is_empty() && !log.contains(key),
+            "the admin key reached the log: {log}"
+        );
+    }
+    drop(child);
+    assert!(
+        !dir.path().join("data").exists(),
+        "dev created data/ in its working directory"
+    );
+}
