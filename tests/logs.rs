@@ -1,0 +1,108 @@
+//! No log line ever contains a secret, a presented credential or the admin key (SPEC §1).
+//! This binary installs a capturing subscriber at `trace` level for every crate, then drives
+//! every path that handles secrets: create, use, refusals, regenerate, admin failures.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::json;
+use support::*;
+use tokengate::token::{Access, Secret};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_log_line_contains_a_secret_or_the_admin_key() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(|c| c.proxy.access_log = true)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("logged", &["security-director"]).await;
+    gw.get("/sd/ok?token=query-is-not-logged", Some(&secret))
+        .await
+        .expect(200, None);
+    gw.get("/nope", Some(&secret))
+        .await
+        .expect(404, Some("no_route"));
+    // A well-formed unknown secret and a near miss of the real one.
+    let unknown = Secret::generate();
+    gw.get("/sd/x", Some(unknown.expose()))
+        .await
+        .expect(401, Some("invalid_token"));
+    let near = format!("{}x", &secret[..secret.len() - 1]);
+    gw.get("/sd/x", Some(&near))
+        .await
+        .expect(401, Some("invalid_token"));
+    let regen = gw
+        .admin(Method::POST, "/v1/tokens/logged/regenerate", None)
+        .await;
+    regen.expect(200, None);
+    let new_secret = regen.json()["token"].as_str().unwrap().to_string();
+    gw.get("/sd/x", Some(&new_secret)).await.expect(200, None);
+    gw.get("/sd/x", Some(&secret))
+        .await
+        .expect(401, Some("invalid_token"));
+    gw.admin_as(
+        Method::GET,
+        "/v1/tokens",
+        None,
+        Some("wrong-admin-key-wrong-admin-key-x"),
+    )
+    .await
+    .expect(401, Some("unauthorized"));
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/logged/ips/block",
+        Some(json!({"ips": ["192.0.2.1"]})),
+    )
+    .await
+    .expect(200, None);
+    let with_auth_fwd = Request::get("/sd/y")
+        .header("authorization", format!("Bearer {new_secret}"))
+        .body(Full::default())
+        .unwrap();
+    gw.proxy_req(with_auth_fwd).await.expect(200, None);
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("tokengate::access"),
+        "the access log ran:\n{logs}"
+    );
+    assert!(logs.contains("logged"), "token names are logged:\n{logs}");
+    for (what, s) in [
+        ("secret", secret.as_str()),
+        ("secret body", &secret[3..33]),
+        ("regenerated secret", new_secret.as_str()),
+        ("unknown presented secret", unknown.expose()),
+        ("near-miss presented secret", near.as_str()),
+        ("admin key", ADMIN_KEY),
+        ("wrong admin key", "wrong-admin-key-wrong-admin-key-x"),
+    ] {
+        assert!(!logs.contains(s), "the {what} appears in the logs:\n{logs}");
+    }
+}
