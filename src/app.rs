@@ -105,6 +105,7 @@ impl Gateway {
             usage.clone(),
             limiter.clone(),
             clock.clone(),
+            store.clone(),
         ));
         let admin = Arc::new(Admin::new(
             store.clone(),
@@ -119,8 +120,9 @@ impl Gateway {
             store: store.clone(),
             index: index.clone(),
             usage: usage.clone(),
-            clock,
+            clock: clock.clone(),
             lifecycle: config.lifecycle,
+            audit_retention: config.audit.retention,
         });
         // Persist the policy once before serving, so the store starts consistent.
         if let Err(e) = sweeper.sweep_once().await {

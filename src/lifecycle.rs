@@ -1,11 +1,12 @@
 //! The lifecycle sweep: persists the idle policy (SPEC §1) that the proxy and admin API
-//! already apply exactly at request time.
+//! already apply exactly at request time, and prunes the audit log past `audit.retention`.
 //!
-//! Runs once at start-up and every `lifecycle.sweep_interval`. It flushes this instance's
-//! pending usage first, so a token used a moment ago here is not lapsed by the store's stale
-//! `last_used_at`. The store applies both rules in one transaction whose conditions are
-//! re-evaluated on the rows themselves, so a repeat, or another instance sweeping at the same
-//! time, changes nothing twice.
+//! Runs once at start-up and every `lifecycle.sweep_interval`. It reads the time first, then
+//! flushes this instance's pending usage, then asks the store to apply both rules while
+//! leaving alone every token that memory says was used within the window (a use that raced
+//! the flush). The store re-evaluates the conditions on the rows themselves in one
+//! transaction, so a repeat, or another instance sweeping at the same time, changes nothing
+//! twice; each change gets its audit row (actor `idle-policy`) in that transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,28 +23,40 @@ pub struct Sweeper {
     pub usage: Arc<UsageRecorder>,
     pub clock: SharedClock,
     pub lifecycle: LifecycleConfig,
+    pub audit_retention: Duration,
 }
 
 impl Sweeper {
     /// One sweep at the current time.
     pub async fn sweep_once(&self) -> StoreResult<SweepOutcome> {
-        self.usage.flush(self.store.as_ref()).await?;
+        // The time is read before the flush: every use before `now` is then either in the
+        // store or (if it raced the flush) in memory, where `used_since` finds it.
         let now = self.clock.now();
+        self.usage.flush(self.store.as_ref()).await?;
+        let inactive_before = now.minus(self.lifecycle.inactive_after);
+        let keep = self.index.used_since(inactive_before);
         let out = self
             .store
             .sweep(
-                now.minus(self.lifecycle.inactive_after),
+                inactive_before,
                 now.minus(self.lifecycle.delete_after),
+                now.minus(self.audit_retention),
                 now,
+                &keep,
             )
             .await?;
-        for (id, name) in &out.deactivated {
-            tracing::info!(token = %name, token_id = %id, actor = "idle-policy", "token deactivated after inactive_after without use");
+        for (id, _) in &out.deactivated {
             self.index.refresh(self.store.as_ref(), id).await?;
         }
-        for (id, name) in &out.deleted {
-            tracing::info!(token = %name, token_id = %id, actor = "idle-policy", "token deleted after delete_after without use");
+        for (id, _) in &out.deleted {
             self.index.forget(id).await;
+        }
+        out.audit.iter().for_each(crate::admin::emit);
+        if out.pruned > 0 {
+            tracing::info!(
+                pruned = out.pruned,
+                "audit entries past audit.retention pruned"
+            );
         }
         Ok(out)
     }

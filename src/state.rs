@@ -118,6 +118,21 @@ impl TokenIndex {
         self.get(&hash)
     }
 
+    /// Ids of the tokens this instance saw used after `since` (memory only, so it
+    /// includes uses not flushed yet). The sweep leaves these alone.
+    pub fn used_since(&self, since: Timestamp) -> Vec<String> {
+        self.by_hash
+            .iter()
+            .filter(|e| e.value().last_used.load(Ordering::Relaxed) > since.0)
+            .map(|e| e.value().id.to_string())
+            .collect()
+    }
+
+    /// Every token's state (metrics, the sweep). A snapshot: entries change concurrently.
+    pub fn snapshot(&self) -> Vec<Arc<TokenState>> {
+        self.by_hash.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_hash.len()
     }

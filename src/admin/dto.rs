@@ -56,3 +56,19 @@ pub struct IpDto {
 pub struct IpList {
     pub ips: Vec<IpDto>,
 }
+
+#[derive(Debug, Serialize)]
+pub struct AuditDto {
+    pub at: String,
+    pub actor: String,
+    pub source_ip: Option<String>,
+    pub action: String,
+    pub token: String,
+    pub token_id: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditList {
+    pub entries: Vec<AuditDto>,
+}

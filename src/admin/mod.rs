@@ -6,6 +6,7 @@
 //! optimistic versions (a stale write is retried on fresh data), never by a lock held across
 //! the store call. This module is never reachable from the proxy listener.
 
+pub mod console;
 pub mod dto;
 pub mod key;
 
@@ -29,11 +30,13 @@ use crate::net::{self, BlockEntry};
 use crate::policy::{self, Effective};
 use crate::server::ConnInfo;
 use crate::state::TokenIndex;
-use crate::store::{InactiveReason, IpRecord, Status, Store, StoreError, TokenRecord};
+use crate::store::{
+    AuditEntry, InactiveReason, IpRecord, Status, Store, StoreError, TokenRecord, IDLE_POLICY_ACTOR,
+};
 use crate::token::{self, Access, Secret};
 use crate::usage::UsageRecorder;
 
-use self::dto::{CreatedToken, IpDto, IpList, TokenDto, TokenList, Tokens};
+use self::dto::{AuditDto, AuditList, CreatedToken, IpDto, IpList, TokenDto, TokenList, Tokens};
 use self::key::AdminKey;
 
 /// Largest accepted request body.
@@ -42,6 +45,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_LIST: usize = 1000;
 const LIST_DEFAULT: usize = 1000;
 const LIST_MAX: usize = 10_000;
+const AUDIT_DEFAULT: usize = 100;
+const AUDIT_MAX: usize = 1000;
 /// Attempts at a mutation that lost an optimistic-concurrency race.
 const RETRIES: usize = 5;
 
@@ -268,6 +273,12 @@ impl Admin {
             (Method::GET, "/readyz") => return self.readyz().await,
             _ => {}
         }
+        // The console page and its assets hold no data: they load without the key (SPEC §7).
+        if method == Method::GET {
+            if let Some(resp) = console::serve(&path) {
+                return Ok(resp);
+            }
+        }
         // Brute force first (no key comparison for an IP over the limit), then the key.
         if let Some(secs) = self.limiter.check(client_ip) {
             return Err(AdminError::TooManyFailures(secs));
@@ -276,26 +287,32 @@ impl Admin {
             self.limiter.record_failure(client_ip);
             return Err(AdminError::Unauthorized);
         }
+        // Today the key is the only admin credential; with client certificates (TLS) the
+        // certificate subject becomes the actor.
+        let actor = Actor {
+            name: "admin-key".into(),
+            source_ip: client_ip,
+        };
         let query = req.uri().query().map(str::to_string);
         let body = read_body(req).await?;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segments.as_slice() {
             ["v1", "tokens"] => match method {
                 Method::GET => self.list(query.as_deref()).await,
-                Method::POST => self.create(body).await,
+                Method::POST => self.create(&actor, body).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", op @ ("activate" | "deactivate")] if method == Method::POST => {
-                self.set_status(body, *op == "activate").await
+                self.set_status(&actor, body, *op == "activate").await
             }
             ["v1", "tokens", name] => match method {
                 Method::GET => self.show(name).await,
-                Method::PATCH => self.update(name, body).await,
-                Method::DELETE => self.delete(name).await,
+                Method::PATCH => self.update(&actor, name, body).await,
+                Method::DELETE => self.delete(&actor, name).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", name, "regenerate"] => match method {
-                Method::POST => self.regenerate(name).await,
+                Method::POST => self.regenerate(&actor, name).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", name, "ips"] => match method {
@@ -303,7 +320,11 @@ impl Admin {
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", name, "ips", op @ ("block" | "unblock")] => match method {
-                Method::POST => self.block(name, body, *op == "block").await,
+                Method::POST => self.block(&actor, name, body, *op == "block").await,
+                _ => Err(AdminError::MethodNotAllowed),
+            },
+            ["v1", "audit"] => match method {
+                Method::GET => self.audit(query.as_deref()).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
             _ => Ok(not_found_path()),
@@ -482,7 +503,7 @@ impl Admin {
         Ok(json_response(StatusCode::OK, &self.dto(&rec, self.now())))
     }
 
-    async fn create(&self, body: Bytes) -> AdminResult {
+    async fn create(&self, actor: &Actor, body: Bytes) -> AdminResult {
         let obj = json_object(&body)?;
         allow_fields(&obj, &["name", "description", "access"], &[])?;
         let name = match obj.get("name") {
@@ -520,15 +541,22 @@ impl Admin {
             .await?
         {
             if self.effective(&old, now) == Effective::Deleted {
-                match self.store.delete_token(&old.id).await {
+                let gone = idle_entry(now, "delete", &old);
+                match self.store.delete_token(&old.id, Some(&gone)).await {
                     Ok(()) | Err(StoreError::NotFound) => self.index.forget(&old.id).await,
                     Err(e) => return Err(e.into()),
                 }
             }
         }
-        self.store.insert_token(&rec).await?;
+        let entry = actor.entry(
+            now,
+            "create",
+            &rec,
+            serde_json::json!({"description": rec.description, "access": rec.access.names()}),
+        );
+        self.store.insert_token(&rec, &entry).await?;
         self.index.refresh(self.store.as_ref(), &rec.id).await?;
-        tracing::info!(token = %rec.name, token_id = %rec.id, "token created");
+        emit(&entry);
         let dto = self.dto(&rec, now);
         Ok(json_response(
             StatusCode::CREATED,
@@ -539,46 +567,55 @@ impl Admin {
         ))
     }
 
-    async fn update(&self, name: &str, body: Bytes) -> AdminResult {
+    async fn update(&self, actor: &Actor, name: &str, body: Bytes) -> AdminResult {
         let obj = json_object(&body)?;
         allow_fields(&obj, &["description", "access"], &["name", "id", "status"])?;
         let description = parse_description(obj.get("description"))?;
         let access = obj.get("access").map(parse_access).transpose()?;
         let rec = self
-            .mutate_one(name, |rec| {
+            .mutate_one(actor, "update", name, |rec| {
+                let mut changes = Map::new();
                 if let Some(d) = &description {
+                    changes.insert(
+                        "description".into(),
+                        serde_json::json!({"from": rec.description, "to": d}),
+                    );
                     rec.description = d.clone();
                 }
                 if let Some(a) = access {
+                    changes.insert(
+                        "access".into(),
+                        serde_json::json!({"from": rec.access.names(), "to": a.names()}),
+                    );
                     rec.access = a;
                 }
-                true
+                Some(Value::Object(changes))
             })
             .await?;
         Ok(json_response(StatusCode::OK, &self.dto(&rec, self.now())))
     }
 
-    async fn delete(&self, name: &str) -> AdminResult {
+    async fn delete(&self, actor: &Actor, name: &str) -> AdminResult {
         let rec = self.find(name).await?;
-        self.store.delete_token(&rec.id).await?;
+        let entry = actor.entry(self.now(), "delete", &rec, serde_json::json!({}));
+        self.store.delete_token(&rec.id, Some(&entry)).await?;
         // Committed: forget it before answering, so the next request is refused.
         self.index.forget(&rec.id).await;
-        tracing::info!(token = %rec.name, token_id = %rec.id, "token deleted");
+        emit(&entry);
         Ok(empty_response(StatusCode::NO_CONTENT))
     }
 
-    async fn regenerate(&self, name: &str) -> AdminResult {
+    async fn regenerate(&self, actor: &Actor, name: &str) -> AdminResult {
         let mut secret = None;
         let rec = self
-            .mutate_one(name, |rec| {
+            .mutate_one(actor, "regenerate", name, |rec| {
                 let s = Secret::generate();
                 rec.secret_hash = s.hash();
                 secret = Some(s);
-                true
+                Some(serde_json::json!({}))
             })
             .await?;
         let secret = secret.ok_or(AdminError::Conflict)?;
-        tracing::info!(token = %rec.name, token_id = %rec.id, "token secret regenerated");
         let dto = self.dto(&rec, self.now());
         Ok(json_response(
             StatusCode::OK,
@@ -589,21 +626,29 @@ impl Admin {
         ))
     }
 
-    /// Read → change → versioned write → index refresh, retried on a lost race.
-    /// `change` returns false when there is nothing to write.
+    /// Read → change → versioned write (with its audit row) → index refresh, retried on a
+    /// lost race. `change` returns the audit details, or `None` when there is nothing to write.
     async fn mutate_one(
         &self,
+        actor: &Actor,
+        action: &str,
         name: &str,
-        mut change: impl FnMut(&mut TokenRecord) -> bool,
+        mut change: impl FnMut(&mut TokenRecord) -> Option<Value>,
     ) -> Result<TokenRecord, AdminError> {
         for _ in 0..RETRIES {
             let mut rec = self.find(name).await?;
-            if !change(&mut rec) {
+            let Some(details) = change(&mut rec) else {
                 return Ok(rec);
-            }
-            match self.store.save_tokens(std::slice::from_ref(&rec)).await {
+            };
+            let entry = actor.entry(self.now(), action, &rec, details);
+            match self
+                .store
+                .save_tokens(std::slice::from_ref(&rec), std::slice::from_ref(&entry))
+                .await
+            {
                 Ok(()) => {
                     self.index.refresh(self.store.as_ref(), &rec.id).await?;
+                    emit(&entry);
                     rec.version += 1;
                     return Ok(rec);
                 }
@@ -614,7 +659,7 @@ impl Admin {
         Err(AdminError::Conflict)
     }
 
-    async fn set_status(&self, body: Bytes, activate: bool) -> AdminResult {
+    async fn set_status(&self, actor: &Actor, body: Bytes, activate: bool) -> AdminResult {
         let obj = json_object(&body)?;
         allow_fields(&obj, &["names"], &[])?;
         let names = string_list(obj.get("names"), "names")?;
@@ -633,6 +678,7 @@ impl Admin {
                 return Err(AdminError::NamesNotFound(unknown));
             }
             let mut changed: Vec<TokenRecord> = Vec::new();
+            let mut entries: Vec<AuditEntry> = Vec::new();
             let mut seen = HashSet::new();
             for rec in &records {
                 if !seen.insert(rec.id.clone()) {
@@ -655,10 +701,19 @@ impl Admin {
                     })
                 };
                 if change.is_some() {
+                    let (status, reason) = match effective {
+                        Effective::Active => ("active", None),
+                        Effective::Inactive(r) => ("inactive", Some(r.as_str())),
+                        Effective::Deleted => ("deleted", None),
+                    };
+                    let action = if activate { "activate" } else { "deactivate" };
+                    let details =
+                        serde_json::json!({"previous_status": status, "previous_reason": reason});
+                    entries.push(actor.entry(now, action, &r, details));
                     changed.push(r);
                 }
             }
-            match self.store.save_tokens(&changed).await {
+            match self.store.save_tokens(&changed, &entries).await {
                 Ok(()) => {}
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -666,8 +721,8 @@ impl Admin {
             for r in &mut changed {
                 self.index.refresh(self.store.as_ref(), &r.id).await?;
                 r.version += 1;
-                tracing::info!(token = %r.name, token_id = %r.id, action = if activate { "activate" } else { "deactivate" }, "token status changed");
             }
+            entries.iter().for_each(emit);
             let tokens = records
                 .iter()
                 .map(|rec| {
@@ -698,7 +753,7 @@ impl Admin {
         })
     }
 
-    async fn block(&self, name: &str, body: Bytes, block: bool) -> AdminResult {
+    async fn block(&self, actor: &Actor, name: &str, body: Bytes, block: bool) -> AdminResult {
         let obj = json_object(&body)?;
         allow_fields(&obj, &["ips"], &[])?;
         let raw = string_list(obj.get("ips"), "ips")?;
@@ -707,8 +762,17 @@ impl Admin {
             entries.push(BlockEntry::parse(s).map_err(|m| invalid("ips", m))?);
         }
         let rec = self.find(name).await?;
+        let listed: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        let entry = actor.entry(
+            self.now(),
+            if block { "block" } else { "unblock" },
+            &rec,
+            serde_json::json!({ "ips": listed }),
+        );
         if block {
-            self.store.block(&rec.id, &entries, self.now()).await?;
+            self.store
+                .block(&rec.id, &entries, self.now(), &entry)
+                .await?;
         } else {
             let current = self.store.list_ips(&rec.id).await?;
             let exact: Vec<BlockEntry> = current
@@ -732,13 +796,105 @@ impl Admin {
                     });
                 }
             }
-            self.store.unblock(&rec.id, &entries).await?;
+            self.store.unblock(&rec.id, &entries, &entry).await?;
         }
         // Committed: refresh the index so the very next request sees the block list.
         self.index.refresh(self.store.as_ref(), &rec.id).await?;
-        tracing::info!(token = %rec.name, token_id = %rec.id, action = if block { "block" } else { "unblock" }, entries = ?entries.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "block list changed");
+        emit(&entry);
         Ok(json_response(StatusCode::OK, &self.ip_list(&rec.id).await?))
     }
+}
+
+impl Admin {
+    /// `GET /v1/audit?token=NAME&limit=N`: newest first.
+    async fn audit(&self, query: Option<&str>) -> AdminResult {
+        let mut token_key: Option<String> = None;
+        let mut limit = AUDIT_DEFAULT;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "token" => token_key = Some(token::name_key(&v)).filter(|s| !s.is_empty()),
+                "limit" => {
+                    limit = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=AUDIT_MAX).contains(n))
+                        .ok_or_else(|| {
+                            invalid("limit", format!("limit must be 1 to {AUDIT_MAX}"))
+                        })?
+                }
+                other => {
+                    return Err(invalid(
+                        other,
+                        format!(
+                            "unknown query parameter {:?}",
+                            token::truncate_for_message(other)
+                        ),
+                    ))
+                }
+            }
+        }
+        let rows = self.store.list_audit(token_key.as_deref(), limit).await?;
+        let entries = rows
+            .into_iter()
+            .map(|a| AuditDto {
+                at: a.at.rfc3339(),
+                actor: a.actor,
+                source_ip: a.source_ip,
+                action: a.action,
+                token: a.token,
+                token_id: a.token_id,
+                details: a.details,
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &AuditList { entries }))
+    }
+}
+
+/// Who is making an admin change, for the audit log.
+struct Actor {
+    name: String,
+    source_ip: IpAddr,
+}
+
+impl Actor {
+    fn entry(&self, at: Timestamp, action: &str, rec: &TokenRecord, details: Value) -> AuditEntry {
+        AuditEntry {
+            at,
+            actor: self.name.clone(),
+            source_ip: Some(self.source_ip.to_string()),
+            action: action.to_string(),
+            token: rec.name.clone(),
+            token_id: rec.id.clone(),
+            details,
+        }
+    }
+}
+
+/// The audit row of a change the idle policy makes outside the sweep (a lapsed token removed
+/// so that its name can be reused).
+fn idle_entry(at: Timestamp, action: &str, rec: &TokenRecord) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: IDLE_POLICY_ACTOR.to_string(),
+        source_ip: None,
+        action: action.to_string(),
+        token: rec.name.clone(),
+        token_id: rec.id.clone(),
+        details: serde_json::json!({"reason": "idle"}),
+    }
+}
+
+/// The tracing event of an audit entry (after its transaction committed).
+pub fn emit(a: &AuditEntry) {
+    tracing::info!(
+        target: "tokengate::audit",
+        actor = %a.actor,
+        source_ip = a.source_ip.as_deref().unwrap_or("-"),
+        action = %a.action,
+        token = %a.token,
+        token_id = %a.token_id,
+        details = %a.details,
+    );
 }
 
 fn not_found_path() -> Response<Full<Bytes>> {

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Timestamp};
 use crate::config::{Config, LifecycleConfig, ProxyConfig};
 use crate::error::{ProxyBody, ProxyError};
 use crate::limiter::FailureLimiter;
@@ -31,6 +31,7 @@ use crate::net;
 use crate::policy::{self, Effective};
 use crate::server::ConnInfo;
 use crate::state::{TokenIndex, TokenState};
+use crate::store::{Status, Store};
 use crate::token::{self, Access};
 use crate::usage::UsageRecorder;
 
@@ -63,6 +64,8 @@ pub struct Proxy {
     usage: Arc<UsageRecorder>,
     limiter: Arc<FailureLimiter>,
     clock: SharedClock,
+    /// Read only on the idle-refusal path (see `recheck_idle`), never on a request that passes.
+    store: Arc<dyn Store>,
     client: Client<HttpConnector, Incoming>,
 }
 
@@ -81,6 +84,7 @@ impl Proxy {
         usage: Arc<UsageRecorder>,
         limiter: Arc<FailureLimiter>,
         clock: SharedClock,
+        store: Arc<dyn Store>,
     ) -> Proxy {
         let routes = config
             .routes
@@ -122,6 +126,7 @@ impl Proxy {
             usage,
             limiter,
             clock,
+            store,
             client,
         }
     }
@@ -188,13 +193,12 @@ impl Proxy {
         let token = self.authenticate(presented, client_ip)?;
         ctx.token = Some(token.clone());
         let now = self.clock.now();
-        let status = policy::effective(
-            token.status,
-            token.inactive_reason,
-            policy::idle_start(token.created_at, token.activated_at, token.last_used_at()),
-            now,
-            &self.lifecycle,
-        );
+        let mut status = self.status_at(&token, now);
+        if token.status == Status::Active && status != Effective::Active {
+            // About to refuse a token as idle: another instance sharing the store may have
+            // used it since this one last looked. One store read, on this refusal path only.
+            status = self.recheck_idle(&token, now).await;
+        }
         if status == Effective::Deleted {
             // Idle past delete_after: gone, even before the sweep removes it.
             self.limiter.record_failure(client_ip);
@@ -289,6 +293,32 @@ impl Proxy {
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers, resp_upgrade);
         Ok(Response::from_parts(rparts, Either::Right(rbody)))
+    }
+
+    fn status_at(&self, token: &TokenState, now: Timestamp) -> Effective {
+        let since = policy::idle_start(token.created_at, token.activated_at, token.last_used_at());
+        policy::effective(
+            token.status,
+            token.inactive_reason,
+            since,
+            now,
+            &self.lifecycle,
+        )
+    }
+
+    /// Raises the token's last use to the store's `last_used_at` (uses recorded by other
+    /// instances), then decides again. A store error keeps the memory's answer (refusal).
+    async fn recheck_idle(&self, token: &TokenState, now: Timestamp) -> Effective {
+        match self.store.token_by_id(&token.id).await {
+            Ok(Some(t)) => {
+                if let Some(used) = t.token.last_used_at {
+                    token.touch(used);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "store read for an idle re-check failed"),
+        }
+        self.status_at(token, now)
     }
 
     /// Steps 5: checks the secret's form and looks its hash up in memory. Every refusal here

@@ -110,11 +110,33 @@ pub struct UsageDelta {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// One audit row (SPEC §8): written in the same transaction as the change it records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    /// `admin-key`, a client-certificate subject, or `idle-policy`.
+    pub actor: String,
+    pub source_ip: Option<String>,
+    /// `create`, `update`, `activate`, `deactivate`, `regenerate`, `delete`, `block`, `unblock`.
+    pub action: String,
+    pub token: String,
+    pub token_id: String,
+    /// A JSON object; never a secret.
+    pub details: serde_json::Value,
+}
+
+/// The actor of changes made by the idle policy.
+pub const IDLE_POLICY_ACTOR: &str = "idle-policy";
+
 /// What the lifecycle sweep changed (ids and names, for logs and cache invalidation).
 #[derive(Debug, Clone, Default)]
 pub struct SweepOutcome {
     pub deactivated: Vec<(String, String)>,
     pub deleted: Vec<(String, String)>,
+    /// The audit rows the sweep wrote (actor `idle-policy`), for the tracing events.
+    pub audit: Vec<AuditEntry>,
+    /// Audit rows older than the retention that were pruned.
+    pub pruned: usize,
 }
 
 /// The persistence boundary. All methods are cancel-safe from the caller's point of view:
@@ -134,15 +156,17 @@ pub trait Store: Send + Sync + 'static {
         q: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<TokenRecord>>;
-    /// Inserts a new token; `Conflict("name_taken")` if the name (ignoring case) exists.
-    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// Inserts a new token and its audit row; `Conflict("name_taken")` if the name (ignoring
+    /// case) exists.
+    async fn insert_token(&self, token: &TokenRecord, audit: &AuditEntry) -> StoreResult<()>;
     /// Writes the admin-controlled fields (description, access, secret hash, status, reason,
     /// activated/deactivated times) of every token in one transaction, each only if its stored
     /// `version` still equals the record's; bumps the versions. All or nothing:
-    /// `Conflict("version")` or `NotFound` roll everything back.
-    async fn save_tokens(&self, tokens: &[TokenRecord]) -> StoreResult<()>;
-    /// Deletes a token and its IP records. `NotFound` if it did not exist.
-    async fn delete_token(&self, id: &str) -> StoreResult<()>;
+    /// `Conflict("version")` or `NotFound` roll everything back, audit rows included.
+    async fn save_tokens(&self, tokens: &[TokenRecord], audit: &[AuditEntry]) -> StoreResult<()>;
+    /// Deletes a token and its IP records, writing `audit` in the same transaction.
+    /// `NotFound` if it did not exist.
+    async fn delete_token(&self, id: &str, audit: Option<&AuditEntry>) -> StoreResult<()>;
     async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>>;
     /// Adds block entries (idempotent: an existing entry keeps its `blocked_at`).
     async fn block(
@@ -150,22 +174,41 @@ pub trait Store: Send + Sync + 'static {
         token_id: &str,
         entries: &[BlockEntry],
         now: Timestamp,
+        audit: &AuditEntry,
     ) -> StoreResult<()>;
     /// Removes exact block entries (idempotent).
-    async fn unblock(&self, token_id: &str, entries: &[BlockEntry]) -> StoreResult<()>;
+    async fn unblock(
+        &self,
+        token_id: &str,
+        entries: &[BlockEntry],
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
     /// Adds a batch of usage to the records (sums counters, keeps the earliest first use and
     /// the latest last use), raises each token's `last_used_at`, then trims each touched token
     /// to `max_ips` unblocked records, least recently used first. Deltas of tokens that no
     /// longer exist are dropped.
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()>;
     /// Persists the idle policy at `now`: active tokens idle since `inactive_before` or
-    /// earlier become inactive (reason idle); tokens idle since `delete_before` are deleted.
+    /// earlier become inactive (reason idle); tokens idle since `delete_before` are deleted;
+    /// each change gets an audit row (actor `idle-policy`) in the same transaction. Audit rows
+    /// older than `audit_before` are pruned.
+    ///
+    /// `keep` lists token ids this instance knows were used recently (in memory, possibly not
+    /// flushed yet): they are left alone whatever the store says.
     async fn sweep(
         &self,
         inactive_before: Timestamp,
         delete_before: Timestamp,
+        audit_before: Timestamp,
         now: Timestamp,
+        keep: &[String],
     ) -> StoreResult<SweepOutcome>;
+    /// Audit rows, newest first, optionally for one token (by case-folded name), at most `limit`.
+    async fn list_audit(
+        &self,
+        token_key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEntry>>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 }

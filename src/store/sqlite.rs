@@ -15,9 +15,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::*;
 
 /// Versioned migrations, applied in order at open, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE tokens (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE tokens (
         id              TEXT PRIMARY KEY,
         name            TEXT NOT NULL,
         name_key        TEXT NOT NULL UNIQUE,
@@ -42,7 +43,24 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         blocked_at    INTEGER,
         PRIMARY KEY (token_id, entry)
     ) WITHOUT ROWID;",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        source_ip  TEXT,
+        action     TEXT NOT NULL,
+        token      TEXT NOT NULL,
+        token_key  TEXT NOT NULL,
+        token_id   TEXT NOT NULL,
+        details    TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_token ON audit (token_key, seq);
+    CREATE INDEX audit_by_time ON audit (at);",
+    ),
+];
 
 const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, inactive_reason, \
      created_at, activated_at, deactivated_at, last_used_at, version";
@@ -335,10 +353,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+    async fn insert_token(&self, t: &TokenRecord, audit: &AuditEntry) -> StoreResult<()> {
         let t = t.clone();
+        let audit = audit.clone();
         self.run(move |conn| {
-            let res = conn.execute(
+            let tx = conn.transaction().map_err(unavailable)?;
+            let res = tx.execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -359,7 +379,10 @@ impl Store for SqliteStore {
                 ],
             );
             match res {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    write_audit(&tx, &audit)?;
+                    tx.commit().map_err(unavailable)
+                }
                 Err(e) if is_unique_violation(&e) => {
                     if e.to_string().contains("name_key") {
                         Err(StoreError::Conflict("name_taken"))
@@ -373,8 +396,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_tokens(&self, tokens: &[TokenRecord]) -> StoreResult<()> {
+    async fn save_tokens(&self, tokens: &[TokenRecord], audit: &[AuditEntry]) -> StoreResult<()> {
         let tokens = tokens.to_vec();
+        let audit = audit.to_vec();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for t in &tokens {
@@ -411,22 +435,29 @@ impl Store for SqliteStore {
                     });
                 }
             }
+            for a in &audit {
+                write_audit(&tx, a)?;
+            }
             tx.commit().map_err(unavailable)
         })
         .await
     }
 
-    async fn delete_token(&self, id: &str) -> StoreResult<()> {
+    async fn delete_token(&self, id: &str, audit: Option<&AuditEntry>) -> StoreResult<()> {
         let id = id.to_string();
+        let audit = audit.cloned();
         self.run(move |conn| {
-            let n = conn
+            let tx = conn.transaction().map_err(unavailable)?;
+            let n = tx
                 .execute("DELETE FROM tokens WHERE id = ?1", [&id])
                 .map_err(unavailable)?;
             if n == 0 {
-                Err(StoreError::NotFound)
-            } else {
-                Ok(())
+                return Err(StoreError::NotFound);
             }
+            if let Some(a) = &audit {
+                write_audit(&tx, a)?;
+            }
+            tx.commit().map_err(unavailable)
         })
         .await
     }
@@ -474,9 +505,11 @@ impl Store for SqliteStore {
         token_id: &str,
         entries: &[BlockEntry],
         now: Timestamp,
+        audit: &AuditEntry,
     ) -> StoreResult<()> {
         let id = token_id.to_string();
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        let audit = audit.clone();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let exists = tx
@@ -497,14 +530,21 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
+            write_audit(&tx, &audit)?;
             tx.commit().map_err(unavailable)
         })
         .await
     }
 
-    async fn unblock(&self, token_id: &str, entries: &[BlockEntry]) -> StoreResult<()> {
+    async fn unblock(
+        &self,
+        token_id: &str,
+        entries: &[BlockEntry],
+        audit: &AuditEntry,
+    ) -> StoreResult<()> {
         let id = token_id.to_string();
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        let audit = audit.clone();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for e in &entries {
@@ -521,6 +561,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
+            write_audit(&tx, &audit)?;
             tx.commit().map_err(unavailable)
         })
         .await
@@ -545,19 +586,25 @@ impl Store for SqliteStore {
         &self,
         inactive_before: Timestamp,
         delete_before: Timestamp,
+        audit_before: Timestamp,
         now: Timestamp,
+        keep: &[String],
     ) -> StoreResult<SweepOutcome> {
+        let keep = serde_json::Value::from(keep.to_vec()).to_string();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let mut out = SweepOutcome::default();
             {
                 let mut stmt = tx
                     .prepare(&format!(
-                        "DELETE FROM tokens WHERE {IDLE_START} <= ?1 RETURNING id, name"
+                        "DELETE FROM tokens WHERE {IDLE_START} <= ?1
+                         AND id NOT IN (SELECT value FROM json_each(?2)) RETURNING id, name"
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
-                    .query_map([delete_before.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map(params![delete_before.0, keep], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .map_err(unavailable)?;
                 for r in rows {
                     out.deleted.push(r.map_err(unavailable)?);
@@ -571,11 +618,12 @@ impl Store for SqliteStore {
                     .prepare(&format!(
                         "UPDATE tokens SET status = 'inactive', inactive_reason = 'idle',
                             deactivated_at = {IDLE_START} + ?2, version = version + 1
-                         WHERE status = 'active' AND {IDLE_START} <= ?1 RETURNING id, name"
+                         WHERE status = 'active' AND {IDLE_START} <= ?1
+                            AND id NOT IN (SELECT value FROM json_each(?3)) RETURNING id, name"
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
-                    .query_map(params![inactive_before.0, lapse], |r| {
+                    .query_map(params![inactive_before.0, lapse, keep], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(unavailable)?;
@@ -583,8 +631,64 @@ impl Store for SqliteStore {
                     out.deactivated.push(r.map_err(unavailable)?);
                 }
             }
+            // Same transaction: no idle change without its audit row.
+            let entry = |action: &str, id: &str, name: &str| AuditEntry {
+                at: now,
+                actor: IDLE_POLICY_ACTOR.to_string(),
+                source_ip: None,
+                action: action.to_string(),
+                token: name.to_string(),
+                token_id: id.to_string(),
+                details: serde_json::json!({"reason": "idle"}),
+            };
+            for (id, name) in &out.deleted {
+                out.audit.push(entry("delete", id, name));
+            }
+            for (id, name) in &out.deactivated {
+                out.audit.push(entry("deactivate", id, name));
+            }
+            for a in &out.audit {
+                write_audit(&tx, a)?;
+            }
+            out.pruned = tx
+                .execute("DELETE FROM audit WHERE at < ?1", [audit_before.0])
+                .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        token_key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let key = token_key.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT at, actor, source_ip, action, token, token_id, details FROM audit
+                     WHERE ?1 IS NULL OR token_key = ?1 ORDER BY seq DESC LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![key, limit], |r| {
+                    let details: String = r.get(6)?;
+                    Ok(AuditEntry {
+                        at: Timestamp(r.get(0)?),
+                        actor: r.get(1)?,
+                        source_ip: r.get(2)?,
+                        action: r.get(3)?,
+                        token: r.get(4)?,
+                        token_id: r.get(5)?,
+                        details: serde_json::from_str(&details)
+                            .unwrap_or_else(|_| serde_json::json!({})),
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
     }
@@ -596,6 +700,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit (at, actor, source_ip, action, token, token_key, token_id, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            a.at.0,
+            a.actor,
+            a.source_ip,
+            a.action,
+            a.token,
+            crate::token::name_key(&a.token),
+            a.token_id,
+            a.details.to_string(),
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {

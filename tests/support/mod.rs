@@ -448,3 +448,20 @@ pub fn raw_status(answer: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {answer:?}"))
 }
+
+impl TestGateway {
+    /// A second gateway instance sharing this one's store, config and clock (its own ports and
+    /// memory), as when several instances share a store. It must be dropped before `self`.
+    pub async fn another_instance(&self) -> TestGateway {
+        let gw = start_gateway(&self.config, &self.clock).await;
+        TestGateway {
+            proxy: gw.proxy_addr,
+            admin: gw.admin_addr,
+            gw: Some(gw),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            http: client(),
+        }
+    }
+}
