@@ -18,6 +18,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, StoreUrl};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
+use crate::metrics::{Metrics, Scrape};
 use crate::proxy::Proxy;
 use crate::server::{self, ServerOptions};
 use crate::state::TokenIndex;
@@ -99,6 +100,9 @@ impl Gateway {
             config.proxy.failed_auth_limit,
             clock.clone(),
         ));
+        let metrics = Arc::new(Metrics::new(
+            config.routes.iter().map(|r| r.path_prefix.as_str()),
+        ));
         let proxy = Arc::new(Proxy::new(
             &config,
             index.clone(),
@@ -106,16 +110,25 @@ impl Gateway {
             limiter.clone(),
             clock.clone(),
             store.clone(),
+            metrics.clone(),
         ));
-        let admin = Arc::new(Admin::new(
-            store.clone(),
-            index.clone(),
-            usage.clone(),
+        let admin = Arc::new(Admin {
+            store: store.clone(),
+            index: index.clone(),
+            usage: usage.clone(),
             limiter,
-            clock.clone(),
-            config.lifecycle,
+            clock: clock.clone(),
+            lifecycle: config.lifecycle,
             key,
-        ));
+            scrape: Scrape {
+                metrics,
+                index: index.clone(),
+                usage: usage.clone(),
+                clock: clock.clone(),
+                lifecycle: config.lifecycle,
+            },
+            metrics_public: config.admin.metrics_public,
+        });
         let sweeper = Arc::new(Sweeper {
             store: store.clone(),
             index: index.clone(),

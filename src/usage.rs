@@ -43,6 +43,7 @@ impl Counters {
 pub struct UsageRecorder {
     pending: DashMap<(Arc<str>, IpAddr), Counters>,
     dropped: AtomicU64,
+    flush_errors: AtomicU64,
     max_ips_per_token: usize,
 }
 
@@ -51,6 +52,7 @@ impl UsageRecorder {
         UsageRecorder {
             pending: DashMap::new(),
             dropped: AtomicU64::new(0),
+            flush_errors: AtomicU64::new(0),
             max_ips_per_token,
         }
     }
@@ -94,6 +96,11 @@ impl UsageRecorder {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Flushes that failed (and were retried later).
+    pub fn flush_errors(&self) -> u64 {
+        self.flush_errors.load(Ordering::Relaxed)
+    }
+
     /// Writes everything pending to the store. On failure the batch is merged back and the
     /// error returned; the next flush retries it.
     pub async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
@@ -119,6 +126,7 @@ impl UsageRecorder {
         match store.flush_usage(&batch, self.max_ips_per_token).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
+                self.flush_errors.fetch_add(1, Ordering::Relaxed);
                 for (k, c) in taken {
                     self.pending.entry(k).or_default().merge(&c);
                 }

@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::LifecycleConfig;
 use crate::limiter::FailureLimiter;
+use crate::metrics::Scrape;
 use crate::net::{self, BlockEntry};
 use crate::policy::{self, Effective};
 use crate::server::ConnInfo;
@@ -197,39 +198,24 @@ fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Everything the admin listener reads and writes; built once by `app`.
 pub struct Admin {
-    store: Arc<dyn Store>,
-    index: Arc<TokenIndex>,
-    usage: Arc<UsageRecorder>,
-    limiter: Arc<FailureLimiter>,
-    clock: SharedClock,
-    lifecycle: LifecycleConfig,
-    key: AdminKey,
+    pub store: Arc<dyn Store>,
+    pub index: Arc<TokenIndex>,
+    pub usage: Arc<UsageRecorder>,
+    pub limiter: Arc<FailureLimiter>,
+    pub clock: SharedClock,
+    pub lifecycle: LifecycleConfig,
+    pub key: AdminKey,
+    /// What `/metrics` reads.
+    pub scrape: Scrape,
+    /// `admin.metrics_public`: serve `/metrics` without the key.
+    pub metrics_public: bool,
 }
 
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
-    pub fn new(
-        store: Arc<dyn Store>,
-        index: Arc<TokenIndex>,
-        usage: Arc<UsageRecorder>,
-        limiter: Arc<FailureLimiter>,
-        clock: SharedClock,
-        lifecycle: LifecycleConfig,
-        key: AdminKey,
-    ) -> Admin {
-        Admin {
-            store,
-            index,
-            usage,
-            limiter,
-            clock,
-            lifecycle,
-            key,
-        }
-    }
-
     pub async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
@@ -271,6 +257,7 @@ impl Admin {
                 ))
             }
             (Method::GET, "/readyz") => return self.readyz().await,
+            (Method::GET, "/metrics") if self.metrics_public => return Ok(self.metrics()),
             _ => {}
         }
         // The console page and its assets hold no data: they load without the key (SPEC §7).
@@ -323,6 +310,10 @@ impl Admin {
                 Method::POST => self.block(&actor, name, body, *op == "block").await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
+            ["metrics"] => match method {
+                Method::GET => Ok(self.metrics()),
+                _ => Err(AdminError::MethodNotAllowed),
+            },
             ["v1", "audit"] => match method {
                 Method::GET => self.audit(query.as_deref()).await,
                 _ => Err(AdminError::MethodNotAllowed),
@@ -341,6 +332,15 @@ impl Admin {
             return false;
         }
         self.key.verify(v[7..].trim_ascii())
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::from(self.scrape.render())));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
     }
 
     async fn readyz(&self) -> AdminResult {

@@ -27,6 +27,7 @@ use crate::clock::{SharedClock, Timestamp};
 use crate::config::{Config, LifecycleConfig, ProxyConfig};
 use crate::error::{ProxyBody, ProxyError};
 use crate::limiter::FailureLimiter;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::policy::{self, Effective};
 use crate::server::ConnInfo;
@@ -41,6 +42,8 @@ use self::route::{normalise_host, RouteTable};
 /// One configured route, ready for the hot path.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Position in the config's route list (metrics slot).
+    pub index: usize,
     /// The route's path prefix, used as its name in logs.
     pub label: Box<str>,
     pub access: Access,
@@ -59,22 +62,25 @@ pub struct Upstream {
 pub struct Proxy {
     cfg: ProxyConfig,
     lifecycle: LifecycleConfig,
-    routes: RouteTable<Upstream>,
+    /// Route table → index into `upstreams`.
+    routes: RouteTable<usize>,
+    upstreams: Box<[Upstream]>,
     index: Arc<TokenIndex>,
     usage: Arc<UsageRecorder>,
     limiter: Arc<FailureLimiter>,
     clock: SharedClock,
     /// Read only on the idle-refusal path (see `recheck_idle`), never on a request that passes.
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     client: Client<HttpConnector, Incoming>,
 }
 
 /// What the access log line reports about a request, filled in as the pipeline goes.
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'a> {
     client_ip: Option<IpAddr>,
     token: Option<Arc<TokenState>>,
-    route: Option<usize>,
+    route: Option<&'a Upstream>,
 }
 
 impl Proxy {
@@ -85,17 +91,20 @@ impl Proxy {
         limiter: Arc<FailureLimiter>,
         clock: SharedClock,
         store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
     ) -> Proxy {
-        let routes = config
+        let upstreams: Box<[Upstream]> = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(index, r)| {
                 let parts = r.upstream.clone().into_parts();
                 let authority = parts
                     .authority
                     .expect("config validated the upstream authority");
                 let base = r.upstream.path().trim_end_matches('/');
-                let up = Upstream {
+                Upstream {
+                    index,
                     label: r.path_prefix.clone().into_boxed_str(),
                     access: r.access,
                     scheme: parts.scheme.unwrap_or(Scheme::HTTP),
@@ -106,9 +115,14 @@ impl Proxy {
                     strip_prefix: r.strip_prefix,
                     preserve_host: r.preserve_host,
                     forward_authorization: r.forward_authorization,
-                };
-                (r.host.clone(), r.path_prefix.clone(), up)
+                }
             })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.host.clone(), r.path_prefix.clone(), i))
             .collect();
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -122,11 +136,13 @@ impl Proxy {
             cfg: config.proxy.clone(),
             lifecycle: config.lifecycle,
             routes: RouteTable::new(routes),
+            upstreams,
             index,
             usage,
             limiter,
             clock,
             store,
+            metrics,
             client,
         }
     }
@@ -143,13 +159,16 @@ impl Proxy {
         let mut ctx = Ctx::default();
         let resp = match self.pipeline(conn, req, &mut ctx).await {
             Ok(r) => r,
-            Err(e) => e.into_response(),
+            Err(e) => {
+                self.metrics.refusal(e.code());
+                e.into_response()
+            }
         };
+        let latency = started.elapsed();
+        self.metrics
+            .request(ctx.route.map(|u| u.index), resp.status().as_u16(), latency);
         if self.cfg.access_log {
-            let route = ctx
-                .route
-                .and_then(|i| self.routes.iter().nth(i))
-                .map_or("-", |u| &*u.label);
+            let route = ctx.route.map_or("-", |u| &*u.label);
             let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
             tracing::info!(
                 target: "tokengate::access",
@@ -158,17 +177,17 @@ impl Proxy {
                 status = resp.status().as_u16(),
                 token,
                 client_ip = %ctx.client_ip.unwrap_or(conn.peer.ip()),
-                latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             );
         }
         resp
     }
 
-    async fn pipeline(
-        &self,
+    async fn pipeline<'a>(
+        &'a self,
         conn: ConnInfo,
         mut req: Request<Incoming>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'a>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. A request we can reason about at all.
         check_form(&req, self.cfg.max_header_bytes)?;
@@ -220,8 +239,8 @@ impl Proxy {
             .routes
             .find(host.as_deref(), &path)
             .ok_or(ProxyError::NoRoute)?;
-        let route = m.route;
-        ctx.route = self.routes.iter().position(|u| std::ptr::eq(u, route));
+        let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
+        ctx.route = Some(route);
         if !token.access.contains(route.access) {
             return Err(ProxyError::AccessDenied);
         }
@@ -267,6 +286,7 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
+        let sent = Instant::now();
         let mut resp = match tokio::time::timeout(
             self.cfg.upstream_timeout,
             self.client.request(upstream_req),
@@ -280,6 +300,7 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        self.metrics.upstream(route.index, sent.elapsed());
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let resp_upgrade = if switching {
             resp.headers().get(http::header::UPGRADE).cloned()
@@ -328,9 +349,11 @@ impl Proxy {
         presented: &[u8],
         client_ip: IpAddr,
     ) -> Result<Arc<TokenState>, ProxyError> {
-        let found = token::parse_bearer(presented)
-            .ok()
-            .and_then(|h| self.index.get(&h));
+        let found = token::parse_bearer(presented).ok().and_then(|h| {
+            let t = self.index.get(&h);
+            self.metrics.lookup(t.is_some());
+            t
+        });
         found.ok_or_else(|| {
             self.limiter.record_failure(client_ip);
             ProxyError::InvalidToken
