@@ -261,7 +261,7 @@ impl Admin {
             _ => {}
         }
         // The console page and its assets hold no data: they load without the key (SPEC §7).
-        if method == Method::GET {
+        if method == Method::GET || method == Method::HEAD {
             if let Some(resp) = console::serve(&path) {
                 return Ok(resp);
             }

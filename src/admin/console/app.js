@@ -1,0 +1,840 @@
+// tokengate console: a client of the admin API (SPEC §4) and nothing else.
+//
+// Rules this file keeps:
+// - Every piece of API data reaches the page as text (textContent / createTextNode /
+//   setAttribute on plain attributes). Nothing here ever assigns innerHTML or outerHTML,
+//   calls insertAdjacentHTML or document.write, or builds a URL from data except through
+//   encodeURIComponent.
+// - The admin key lives in this tab's sessionStorage only, is sent as `Authorization: Bearer`
+//   to same-origin /v1 requests, and is removed on sign-out or when the gateway refuses it.
+// - A token secret exists in the page only while the secret dialog is open.
+(function () {
+  'use strict';
+
+  var KEY_STORE = 'tokengate.adminKey';
+  var PAGE_SIZE = 500;
+  var ACCESS = [
+    ['security-director', 'Security Director'],
+    ['third-party-feeds', 'Third Party feeds']
+  ];
+
+  function $(id) { return document.getElementById(id); }
+
+  // --- DOM helpers (text only) ---
+
+  function el(tag, props) {
+    var node = document.createElement(tag);
+    if (props) {
+      Object.keys(props).forEach(function (k) {
+        var v = props[k];
+        if (v === undefined || v === null || v === false) return;
+        if (k === 'class') node.className = v;
+        else if (k === 'text') node.textContent = String(v);
+        else if (k === 'checked' || k === 'disabled' || k === 'value' || k === 'type' || k === 'href') node[k] = v;
+        else node.setAttribute(k, String(v));
+      });
+    }
+    for (var i = 2; i < arguments.length; i++) {
+      var c = arguments[i];
+      if (c === undefined || c === null || c === false) continue;
+      node.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+    }
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function setText(id, text) {
+    $(id).textContent = text || '';
+  }
+
+  function accessLabel(a) {
+    for (var i = 0; i < ACCESS.length; i++) if (ACCESS[i][0] === a) return ACCESS[i][1];
+    return a;
+  }
+
+  function pad(n) { return n < 10 ? '0' + n : String(n); }
+
+  // "2025-03-04 09:15 UTC", with the exact RFC 3339 value as the tooltip.
+  function when(value, none) {
+    if (!value) return el('span', { class: 'muted', text: none || '—' });
+    var d = new Date(value);
+    var text = isNaN(d.getTime())
+      ? value
+      : d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate()) +
+        ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ' UTC';
+    return el('time', { datetime: value, title: value, text: text });
+  }
+
+  function reasonText(reason) {
+    if (reason === 'admin') return 'deactivated by an administrator';
+    if (reason === 'idle') return 'idle: not used in time';
+    return reason || '';
+  }
+
+  function statusBadge(t) {
+    var active = t.status === 'active';
+    return el('span', { class: 'badge ' + (active ? 'badge-active' : 'badge-inactive'), text: active ? 'Active' : 'Inactive' });
+  }
+
+  function accessBadges(list) {
+    var span = el('span');
+    (list || []).forEach(function (a) {
+      span.appendChild(el('span', { class: 'badge badge-access', text: accessLabel(a) }));
+    });
+    return span;
+  }
+
+  // --- the admin API ---
+
+  function ApiError(status, body) {
+    body = body || {};
+    this.status = status;
+    this.code = body.error || 'error';
+    this.field = body.field || null;
+    this.names = Array.isArray(body.names) ? body.names : null;
+    this.message = typeof body.message === 'string' ? body.message : 'The request failed (HTTP ' + status + ').';
+  }
+
+  function storedKey() {
+    try { return window.sessionStorage.getItem(KEY_STORE); } catch (e) { return null; }
+  }
+
+  function request(key, method, path, body) {
+    var headers = { 'Accept': 'application/json', 'Authorization': 'Bearer ' + key };
+    var init = { method: method, headers: headers, cache: 'no-store', credentials: 'omit', referrerPolicy: 'no-referrer', redirect: 'error' };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(function (resp) {
+      if (resp.status === 204) return null;
+      return resp.json().catch(function () { return null; }).then(function (data) {
+        if (!resp.ok) throw new ApiError(resp.status, data);
+        return data;
+      });
+    }, function () {
+      throw new ApiError(0, { error: 'network', message: 'The gateway could not be reached. Check that it is running and try again.' });
+    });
+  }
+
+  function api(method, path, body) {
+    var key = storedKey();
+    if (!key) {
+      showSignin('Sign in to continue.');
+      return Promise.reject(new ApiError(401, { error: 'unauthorized', message: 'Not signed in.' }));
+    }
+    return request(key, method, path, body).catch(function (e) {
+      if (e.status === 401) {
+        forgetKey();
+        showSignin('The gateway refused the admin key. Sign in again.');
+      }
+      throw e;
+    });
+  }
+
+  function tokenPath(name) {
+    return '/v1/tokens/' + encodeURIComponent(name);
+  }
+
+  // --- error placement ---
+
+  // Shows an API error next to the field it names (when the form has that field), else in
+  // the form's own error line. `fields` maps API field names to input ids.
+  function showFormError(prefix, e, fields) {
+    var field = e.field;
+    if (!field && e.code === 'name_taken') field = 'name';
+    var target = field && fields[field] ? prefix + '-' + field + '-error' : prefix + '-error';
+    setText(target, e.message);
+    if (field && fields[field]) {
+      var input = $(fields[field]);
+      input.setAttribute('aria-invalid', 'true');
+      input.focus();
+    }
+  }
+
+  function clearFormErrors(prefix, fields) {
+    setText(prefix + '-error', '');
+    Object.keys(fields).forEach(function (f) {
+      setText(prefix + '-' + f + '-error', '');
+      $(fields[f]).removeAttribute('aria-invalid');
+    });
+  }
+
+  function actionMessage(e) {
+    if (e.names && e.names.length) return e.message + ' Unknown: ' + e.names.join(', ') + '.';
+    return e.message;
+  }
+
+  // --- state and views ---
+
+  var state = {
+    tokens: [],
+    next: null,
+    selected: new Set(),
+    listSeq: 0,
+    token: null,
+    ips: [],
+    ipSelected: new Set(),
+    tokenSeq: 0
+  };
+
+  var VIEWS = ['view-signin', 'view-list', 'view-token'];
+
+  function showView(id) {
+    VIEWS.forEach(function (v) { $(v).hidden = v !== id; });
+    $('session-bar').hidden = id === 'view-signin';
+  }
+
+  function focusHeading(id) {
+    var h = $(id);
+    h.setAttribute('tabindex', '-1');
+    h.focus();
+  }
+
+  function forgetKey() {
+    try { window.sessionStorage.removeItem(KEY_STORE); } catch (e) { /* nothing stored */ }
+    state.tokens = [];
+    state.next = null;
+    state.selected.clear();
+    state.token = null;
+    state.ips = [];
+    state.ipSelected.clear();
+    clear($('token-rows'));
+    clear($('ip-rows'));
+    clear($('token-facts'));
+    ['create-dialog', 'secret-dialog', 'confirm-dialog'].forEach(function (id) {
+      if ($(id).open) $(id).close();
+    });
+    $('secret-value').value = '';
+  }
+
+  function showSignin(message) {
+    showView('view-signin');
+    document.title = 'Sign in · tokengate';
+    setText('signin-error', message || '');
+    $('signin-key').value = '';
+    $('signin-key').focus();
+  }
+
+  function route(fromNavigation) {
+    if (!storedKey()) {
+      showSignin('');
+      return;
+    }
+    var m = /^#\/tokens\/([^/]+)$/.exec(window.location.hash);
+    if (m) {
+      var name;
+      try { name = decodeURIComponent(m[1]); } catch (e) { name = m[1]; }
+      showToken(name, fromNavigation);
+    } else {
+      showList(fromNavigation);
+    }
+  }
+
+  // --- sign in / out ---
+
+  function signIn(ev) {
+    ev.preventDefault();
+    var key = $('signin-key').value.trim();
+    setText('signin-error', '');
+    $('signin-key').removeAttribute('aria-invalid');
+    if (!key) {
+      setText('signin-error', 'Enter the admin key.');
+      $('signin-key').setAttribute('aria-invalid', 'true');
+      return;
+    }
+    $('signin-submit').disabled = true;
+    request(key, 'GET', '/v1/tokens?limit=1').then(function () {
+      window.sessionStorage.setItem(KEY_STORE, key);
+      $('signin-key').value = '';
+      route(true);
+    }, function (e) {
+      var msg = e.status === 401 ? 'This admin key was refused.' : e.message;
+      setText('signin-error', msg);
+      $('signin-key').setAttribute('aria-invalid', 'true');
+      $('signin-key').focus();
+    }).then(function () {
+      $('signin-submit').disabled = false;
+    });
+  }
+
+  function signOut() {
+    forgetKey();
+    if (window.location.hash) {
+      history.replaceState(null, '', window.location.pathname);
+    }
+    showSignin('You are signed out.');
+  }
+
+  // --- token list ---
+
+  function showList(fromNavigation) {
+    showView('view-list');
+    document.title = 'Application Tokens · tokengate';
+    if (fromNavigation) focusHeading('list-title');
+    loadList(false);
+  }
+
+  function loadList(append) {
+    var seq = ++state.listSeq;
+    var params = new URLSearchParams();
+    var q = $('filter-q').value.trim();
+    var status = $('filter-status').value;
+    if (q) params.set('q', q);
+    if (status) params.set('status', status);
+    params.set('limit', String(PAGE_SIZE));
+    if (append && state.next) params.set('after', state.next);
+    setText('list-error', '');
+    setText('filter-error', '');
+    $('filter-q').removeAttribute('aria-invalid');
+    $('token-table').setAttribute('aria-busy', 'true');
+    return api('GET', '/v1/tokens?' + params.toString()).then(function (data) {
+      if (seq !== state.listSeq) return;
+      state.tokens = append ? state.tokens.concat(data.tokens) : data.tokens;
+      state.next = data.next;
+      var present = new Set(state.tokens.map(function (t) { return t.name; }));
+      state.selected.forEach(function (n) { if (!present.has(n)) state.selected.delete(n); });
+      renderList();
+    }, function (e) {
+      if (seq !== state.listSeq || e.status === 401) return;
+      if (e.field === 'q') {
+        setText('filter-error', e.message);
+        $('filter-q').setAttribute('aria-invalid', 'true');
+      } else if (e.field === 'status') {
+        setText('filter-error', e.message);
+      } else {
+        setText('list-error', e.message);
+      }
+    }).then(function () {
+      if (seq === state.listSeq) $('token-table').removeAttribute('aria-busy');
+    });
+  }
+
+  function renderList() {
+    var body = $('token-rows');
+    clear(body);
+    state.tokens.forEach(function (t) {
+      var selected = state.selected.has(t.name);
+      var box = el('input', { type: 'checkbox', checked: selected, 'aria-label': 'Select ' + t.name, 'data-name': t.name });
+      box.addEventListener('change', function () {
+        if (box.checked) state.selected.add(t.name); else state.selected.delete(t.name);
+        row.classList.toggle('selected', box.checked);
+        renderSelection();
+      });
+      var status = el('td', { class: 'status' }, statusBadge(t));
+      if (t.status !== 'active' && t.inactive_reason) {
+        status.appendChild(el('span', { class: 'sub reason', text: reasonText(t.inactive_reason) }));
+      }
+      var lapses = el('td', { class: 'when lapses' }, when(t.inactive_at));
+      if (!t.inactive_at && t.delete_at) {
+        lapses.appendChild(el('span', { class: 'sub' }, 'deleted ', when(t.delete_at)));
+      }
+      var row = el('tr', { class: selected ? 'selected' : '', 'data-name': t.name },
+        el('td', { class: 'col-check' }, box),
+        el('td', { class: 'name' }, el('a', { href: '#/tokens/' + encodeURIComponent(t.name), text: t.name })),
+        el('td', { class: 'desc' }, t.description ? t.description : el('span', { class: 'muted', text: '—' })),
+        el('td', { class: 'access' }, accessBadges(t.access)),
+        status,
+        el('td', { class: 'when last-used' }, when(t.last_used_at, 'never')),
+        lapses
+      );
+      body.appendChild(row);
+    });
+    var filtered = $('filter-q').value.trim() || $('filter-status').value;
+    var empty = $('token-empty');
+    empty.hidden = state.tokens.length > 0;
+    empty.textContent = filtered ? 'No token matches this filter.' : 'No tokens yet. Create one with “New token”.';
+    var n = state.tokens.length;
+    setText('token-count', n === 0 ? '' : n + (n === 1 ? ' token' : ' tokens') + (state.next ? ' shown' : ''));
+    $('load-more').hidden = !state.next;
+    renderSelection();
+  }
+
+  function renderSelection() {
+    var n = state.selected.size;
+    setText('list-selection', n === 0 ? 'No tokens selected' : n + ' selected');
+    $('bulk-activate').disabled = n === 0;
+    $('bulk-deactivate').disabled = n === 0;
+    var all = $('select-all-tokens');
+    all.checked = n > 0 && n === state.tokens.length;
+    all.indeterminate = n > 0 && n < state.tokens.length;
+  }
+
+  function selectAllTokens() {
+    var on = $('select-all-tokens').checked;
+    state.selected.clear();
+    if (on) state.tokens.forEach(function (t) { state.selected.add(t.name); });
+    renderList();
+  }
+
+  function bulk(activate) {
+    var names = Array.from(state.selected);
+    if (names.length === 0) return;
+    setText('bulk-error', '');
+    setText('bulk-ok', '');
+    $('bulk-activate').disabled = true;
+    $('bulk-deactivate').disabled = true;
+    api('POST', '/v1/tokens/' + (activate ? 'activate' : 'deactivate'), { names: names }).then(function (data) {
+      var n = data.tokens.length;
+      setText('bulk-ok', (activate ? 'Activated ' : 'Deactivated ') + n + (n === 1 ? ' token.' : ' tokens.'));
+      state.selected.clear();
+      return loadList(false);
+    }, function (e) {
+      if (e.status !== 401) setText('bulk-error', actionMessage(e));
+      renderSelection();
+    });
+  }
+
+  // --- create ---
+
+  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-sd' };
+
+  function openCreate() {
+    $('create-form').reset();
+    clearFormErrors('create', CREATE_FIELDS);
+    $('create-dialog').showModal();
+    $('create-name').focus();
+  }
+
+  function checkedAccess(prefix) {
+    return ACCESS.map(function (a) { return a[0]; }).filter(function (a) {
+      return $(prefix + (a === 'security-director' ? '-sd' : '-tpf')).checked;
+    });
+  }
+
+  function submitCreate(ev) {
+    ev.preventDefault();
+    clearFormErrors('create', CREATE_FIELDS);
+    var body = { name: $('create-name').value, access: checkedAccess('create-access') };
+    var description = $('create-description').value;
+    if (description.trim() !== '') body.description = description;
+    $('create-submit').disabled = true;
+    api('POST', '/v1/tokens', body).then(function (created) {
+      $('create-dialog').close();
+      setText('bulk-ok', 'Created token ' + created.name + '.');
+      setText('bulk-error', '');
+      showSecret('Token ' + created.name + ' created', created.token);
+      loadList(false);
+    }, function (e) {
+      if (e.status !== 401) showFormError('create', e, CREATE_FIELDS);
+    }).then(function () {
+      $('create-submit').disabled = false;
+    });
+  }
+
+  // --- the secret, shown once ---
+
+  var secretReturnFocus = null;
+
+  function showSecret(title, secret) {
+    secretReturnFocus = document.activeElement;
+    setText('secret-title', title);
+    setText('secret-copy-status', '');
+    $('secret-value').value = secret || '';
+    $('secret-dialog').showModal();
+    $('secret-copy').focus();
+  }
+
+  function copySecret() {
+    var input = $('secret-value');
+    var value = input.value;
+    function fallback() {
+      input.focus();
+      input.select();
+      var ok = false;
+      try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
+      setText('secret-copy-status', ok ? 'Copied to the clipboard.' : 'Copying is blocked here: the secret is selected, press Ctrl+C to copy it.');
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(value).then(function () {
+        setText('secret-copy-status', 'Copied to the clipboard.');
+      }, fallback);
+    } else {
+      fallback();
+    }
+  }
+
+  function closeSecret() {
+    $('secret-dialog').close();
+  }
+
+  function onSecretClosed() {
+    // Forget the secret as soon as the dialog closes.
+    $('secret-value').value = '';
+    setText('secret-copy-status', '');
+    if (secretReturnFocus && document.body.contains(secretReturnFocus)) secretReturnFocus.focus();
+    secretReturnFocus = null;
+  }
+
+  // --- confirmation ---
+
+  function confirmAction(title, text, okLabel) {
+    return new Promise(function (resolve) {
+      var d = $('confirm-dialog');
+      var returnFocus = document.activeElement;
+      setText('confirm-title', title);
+      setText('confirm-text', text);
+      setText('confirm-ok', okLabel);
+      function done(v) {
+        $('confirm-ok').removeEventListener('click', yes);
+        $('confirm-cancel').removeEventListener('click', no);
+        d.removeEventListener('cancel', no);
+        if (d.open) d.close();
+        if (returnFocus && document.body.contains(returnFocus)) returnFocus.focus();
+        resolve(v);
+      }
+      function yes() { done(true); }
+      function no(ev) { if (ev && ev.type === 'cancel') ev.preventDefault(); done(false); }
+      $('confirm-ok').addEventListener('click', yes);
+      $('confirm-cancel').addEventListener('click', no);
+      d.addEventListener('cancel', no);
+      d.showModal();
+      $('confirm-cancel').focus();
+    });
+  }
+
+  // --- token page ---
+
+  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-sd' };
+
+  function showToken(name, fromNavigation) {
+    var seq = ++state.tokenSeq;
+    showView('view-token');
+    document.title = name + ' · Application Tokens · tokengate';
+    setText('crumb-name', name);
+    setText('token-load-error', '');
+    setText('token-action-error', '');
+    setText('token-action-ok', '');
+    setText('ips-error', '');
+    setText('block-error', '');
+    setText('edit-ok', '');
+    clearFormErrors('edit', EDIT_FIELDS);
+    $('block-input').value = '';
+    $('block-input').removeAttribute('aria-invalid');
+    state.token = null;
+    state.ips = [];
+    state.ipSelected.clear();
+    $('token-body').hidden = true;
+    clear($('ip-rows'));
+    clear($('token-facts'));
+    api('GET', tokenPath(name)).then(function (t) {
+      if (seq !== state.tokenSeq) return;
+      state.token = t;
+      renderToken(t, true);
+      $('token-body').hidden = false;
+      if (fromNavigation) focusHeading('token-title');
+      loadIps();
+    }, function (e) {
+      if (seq !== state.tokenSeq || e.status === 401) return;
+      setText('token-load-error', e.status === 404 ? 'There is no token named ' + name + '. It may have been deleted.' : e.message);
+    });
+  }
+
+  function fact(dl, label, value, cls) {
+    dl.appendChild(el('dt', { text: label }));
+    dl.appendChild(el('dd', { class: cls || '' }, value));
+  }
+
+  function renderToken(t, fillForm) {
+    setText('token-title', t.name);
+    var st = $('token-status');
+    clear(st);
+    st.appendChild(statusBadge(t));
+    $('token-toggle').textContent = t.status === 'active' ? 'Deactivate' : 'Activate';
+    var dl = $('token-facts');
+    clear(dl);
+    var status = el('span', null, statusBadge(t));
+    if (t.inactive_reason) status.appendChild(el('span', { class: 'sub reason', text: reasonText(t.inactive_reason) }));
+    fact(dl, 'Name', t.name);
+    fact(dl, 'ID', el('code', { text: t.id }));
+    fact(dl, 'Description', t.description ? t.description : el('span', { class: 'muted', text: '—' }), 'desc');
+    fact(dl, 'Access', accessBadges(t.access));
+    fact(dl, 'Status', status);
+    fact(dl, 'Created', when(t.created_at));
+    fact(dl, 'Activated', when(t.activated_at));
+    fact(dl, 'Deactivated', when(t.deactivated_at));
+    fact(dl, 'Last used', when(t.last_used_at, 'never'));
+    fact(dl, 'Lapses on', when(t.inactive_at, t.status === 'active' ? '—' : 'already inactive'));
+    fact(dl, 'Deleted if unused on', when(t.delete_at));
+    if (fillForm) {
+      $('edit-description').value = t.description || '';
+      $('edit-access-sd').checked = t.access.indexOf('security-director') >= 0;
+      $('edit-access-tpf').checked = t.access.indexOf('third-party-feeds') >= 0;
+    }
+  }
+
+  function toggleToken() {
+    var t = state.token;
+    if (!t) return;
+    var activate = t.status !== 'active';
+    setText('token-action-error', '');
+    setText('token-action-ok', '');
+    $('token-toggle').disabled = true;
+    api('POST', '/v1/tokens/' + (activate ? 'activate' : 'deactivate'), { names: [t.name] }).then(function (data) {
+      state.token = data.tokens[0];
+      renderToken(state.token, false);
+      setText('token-action-ok', activate ? 'The token is active.' : 'The token is inactive: every request with it is refused.');
+    }, function (e) {
+      if (e.status !== 401) setText('token-action-error', actionMessage(e));
+    }).then(function () {
+      $('token-toggle').disabled = false;
+    });
+  }
+
+  function regenerateToken() {
+    var t = state.token;
+    if (!t) return;
+    setText('token-action-error', '');
+    setText('token-action-ok', '');
+    confirmAction('Regenerate the secret of ' + t.name + '?',
+      'A new secret is created and the current one stops working immediately. Every client using this token must be given the new secret.',
+      'Regenerate').then(function (ok) {
+      if (!ok) return;
+      api('POST', tokenPath(t.name) + '/regenerate').then(function (data) {
+        var secret = data.token;
+        delete data.token;
+        state.token = data;
+        renderToken(data, false);
+        setText('token-action-ok', 'The secret was regenerated; the old one no longer works.');
+        showSecret('New secret for ' + data.name, secret);
+      }, function (e) {
+        if (e.status !== 401) setText('token-action-error', actionMessage(e));
+      });
+    });
+  }
+
+  function deleteToken() {
+    var t = state.token;
+    if (!t) return;
+    setText('token-action-error', '');
+    setText('token-action-ok', '');
+    confirmAction('Delete ' + t.name + '?',
+      'The token and its IP records are deleted for good. Clients using it are refused at once. This cannot be undone.',
+      'Delete token').then(function (ok) {
+      if (!ok) return;
+      api('DELETE', tokenPath(t.name)).then(function () {
+        setText('bulk-error', '');
+        setText('bulk-ok', 'Deleted token ' + t.name + '.');
+        state.selected.delete(t.name);
+        window.location.hash = '#/';
+      }, function (e) {
+        if (e.status !== 401) setText('token-action-error', actionMessage(e));
+      });
+    });
+  }
+
+  function submitEdit(ev) {
+    ev.preventDefault();
+    var t = state.token;
+    if (!t) return;
+    clearFormErrors('edit', EDIT_FIELDS);
+    setText('edit-ok', '');
+    var description = $('edit-description').value;
+    var body = {
+      description: description.trim() === '' ? null : description,
+      access: checkedAccess('edit-access')
+    };
+    $('edit-save').disabled = true;
+    api('PATCH', tokenPath(t.name), body).then(function (updated) {
+      state.token = updated;
+      renderToken(updated, true);
+      setText('edit-ok', 'Saved.');
+    }, function (e) {
+      if (e.status !== 401) showFormError('edit', e, EDIT_FIELDS);
+    }).then(function () {
+      $('edit-save').disabled = false;
+    });
+  }
+
+  // --- IPs ---
+
+  function loadIps() {
+    var t = state.token;
+    if (!t) return Promise.resolve();
+    var seq = state.tokenSeq;
+    setText('ips-error', '');
+    $('ip-table').setAttribute('aria-busy', 'true');
+    return api('GET', tokenPath(t.name) + '/ips').then(function (data) {
+      if (seq !== state.tokenSeq) return;
+      setIps(data.ips);
+    }, function (e) {
+      if (seq === state.tokenSeq && e.status !== 401) setText('ips-error', e.message);
+    }).then(function () {
+      $('ip-table').removeAttribute('aria-busy');
+    });
+  }
+
+  function setIps(ips) {
+    state.ips = ips;
+    var present = new Set(ips.map(function (r) { return r.ip; }));
+    state.ipSelected.forEach(function (ip) { if (!present.has(ip)) state.ipSelected.delete(ip); });
+    renderIps();
+  }
+
+  function renderIps() {
+    var body = $('ip-rows');
+    clear(body);
+    state.ips.forEach(function (r) {
+      var selected = state.ipSelected.has(r.ip);
+      var box = el('input', { type: 'checkbox', checked: selected, 'aria-label': 'Select ' + r.ip, 'data-ip': r.ip });
+      var row;
+      box.addEventListener('change', function () {
+        if (box.checked) state.ipSelected.add(r.ip); else state.ipSelected.delete(r.ip);
+        row.classList.toggle('selected', box.checked);
+        renderIpSelection();
+      });
+      var blocked = el('td', { class: 'blocked' });
+      if (r.blocked) {
+        blocked.appendChild(el('span', { class: 'badge badge-blocked', text: 'Blocked' }));
+        if (r.blocked_by && r.blocked_by !== r.ip) {
+          blocked.appendChild(el('span', { class: 'sub' }, 'by ', el('code', { text: r.blocked_by })));
+        }
+        if (r.blocked_at) blocked.appendChild(el('span', { class: 'sub' }, 'since ', when(r.blocked_at)));
+      } else {
+        blocked.appendChild(el('span', { class: 'muted', text: 'No' }));
+      }
+      row = el('tr', { class: selected ? 'selected' : '', 'data-ip': r.ip },
+        el('td', { class: 'col-check' }, box),
+        el('td', { class: 'ip', text: r.ip }),
+        el('td', { class: 'when' }, when(r.first_used_at, 'never')),
+        el('td', { class: 'when' }, when(r.last_used_at, 'never')),
+        el('td', { class: 'num requests', text: String(r.requests) }),
+        el('td', { class: 'num denied', text: String(r.denied) }),
+        blocked
+      );
+      body.appendChild(row);
+    });
+    $('ip-empty').hidden = state.ips.length > 0;
+    renderIpSelection();
+  }
+
+  function renderIpSelection() {
+    var n = state.ipSelected.size;
+    setText('ip-selection', n === 0 ? 'No addresses selected' : n + ' selected');
+    $('ips-block').disabled = n === 0;
+    $('ips-unblock').disabled = n === 0;
+    var all = $('select-all-ips');
+    all.checked = n > 0 && n === state.ips.length;
+    all.indeterminate = n > 0 && n < state.ips.length;
+  }
+
+  function selectAllIps() {
+    var on = $('select-all-ips').checked;
+    state.ipSelected.clear();
+    if (on) state.ips.forEach(function (r) { state.ipSelected.add(r.ip); });
+    renderIps();
+  }
+
+  function changeBlocks(block, ips, errorId, input) {
+    var t = state.token;
+    if (!t) return Promise.resolve(false);
+    setText('ips-error', '');
+    setText('block-error', '');
+    $('block-input').removeAttribute('aria-invalid');
+    return api('POST', tokenPath(t.name) + '/ips/' + (block ? 'block' : 'unblock'), { ips: ips }).then(function (data) {
+      if (!input) state.ipSelected.clear();
+      setIps(data.ips);
+      return true;
+    }, function (e) {
+      if (e.status === 401) return false;
+      setText(errorId, e.message);
+      if (input) {
+        input.setAttribute('aria-invalid', 'true');
+        input.focus();
+      }
+      return false;
+    });
+  }
+
+  function blockSelected(block) {
+    var ips = Array.from(state.ipSelected);
+    if (ips.length === 0) return;
+    $('ips-block').disabled = true;
+    $('ips-unblock').disabled = true;
+    changeBlocks(block, ips, 'ips-error', null).then(function () { renderIpSelection(); });
+  }
+
+  function submitBlock(ev) {
+    ev.preventDefault();
+    var input = $('block-input');
+    var value = input.value.trim();
+    setText('block-error', '');
+    input.removeAttribute('aria-invalid');
+    if (!value) {
+      setText('block-error', 'Enter an IP address or a CIDR, such as 203.0.113.0/24.');
+      input.setAttribute('aria-invalid', 'true');
+      input.focus();
+      return;
+    }
+    $('block-submit').disabled = true;
+    changeBlocks(true, [value], 'block-error', input).then(function (ok) {
+      if (ok) input.value = '';
+      $('block-submit').disabled = false;
+    });
+  }
+
+  function refreshToken() {
+    var t = state.token;
+    if (!t) return;
+    api('GET', tokenPath(t.name)).then(function (fresh) {
+      state.token = fresh;
+      renderToken(fresh, false);
+    }, function (e) {
+      if (e.status !== 401) setText('token-action-error', actionMessage(e));
+    });
+    loadIps();
+  }
+
+  // --- wiring ---
+
+  var filterTimer = null;
+
+  function init() {
+    $('signin-form').addEventListener('submit', signIn);
+    $('sign-out').addEventListener('click', signOut);
+
+    $('filter-form').addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      window.clearTimeout(filterTimer);
+      loadList(false);
+    });
+    $('filter-q').addEventListener('input', function () {
+      window.clearTimeout(filterTimer);
+      filterTimer = window.setTimeout(function () { loadList(false); }, 250);
+    });
+    $('filter-status').addEventListener('change', function () { loadList(false); });
+    $('select-all-tokens').addEventListener('change', selectAllTokens);
+    $('bulk-activate').addEventListener('click', function () { bulk(true); });
+    $('bulk-deactivate').addEventListener('click', function () { bulk(false); });
+    $('load-more').addEventListener('click', function () { loadList(true); });
+
+    $('open-create').addEventListener('click', openCreate);
+    $('create-form').addEventListener('submit', submitCreate);
+    $('create-cancel').addEventListener('click', function () { $('create-dialog').close(); });
+
+    $('secret-copy').addEventListener('click', copySecret);
+    $('secret-done').addEventListener('click', closeSecret);
+    $('secret-dialog').addEventListener('close', onSecretClosed);
+    // Escape must not throw the secret away by accident: the button closes the dialog.
+    $('secret-dialog').addEventListener('cancel', function (ev) { ev.preventDefault(); });
+
+    $('token-toggle').addEventListener('click', toggleToken);
+    $('token-regenerate').addEventListener('click', regenerateToken);
+    $('token-delete').addEventListener('click', deleteToken);
+    $('edit-form').addEventListener('submit', submitEdit);
+    $('ips-refresh').addEventListener('click', refreshToken);
+    $('select-all-ips').addEventListener('change', selectAllIps);
+    $('ips-block').addEventListener('click', function () { blockSelected(true); });
+    $('ips-unblock').addEventListener('click', function () { blockSelected(false); });
+    $('block-form').addEventListener('submit', submitBlock);
+
+    window.addEventListener('hashchange', function () { route(true); });
+    route(false);
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+}());

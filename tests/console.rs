@@ -1,0 +1,1075 @@
+//! The web console of SPEC §7, end to end in a real headless browser (Debian's `chromium`
+//! driven through `chromedriver` over the W3C WebDriver protocol) against the real gateway on
+//! ephemeral ports.
+//!
+//! The browser tests skip, with a printed reason, when `/usr/bin/chromium` or
+//! `/usr/bin/chromedriver` is missing; `.ci/run` installs both. With `TOKENGATE_SCREENSHOTS=1`
+//! they also write `docs/console-list.png` and `docs/console-token.png`.
+//!
+//! The WebDriver client is a few dozen lines over the hyper client the other tests use: the
+//! protocol is JSON over HTTP, and this keeps a TLS stack out of the dev-dependencies.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::{json, Value};
+use support::*;
+use tokengate::token::Access;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long any one page state may take to appear.
+const WAIT: Duration = Duration::from_secs(20);
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+// === a minimal WebDriver client ===
+
+/// The chromedriver process we started; dropping it ends it and everything in its process
+/// group (the browser it launched), whatever state the test is in.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Browser {
+    port: u16,
+    session: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+    // Dropped after `Browser::drop` has closed the session.
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+/// Prints past the test harness's output capture, so a skip is visible in `cargo test`.
+fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+impl Browser {
+    /// Starts chromedriver on an ephemeral port and opens a headless Chromium session, or
+    /// returns `None` (after printing why) when no browser is installed.
+    async fn start(test: &str) -> Option<Browser> {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            if !Path::new(bin).exists() {
+                note(&format!(
+                    "SKIPPED console::{test}: {bin} is not installed \
+                     (apt-get install chromium chromium-driver)"
+                ));
+                return None;
+            }
+        }
+        // Its own process group: the browser it starts joins it, so Drop can end them all.
+        let mut driver = Driver(
+            Command::new(CHROMEDRIVER)
+                .arg("--port=0")
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
+        let port = driver_port(&mut driver.0);
+        let http = client();
+        // Ready when /status says so (bounded polling, no fixed sleep).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let req = Request::get(format!("http://127.0.0.1:{port}/status"))
+                .body(Full::default())
+                .unwrap();
+            if let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(2), http.request(req)).await
+            {
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--force-device-scale-factor=1",
+                    "--window-size=1280,900", "--lang=en-US",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        }}});
+        let mut b = Browser {
+            _driver: driver,
+            port,
+            session: String::new(),
+            http,
+            _profile: profile,
+        };
+        let v = b.raw(Method::POST, "/session".into(), Some(caps)).await;
+        b.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session id in {v}"))
+            .to_string();
+        Some(b)
+    }
+
+    /// One WebDriver call; the whole answer (`{"value": ...}`). Panics on a WebDriver error.
+    async fn raw(&self, method: Method, path: String, body: Option<Value>) -> Value {
+        let uri = format!("http://127.0.0.1:{}{}", self.port, path);
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.http.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: chromedriver did not answer"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e})"));
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    async fn cmd(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let p = format!("/session/{}{}", self.session, path);
+        self.raw(method, p, body).await["value"].take()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    /// Runs `body` (a JavaScript function body using `arguments`) in the page.
+    async fn js(&self, body: &str, args: Value) -> Value {
+        self.cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({"script": body, "args": args})),
+        )
+        .await
+    }
+
+    /// Polls `body` until it returns something truthy; panics after [`WAIT`] with `what`.
+    async fn wait(&self, what: &str, body: &str, args: Value) -> Value {
+        let script = format!("try {{ {body} }} catch (e) {{ return null; }}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.js(&script, args.clone()).await;
+            let truthy = match &v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let page = self
+                    .js("return document.querySelector('main').innerText", json!([]))
+                    .await;
+                panic!("timed out waiting for {what}; the page shows:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `css` matches an element that is displayed and enabled; its WebDriver id.
+    async fn ready(&self, css: &str) -> String {
+        self.wait(
+            &format!("{css} to be visible and enabled"),
+            "const e = document.querySelector(arguments[0]); \
+             return !!e && !e.disabled && e.getClientRects().length > 0;",
+            json!([css]),
+        )
+        .await;
+        let v = self
+            .cmd(
+                Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.ready(css).await;
+        self.cmd(
+            Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Clears the field and types `text` into it (WebDriver key codes allowed, e.g. Enter).
+    async fn fill(&self, css: &str, text: &str) {
+        let id = self.ready(css).await;
+        self.cmd(
+            Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.cmd(
+            Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    /// Picks an `<option>` of a `<select>` the way a user does (options have no box of their
+    /// own, so [`Browser::click`]'s visibility wait does not apply).
+    async fn choose(&self, select: &str, value: &str) {
+        self.ready(select).await;
+        let css = format!("{select} option[value='{value}']");
+        let v = self
+            .cmd(
+                Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = v[ELEMENT].as_str().unwrap().to_string();
+        self.cmd(
+            Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let v = self
+            .js(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                json!([css]),
+            )
+            .await;
+        v.as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string()
+    }
+
+    async fn value(&self, css: &str) -> String {
+        let v = self
+            .js(
+                "const e = document.querySelector(arguments[0]); return e ? e.value : null;",
+                json!([css]),
+            )
+            .await;
+        v.as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string()
+    }
+
+    /// Waits until the text of `css` contains `needle`.
+    async fn wait_text(&self, css: &str, needle: &str) -> String {
+        let v = self
+            .wait(
+                &format!("{css} to contain {needle:?}"),
+                "const e = document.querySelector(arguments[0]); \
+                 return e && e.textContent.includes(arguments[1]) ? e.textContent : null;",
+                json!([css, needle]),
+            )
+            .await;
+        v.as_str().unwrap().to_string()
+    }
+
+    async fn wait_gone(&self, css: &str) {
+        self.wait(
+            &format!("{css} to disappear"),
+            "const e = document.querySelector(arguments[0]); \
+             return !e || e.getClientRects().length === 0;",
+            json!([css]),
+        )
+        .await;
+    }
+
+    async fn session_key(&self) -> Value {
+        self.js(
+            "return window.sessionStorage.getItem('tokengate.adminKey');",
+            json!([]),
+        )
+        .await
+    }
+
+    async fn set_window(&self, width: u32, height: u32) {
+        self.cmd(
+            Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Writes a PNG of the viewport to `path`.
+    async fn screenshot(&self, path: &Path) {
+        let v = self.cmd(Method::GET, "/screenshot", None).await;
+        let png = base64_decode(v.as_str().expect("base64 screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+        note(&format!("wrote {}", path.display()));
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Close the browser through the driver (a plain blocking request: this may run while
+        // a failed test unwinds); `Driver` then stops the driver we started.
+        if !self.session.is_empty() {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let _ = write!(
+                    s,
+                    "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+                     Connection: close\r\nContent-Length: 0\r\n\r\n",
+                    self.session, self.port
+                );
+                // Read until the whole answer is in (the driver may keep the connection open).
+                let mut out = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    out.extend_from_slice(&buf[..n]);
+                    if http_answer_complete(&out) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads chromedriver's stdout until it names its port ("... started successfully on port N.").
+fn driver_port(driver: &mut Child) -> u16 {
+    let mut out = driver.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut sent = false;
+        // Keep draining after the port is found, so the driver never blocks on a full pipe.
+        while let Ok(1) = out.read(&mut byte) {
+            seen.push(byte[0]);
+            if sent {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&seen);
+            if let Some(rest) = text.split("successfully on port ").nth(1) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if rest.len() > digits.len() && !digits.is_empty() {
+                    let _ = tx.send(digits.parse::<u16>().ok());
+                    sent = true;
+                    seen.clear();
+                }
+            }
+        }
+    });
+    rx.recv_timeout(WAIT)
+        .ok()
+        .flatten()
+        .filter(|p| *p != 0)
+        .expect("chromedriver names the port it listens on")
+}
+
+/// Whether `raw` holds a whole HTTP/1.1 answer with a `Content-Length` body.
+fn http_answer_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    raw.len() >= end + 4 + len
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 byte {c}"),
+        }
+    };
+    let clean: Vec<u8> = s
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+fn screenshots_wanted() -> Option<PathBuf> {
+    (std::env::var("TOKENGATE_SCREENSHOTS").as_deref() == Ok("1"))
+        .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"))
+}
+
+// === helpers for the gateway side ===
+
+async fn gateway() -> (TestGateway, Upstream) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .start()
+        .await;
+    (gw, up)
+}
+
+fn console_url(gw: &TestGateway) -> String {
+    format!("http://{}/", gw.admin)
+}
+
+async fn sign_in(b: &Browser, gw: &TestGateway) {
+    b.goto(&console_url(gw)).await;
+    b.fill("#signin-key", &format!("{ADMIN_KEY}\u{E007}")).await;
+    b.ready("#view-list").await;
+}
+
+/// A proxied GET from a chosen client address (the test's loopback peer is a trusted proxy
+/// in the gateways that use this).
+async fn get_from(gw: &TestGateway, path: &str, secret: &str, ip: &str) -> Resp {
+    gw.proxy_req(
+        Request::get(path)
+            .header("authorization", format!("Bearer {secret}"))
+            .header("x-forwarded-for", ip)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Creates a token with a description through the admin API; returns its secret.
+async fn create(gw: &TestGateway, name: &str, description: &str, access: &[&str]) -> String {
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": name, "description": description, "access": access})),
+        )
+        .await;
+    r.expect(201, None);
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+// === the page itself (no browser needed) ===
+
+#[tokio::test]
+async fn console_is_served_without_the_key_with_the_security_headers() {
+    let (gw, _up) = gateway().await;
+    for (path, ct) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/console/app.js", "text/javascript; charset=utf-8"),
+        ("/console/app.css", "text/css; charset=utf-8"),
+        ("/console/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = gw.admin_as(Method::GET, path, None, None).await;
+        r.expect(200, None);
+        assert_eq!(r.header("content-type"), Some(ct), "{r}");
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        for d in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(d), "{path}: CSP {csp:?} lacks {d}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{r}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r}");
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{r}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{r}");
+    }
+    let page = gw.admin_as(Method::GET, "/", None, None).await.text();
+    assert!(page.contains("src=\"/console/app.js\""), "{page}");
+    assert!(!page.contains("<script>"), "no inline script");
+    // The page holds no data: everything it shows still needs the key.
+    gw.admin_as(Method::GET, "/v1/tokens", None, None)
+        .await
+        .expect(401, Some("unauthorized"));
+    gw.admin_as(Method::GET, "/console/other.js", None, None)
+        .await
+        .expect(401, Some("unauthorized"));
+    gw.admin_as(Method::POST, "/", None, None)
+        .await
+        .expect(401, Some("unauthorized"));
+    // And the proxy listener does not serve it.
+    gw.get("/", None).await.expect(401, Some("missing_token"));
+}
+
+// === in the browser ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_end_to_end() {
+    let Some(b) = Browser::start("console_end_to_end").await else {
+        return;
+    };
+    let (gw, up) = gateway().await;
+
+    // Sign in: a wrong key is refused next to the field and nothing is kept.
+    b.goto(&console_url(&gw)).await;
+    b.ready("#signin-key").await;
+    b.fill("#signin-key", "not-the-admin-key-0123456789abcdef\u{E007}")
+        .await;
+    b.wait_text("#signin-error", "refused").await;
+    assert_eq!(b.session_key().await, Value::Null);
+    // The right key, submitted with the keyboard, opens the (empty) list.
+    b.fill("#signin-key", &format!("{ADMIN_KEY}\u{E007}")).await;
+    b.ready("#view-list").await;
+    b.wait_text("#token-empty", "No tokens yet").await;
+    assert_eq!(b.session_key().await, json!(ADMIN_KEY));
+    let cookies = b.js("return document.cookie", json!([])).await;
+    assert_eq!(cookies, json!(""), "the key is never a cookie");
+    let url = b.js("return location.href", json!([])).await;
+    assert!(!url.as_str().unwrap().contains(ADMIN_KEY), "{url}");
+
+    // Create: API validation errors appear next to the field that caused them.
+    b.click("#open-create").await;
+    b.fill("#create-name", "bad name").await;
+    b.click("#create-access-sd").await;
+    b.click("#create-submit").await;
+    b.wait_text("#create-name-error", "only letters").await;
+    assert_eq!(
+        b.js(
+            "return document.getElementById('create-name').getAttribute('aria-invalid')",
+            json!([])
+        )
+        .await,
+        json!("true")
+    );
+    b.fill("#create-name", "feed-a").await;
+    b.click("#create-access-sd").await; // unticks it: no access at all
+    b.click("#create-submit").await;
+    b.wait_text("#create-access-error", "access").await;
+    assert_eq!(b.text("#create-name-error").await, "");
+    b.click("#create-access-sd").await;
+    b.fill("#create-description", "SIEM export").await;
+    b.click("#create-submit").await;
+
+    // The secret is shown once, with a copy button and the warning.
+    b.ready("#secret-dialog").await;
+    let secret = b.value("#secret-value").await;
+    assert!(
+        secret.starts_with("tg_") && secret.len() == 39,
+        "{secret:?}"
+    );
+    assert!(b
+        .text("#secret-dialog")
+        .await
+        .contains("cannot be shown again"));
+    b.click("#secret-copy").await;
+    b.wait(
+        "a copy status",
+        "return document.getElementById('secret-copy-status').textContent.length > 0",
+        json!([]),
+    )
+    .await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    let html = b
+        .js("return document.documentElement.outerHTML", json!([]))
+        .await;
+    assert!(
+        !html.as_str().unwrap().contains(&secret),
+        "the secret is gone from the page once the dialog is closed"
+    );
+    assert_eq!(b.value("#secret-value").await, "");
+    b.wait_text("#token-rows tr[data-name='feed-a']", "SIEM export")
+        .await;
+    let row = b.text("#token-rows tr[data-name='feed-a']").await;
+    assert!(
+        row.contains("Active") && row.contains("Security Director") && row.contains("never"),
+        "{row}"
+    );
+
+    // A second token with a clashing name: 409 name_taken, shown at the name field.
+    b.click("#open-create").await;
+    b.fill("#create-name", "FEED-A").await;
+    b.click("#create-access-tpf").await;
+    b.click("#create-submit").await;
+    b.wait_text("#create-name-error", "already exists").await;
+    b.click("#create-cancel").await;
+    b.wait_gone("#create-dialog").await;
+
+    // Use the secret through the proxy; the client IP appears on the token page.
+    gw.get("/sd/hello", Some(&secret)).await.expect(200, None);
+    assert_eq!(up.last().target, "/hello");
+    b.click("#token-rows tr[data-name='feed-a'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-title", "feed-a").await;
+    let ip_row = "#ip-rows tr[data-ip='127.0.0.1']";
+    b.wait_text(&format!("{ip_row} td.requests"), "1").await;
+    let facts = b.text("#token-facts").await;
+    assert!(
+        facts.contains("SIEM export") && facts.contains("Lapses on"),
+        "{facts}"
+    );
+
+    // Block it from the table: the next proxied request is refused.
+    b.click(&format!("{ip_row} input[type=checkbox]")).await;
+    b.click("#ips-block").await;
+    b.wait_text(&format!("{ip_row} td.blocked"), "Blocked")
+        .await;
+    gw.get("/sd/hello", Some(&secret))
+        .await
+        .expect(403, Some("ip_blocked"));
+    b.click("#ips-refresh").await;
+    b.wait_text(&format!("{ip_row} td.denied"), "1").await;
+    // Unblock: allowed again.
+    b.click(&format!("{ip_row} input[type=checkbox]")).await;
+    b.click("#ips-unblock").await;
+    b.wait_text(&format!("{ip_row} td.blocked"), "No").await;
+    gw.get("/sd/hello", Some(&secret)).await.expect(200, None);
+
+    // Block an address not seen yet; a bad one is refused next to the input.
+    b.fill("#block-input", "10.0.0.300").await;
+    b.click("#block-submit").await;
+    b.wait(
+        "an error next to the block input",
+        "return document.getElementById('block-error').textContent.length > 0",
+        json!([]),
+    )
+    .await;
+    b.fill("#block-input", "198.51.100.0/24\u{E007}").await;
+    b.wait_text(
+        "#ip-rows tr[data-ip='198.51.100.0/24'] td.blocked",
+        "Blocked",
+    )
+    .await;
+    assert_eq!(b.text("#block-error").await, "");
+    assert_eq!(b.value("#block-input").await, "");
+
+    // Edit description and access; an empty access set is refused next to it.
+    b.fill("#edit-description", "SIEM export, nightly").await;
+    b.click("#edit-access-sd").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-access-error", "access").await;
+    b.click("#edit-access-tpf").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-ok", "Saved").await;
+    b.wait_text("#token-facts", "SIEM export, nightly").await;
+    assert!(b.text("#token-facts").await.contains("Third Party feeds"));
+    gw.get("/feeds/x", Some(&secret)).await.expect(200, None);
+    gw.get("/sd/x", Some(&secret))
+        .await
+        .expect(403, Some("access_denied"));
+
+    // Regenerate asks first; cancelling changes nothing.
+    b.click("#token-regenerate").await;
+    b.wait_text("#confirm-dialog", "stops working").await;
+    b.click("#confirm-cancel").await;
+    b.wait_gone("#confirm-dialog").await;
+    gw.get("/feeds/x", Some(&secret)).await.expect(200, None);
+    b.click("#token-regenerate").await;
+    b.click("#confirm-ok").await;
+    b.ready("#secret-dialog").await;
+    let new_secret = b.value("#secret-value").await;
+    assert!(new_secret.starts_with("tg_") && new_secret != secret);
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    gw.get("/feeds/x", Some(&secret))
+        .await
+        .expect(401, Some("invalid_token"));
+    gw.get("/feeds/x", Some(&new_secret))
+        .await
+        .expect(200, None);
+    let secret = new_secret;
+
+    // Back to the list: deactivate and activate from the selection.
+    b.click("#back-to-list").await;
+    b.ready("#view-list").await;
+    let row = "#token-rows tr[data-name='feed-a']";
+    b.click(&format!("{row} input[type=checkbox]")).await;
+    b.wait_text("#list-selection", "1 selected").await;
+    b.click("#bulk-deactivate").await;
+    b.wait_text(&format!("{row} td.status"), "Inactive").await;
+    assert!(b
+        .text(&format!("{row} td.status"))
+        .await
+        .contains("administrator"));
+    gw.get("/feeds/x", Some(&secret))
+        .await
+        .expect(403, Some("token_inactive"));
+    b.click(&format!("{row} input[type=checkbox]")).await;
+    b.click("#bulk-activate").await;
+    b.wait_text(&format!("{row} td.status"), "Active").await;
+    b.wait_text("#bulk-ok", "Activated 1 token").await;
+    gw.get("/feeds/x", Some(&secret)).await.expect(200, None);
+
+    // Filter by name and by status.
+    gw.create_token("beta-feed", &["third-party-feeds"]).await;
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["beta-feed"]})),
+    )
+    .await
+    .expect(200, None);
+    b.fill("#filter-q", "BETA").await;
+    b.wait(
+        "only beta-feed listed",
+        "const rows = [...document.querySelectorAll('#token-rows tr')].map(r => r.dataset.name); \
+         return rows.length === 1 && rows[0] === 'beta-feed';",
+        json!([]),
+    )
+    .await;
+    b.fill("#filter-q", "").await;
+    b.choose("#filter-status", "inactive").await;
+    b.wait(
+        "only the inactive token listed",
+        "const rows = [...document.querySelectorAll('#token-rows tr')].map(r => r.dataset.name); \
+         return rows.length === 1 && rows[0] === 'beta-feed';",
+        json!([]),
+    )
+    .await;
+    b.choose("#filter-status", "active").await;
+    b.wait(
+        "only the active token listed",
+        "const rows = [...document.querySelectorAll('#token-rows tr')].map(r => r.dataset.name); \
+         return rows.length === 1 && rows[0] === 'feed-a';",
+        json!([]),
+    )
+    .await;
+    b.choose("#filter-status", "").await;
+    b.wait(
+        "both tokens listed",
+        "return document.querySelectorAll('#token-rows tr').length === 2",
+        json!([]),
+    )
+    .await;
+
+    // Select-all and a bulk action over both.
+    b.click("#select-all-tokens").await;
+    b.wait_text("#list-selection", "2 selected").await;
+    b.click("#bulk-deactivate").await;
+    b.wait_text("#bulk-ok", "Deactivated 2 tokens").await;
+
+    // A bulk action on a token deleted meanwhile: the API's 404 appears by the buttons.
+    b.click("#select-all-tokens").await;
+    gw.admin(Method::DELETE, "/v1/tokens/beta-feed", None)
+        .await
+        .expect(204, None);
+    b.click("#bulk-activate").await;
+    b.wait_text("#bulk-error", "beta-feed").await;
+    gw.get("/feeds/x", Some(&secret))
+        .await
+        .expect(403, Some("token_inactive"));
+
+    // Delete asks first, then the token is gone everywhere.
+    b.click(&format!("{row} td.name a")).await;
+    b.ready("#token-body").await;
+    b.click("#token-delete").await;
+    b.wait_text("#confirm-dialog", "cannot be undone").await;
+    b.click("#confirm-ok").await;
+    b.ready("#view-list").await;
+    b.wait_text("#bulk-ok", "Deleted token feed-a").await;
+    b.wait_text("#token-empty", "No tokens yet").await;
+    gw.get("/feeds/x", Some(&secret))
+        .await
+        .expect(401, Some("invalid_token"));
+    gw.admin(Method::GET, "/v1/tokens/feed-a", None)
+        .await
+        .expect(404, Some("not_found"));
+
+    // Sign out forgets the key; a reload stays signed out.
+    b.click("#sign-out").await;
+    b.ready("#view-signin").await;
+    assert_eq!(b.session_key().await, Value::Null);
+    b.goto(&console_url(&gw)).await;
+    b.ready("#signin-key").await;
+    assert!(b.text("#token-rows").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_html_and_script_as_plain_text() {
+    let Some(b) = Browser::start("console_shows_html_and_script_as_plain_text").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    let payload = r#"<img src=x onerror="window.pwned=1"><script>window.pwned=2</script><b id="pwn">bold</b> & "quotes" 'single'"#;
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "evil", "description": payload, "access": ["security-director"]})),
+        )
+        .await;
+    r.expect(201, None);
+
+    sign_in(&b, &gw).await;
+    b.wait_text("#token-rows tr[data-name='evil'] td.desc", "onerror")
+        .await;
+    assert_eq!(
+        b.text("#token-rows tr[data-name='evil'] td.desc").await,
+        payload
+    );
+    // The same text typed into the create form is stored and shown as text too.
+    b.click("#open-create").await;
+    b.fill("#create-name", "evil-2").await;
+    b.fill("#create-description", payload).await;
+    b.click("#create-access-tpf").await;
+    b.click("#create-submit").await;
+    b.ready("#secret-dialog").await;
+    b.click("#secret-done").await;
+    b.wait_text("#token-rows tr[data-name='evil-2'] td.desc", "onerror")
+        .await;
+    let stored = gw.admin(Method::GET, "/v1/tokens/evil-2", None).await;
+    assert_eq!(stored.json()["description"], payload);
+    // A name full of markup is refused by the API; its message is shown as text as well.
+    b.click("#open-create").await;
+    b.fill("#create-name", "<img src=x onerror=window.pwned=3>")
+        .await;
+    b.click("#create-access-sd").await;
+    b.click("#create-submit").await;
+    b.wait_text("#create-name-error", "name").await;
+    b.click("#create-cancel").await;
+
+    b.click("#token-rows tr[data-name='evil'] td.name a").await;
+    b.wait_text("#token-facts", "onerror").await;
+    b.fill("#block-input", "<b>1.2.3.4</b>\u{E007}").await;
+    b.wait(
+        "an error next to the block input",
+        "return document.getElementById('block-error').textContent.length > 0",
+        json!([]),
+    )
+    .await;
+    let verdict = b
+        .js(
+            "return {
+                pwned: typeof window.pwned === 'undefined' ? null : window.pwned,
+                injected: document.querySelectorAll('main img, main script, #pwn, dialog img').length,
+                facts: document.getElementById('token-facts').textContent,
+            };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(verdict["pwned"], Value::Null, "{verdict}");
+    assert_eq!(verdict["injected"], 0, "{verdict}");
+    assert!(
+        verdict["facts"].as_str().unwrap().contains(payload),
+        "{verdict}"
+    );
+}
+
+/// Usage from several client addresses (the test's loopback peer is a trusted proxy here),
+/// a CIDR block that covers one of them (unblocking that address alone is refused next to the
+/// buttons), tokens in each state; and, with `TOKENGATE_SCREENSHOTS=1`, the README's pictures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_cidr_blocks_and_screenshots() {
+    let Some(b) = Browser::start("console_cidr_blocks_and_screenshots").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let hour = Duration::from_secs(3600);
+    let day = 24 * hour;
+
+    // A token nobody used for 30 days lapses to inactive (idle).
+    create(
+        &gw,
+        "legacy-importer",
+        "Old CSV importer, replaced by siem-export",
+        &["third-party-feeds"],
+    )
+    .await;
+    gw.clock.advance(31 * day);
+    let secret = create(
+        &gw,
+        "siem-export",
+        "Nightly SIEM export of alarms and audit events",
+        &["security-director", "third-party-feeds"],
+    )
+    .await;
+    let soc = create(
+        &gw,
+        "soc-dashboard",
+        "SOC wall dashboard (read-only)",
+        &["security-director"],
+    )
+    .await;
+    create(
+        &gw,
+        "threat-feed-partner",
+        "Threat intelligence partner feed",
+        &["third-party-feeds"],
+    )
+    .await;
+    create(
+        &gw,
+        "contractor-2024",
+        "Temporary access for the audit contractor",
+        &["security-director"],
+    )
+    .await;
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["contractor-2024"]})),
+    )
+    .await
+    .expect(200, None);
+    gw.clock.advance(2 * hour);
+    get_from(&gw, "/sd/alarms", &soc, "192.0.2.10")
+        .await
+        .expect(200, None);
+
+    // siem-export is used from four addresses, at different times.
+    for (ip, n) in [
+        ("198.51.100.23", 3),
+        ("2001:db8::7", 1),
+        ("203.0.113.9", 2),
+        ("192.0.2.44", 5),
+    ] {
+        gw.clock.advance(3 * hour + Duration::from_secs(17 * 60));
+        for _ in 0..n {
+            get_from(&gw, "/sd/events", &secret, ip)
+                .await
+                .expect(200, None);
+        }
+    }
+
+    sign_in(&b, &gw).await;
+    b.wait(
+        "five tokens listed",
+        "return document.querySelectorAll('#token-rows tr').length === 5",
+        json!([]),
+    )
+    .await;
+    let legacy = b
+        .text("#token-rows tr[data-name='legacy-importer'] td.status")
+        .await;
+    assert!(
+        legacy.contains("Inactive") && legacy.contains("idle"),
+        "{legacy}"
+    );
+    let lapses = b
+        .text("#token-rows tr[data-name='soc-dashboard'] td.lapses")
+        .await;
+    assert!(lapses.contains("UTC"), "{lapses}");
+
+    if let Some(dir) = screenshots_wanted() {
+        b.click("#token-rows tr[data-name='contractor-2024'] input[type=checkbox]")
+            .await;
+        b.click("#token-rows tr[data-name='siem-export'] input[type=checkbox]")
+            .await;
+        b.wait_text("#list-selection", "2 selected").await;
+        b.set_window(1280, 900).await;
+        b.js("document.activeElement.blur()", json!([])).await;
+        b.screenshot(&dir.join("console-list.png")).await;
+        b.click("#select-all-tokens").await;
+        b.click("#select-all-tokens").await;
+    }
+
+    b.click("#token-rows tr[data-name='siem-export'] td.name a")
+        .await;
+    b.wait(
+        "four client IPs",
+        "return document.querySelectorAll('#ip-rows tr').length === 4",
+        json!([]),
+    )
+    .await;
+    // Newest use first.
+    let order = b
+        .js(
+            "return [...document.querySelectorAll('#ip-rows tr')].map(r => r.dataset.ip)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        order,
+        json!(["192.0.2.44", "203.0.113.9", "2001:db8::7", "198.51.100.23"])
+    );
+    b.fill("#block-input", "203.0.113.0/24").await;
+    b.click("#block-submit").await;
+    let covered = "#ip-rows tr[data-ip='203.0.113.9']";
+    b.wait_text(&format!("{covered} td.blocked"), "203.0.113.0/24")
+        .await;
+    get_from(&gw, "/sd/events", &secret, "203.0.113.9")
+        .await
+        .expect(403, Some("ip_blocked"));
+    // Unblocking the covered address alone is refused, next to the buttons, naming the CIDR.
+    b.click(&format!("{covered} input[type=checkbox]")).await;
+    b.click("#ips-unblock").await;
+    b.wait_text("#ips-error", "203.0.113.0/24").await;
+    // Block one more address from the table.
+    b.click("#ip-rows tr[data-ip='198.51.100.23'] input[type=checkbox]")
+        .await;
+    b.click(&format!("{covered} input[type=checkbox]")).await;
+    b.click("#ips-block").await;
+    b.wait_text("#ip-rows tr[data-ip='198.51.100.23'] td.blocked", "Blocked")
+        .await;
+    assert_eq!(b.text("#ips-error").await, "");
+    b.click("#ips-refresh").await;
+    b.wait_text(&format!("{covered} td.denied"), "1").await;
+
+    if let Some(dir) = screenshots_wanted() {
+        b.set_window(1280, 1180).await;
+        b.js(
+            "window.scrollTo(0, 0); document.activeElement.blur()",
+            json!([]),
+        )
+        .await;
+        b.screenshot(&dir.join("console-token.png")).await;
+    }
+}
