@@ -26,6 +26,9 @@ pub struct FailureLimiter {
     limit: u32,
     clock: SharedClock,
     windows: moka::sync::Cache<IpAddr, Arc<Window>>,
+    /// Time of the latest failure from any IP: when it is a window or more ago, no IP can be
+    /// over its limit and `check` skips the cache lookup (the common case, on the hot path).
+    last_failure: AtomicI64,
 }
 
 impl FailureLimiter {
@@ -39,6 +42,7 @@ impl FailureLimiter {
                 // Only for memory: correctness uses the gateway clock below.
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
+            last_failure: AtomicI64::new(i64::MIN / 2),
         }
     }
 
@@ -47,8 +51,11 @@ impl FailureLimiter {
         if self.limit == 0 {
             return None;
         }
-        let w = self.windows.get(&ip)?;
         let now = self.clock.now();
+        if now.0 - self.last_failure.load(Ordering::Relaxed) >= WINDOW_MS {
+            return None;
+        }
+        let w = self.windows.get(&ip)?;
         let start = w.start.load(Ordering::Relaxed);
         let remaining = start + WINDOW_MS - now.0;
         if remaining <= 0 || w.count.load(Ordering::Relaxed) < self.limit {
@@ -63,6 +70,7 @@ impl FailureLimiter {
             return;
         }
         let now: Timestamp = self.clock.now();
+        self.last_failure.fetch_max(now.0, Ordering::Relaxed);
         let w = self.windows.get_with(ip, || {
             Arc::new(Window {
                 start: AtomicI64::new(now.0),

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
 
 /// Per-listener connection settings.
 #[derive(Debug, Clone)]
@@ -111,19 +112,15 @@ pub async fn serve<F, Fut, B>(
             .into_owned();
         let conn = graceful.watch(conn);
         let idle = opts.idle_timeout;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                res = conn => {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                }
-                _ = idle_watch(activity, idle) => {
-                    tracing::debug!(%peer, "closing idle connection");
-                }
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
+        // The idle timeout runs beside the connection, not inside it: polling a timer next to
+        // the connection future would cost a timer poll on every wake-up of every request.
+        tokio::spawn(idle_watch(task.abort_handle(), activity, idle, peer));
     }
     drop(listener);
     if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
@@ -137,12 +134,17 @@ pub async fn serve<F, Fut, B>(
 /// Resolves once the connection has seen no byte in either direction for `idle`.
 /// A request waiting on a slow upstream is not idle traffic-wise, but upstream_timeout is
 /// normally far below idle_timeout; a long-lived stream with no bytes for `idle` is closed.
-async fn idle_watch(activity: Arc<AtomicI64>, idle: Duration) {
+async fn idle_watch(conn: AbortHandle, activity: Arc<AtomicI64>, idle: Duration, peer: SocketAddr) {
     let mut seen = -1;
     loop {
         tokio::time::sleep(idle).await;
+        if conn.is_finished() {
+            return;
+        }
         let now = activity.load(Ordering::Relaxed);
         if now == seen {
+            tracing::debug!(%peer, "closing idle connection");
+            conn.abort();
             return;
         }
         seen = now;
