@@ -14,8 +14,15 @@ use tokengate::token::Secret;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: seed_tokens DB_PATH N"))?);
-    let n: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    let path = PathBuf::from(
+        args.next()
+            .ok_or_else(|| anyhow::anyhow!("usage: seed_tokens DB_PATH N"))?,
+    );
+    let n: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     // Opening through the store creates the file and runs the migrations.
     drop(SqliteStore::open(&path).await?);
     let mut conn = rusqlite::Connection::open(&path)?;
@@ -40,7 +47,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 *blake3::hash(name.as_bytes()).as_bytes()
             };
-            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), name, &hash[..], now])?;
+            stmt.execute(rusqlite::params![
+                uuid::Uuid::new_v4().to_string(),
+                name,
+                &hash[..],
+                now
+            ])?;
         }
     }
     tx.commit()?;

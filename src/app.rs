@@ -15,15 +15,17 @@ use tokio::task::JoinHandle;
 use crate::admin::key::{AdminKey, KeySource};
 use crate::admin::Admin;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, StoreUrl};
+use crate::config::{Config, ConfigError, ServerTlsConfig, StoreUrl};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
 use crate::metrics::{Metrics, Scrape};
 use crate::proxy::Proxy;
 use crate::server::{self, ServerOptions};
-use crate::state::TokenIndex;
+use crate::state::{IndexFollower, TokenIndex};
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::tls::{log_reload, Reloader, ServerTls};
 use crate::usage::UsageRecorder;
 
 /// Start-up inputs that are not config keys.
@@ -53,29 +55,56 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    /// The TLS listeners' certificates (for reloads).
+    tls: Vec<Arc<ServerTls>>,
+}
+
+/// SPEC §4: the admin API is served in clear text only on loopback, unless
+/// `admin.allow_plaintext`; a plain proxy listener beyond loopback only gets a warning.
+pub fn check_listeners(config: &Config) -> anyhow::Result<()> {
+    if !config.admin.listen.ip().is_loopback()
+        && config.admin.tls.is_none()
+        && !config.admin.allow_plaintext
+    {
+        bail!(
+            "admin.listen {} is not a loopback address: refusing to serve the admin API without TLS \
+             (configure admin.tls, or set admin.allow_plaintext = true to override)",
+            config.admin.listen
+        );
+    }
+    if !config.proxy.listen.ip().is_loopback() && config.proxy.tls.is_none() {
+        tracing::warn!(listen = %config.proxy.listen, "the proxy listener is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text (configure proxy.tls)");
+    }
+    Ok(())
+}
+
+fn load_tls(
+    section: &'static str,
+    files: Option<&ServerTlsConfig>,
+) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let Some(files) = files else { return Ok(None) };
+    Ok(Some(Arc::new(ServerTls::load(section, files)?)))
 }
 
 impl Gateway {
     pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Gateway> {
-        if !config.admin.listen.ip().is_loopback() && !config.admin.allow_plaintext {
-            bail!(
-                "admin.listen {} is not a loopback address: refusing to serve the admin API without TLS \
-                 (set admin.allow_plaintext = true to override)",
-                config.admin.listen
-            );
-        }
-        if !config.proxy.listen.ip().is_loopback() {
-            tracing::warn!(listen = %config.proxy.listen, "the proxy listener is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text");
-        }
+        check_listeners(&config)?;
+        // The certificates are read before anything else: a bad file stops start-up, naming
+        // its key (`proxy.tls.cert: cannot read ...`).
+        let proxy_tls = load_tls("proxy.tls", config.proxy.tls.as_ref())?;
+        let admin_tls = load_tls("admin.tls", config.admin.tls.as_ref())?;
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(
                 SqliteStore::open(path)
                     .await
                     .with_context(|| format!("opening the store at sqlite://{}", path.display()))?,
             ),
-            StoreUrl::Postgres(_) => {
-                bail!("store.url: the PostgreSQL store is not built yet in this version")
-            }
+            // The error never names the URL: it may carry a password.
+            StoreUrl::Postgres(url) => Arc::new(
+                PostgresStore::open(url, config.store.outage_grace, opts.clock.clone())
+                    .await
+                    .context("opening the PostgreSQL store (store.url)")?,
+            ),
         };
         let (key, source) =
             AdminKey::load_or_create(opts.admin_key.as_deref(), &config.admin.key_file)?;
@@ -111,7 +140,7 @@ impl Gateway {
             clock.clone(),
             store.clone(),
             metrics.clone(),
-        ));
+        )?);
         let admin = Arc::new(Admin {
             store: store.clone(),
             index: index.clone(),
@@ -168,28 +197,45 @@ impl Gateway {
             max_connections: 1024,
             ..opts.clone()
         };
-        let servers = vec![
-            tokio::spawn(server::serve(
+        let mut servers = vec![
+            tokio::spawn(server::serve_tls(
                 proxy_listener,
                 opts,
+                proxy_tls.clone(),
                 move |c, r| proxy.clone().handle(c, r),
                 rx.clone(),
             )),
-            tokio::spawn(server::serve(
+            tokio::spawn(server::serve_tls(
                 admin_listener,
                 admin_opts,
+                admin_tls.clone(),
                 move |c, r| admin.clone().handle(c, r),
                 rx.clone(),
             )),
         ];
-        let background = vec![
+        let tls: Vec<Arc<ServerTls>> = proxy_tls.into_iter().chain(admin_tls).collect();
+        if !tls.is_empty() {
+            // Certificate reload: on SIGHUP and when the files change.
+            servers.push(tokio::spawn(Reloader::new(tls.clone()).run(rx.clone())));
+        }
+        let mut background = vec![
             tokio::spawn(
                 usage
                     .clone()
                     .run(store.clone(), config.usage.flush_interval, rx.clone()),
             ),
-            tokio::spawn(sweeper.clone().run(config.lifecycle.sweep_interval, rx)),
+            tokio::spawn(
+                sweeper
+                    .clone()
+                    .run(config.lifecycle.sweep_interval, rx.clone()),
+            ),
         ];
+        // A shared store: follow the changes other instances commit (none for SQLite).
+        let follower = Arc::new(IndexFollower {
+            index: index.clone(),
+            store: store.clone(),
+        });
+        background.extend(store.clone().follow(follower, rx));
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokengate listening");
         Ok(Gateway {
             proxy_addr,
@@ -201,7 +247,25 @@ impl Gateway {
             shutdown,
             servers,
             background,
+            tls,
         })
+    }
+
+    /// Re-reads the TLS listeners' certificate files now (what SIGHUP does). A listener whose
+    /// new files are broken keeps its current certificate; the first error is returned.
+    pub fn reload_tls(&self) -> Result<(), ConfigError> {
+        let mut first = Ok(());
+        for t in &self.tls {
+            let r = t.reload(true);
+            if let (Err(e), Ok(())) = (&r, &first) {
+                first = Err(ConfigError::Invalid {
+                    key: t.section().to_string(),
+                    message: e.to_string(),
+                });
+            }
+            log_reload(t, r, "reload_tls");
+        }
+        first
     }
 
     /// Graceful stop: stop accepting, drain in-flight requests (up to `proxy.shutdown_grace`),
@@ -219,5 +283,32 @@ impl Gateway {
             .await
             .context("final usage flush")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tls_listener_tests {
+    use super::*;
+
+    fn config(admin: &str, tls: bool, allow_plaintext: bool) -> Config {
+        let mut c = Config::defaults();
+        c.admin.listen = admin.parse().unwrap();
+        c.admin.allow_plaintext = allow_plaintext;
+        c.admin.tls = tls.then(|| ServerTlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+        });
+        c
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_tls_or_allow_plaintext() {
+        assert!(check_listeners(&config("127.0.0.1:9090", false, false)).is_ok());
+        let e = check_listeners(&config("0.0.0.0:9090", false, false)).unwrap_err();
+        assert!(e.to_string().contains("admin.allow_plaintext"), "{e}");
+        assert!(check_listeners(&config("0.0.0.0:9090", false, true)).is_ok());
+        assert!(check_listeners(&config("0.0.0.0:9090", true, false)).is_ok());
+        assert!(check_listeners(&config("[::]:9090", true, false)).is_ok());
     }
 }

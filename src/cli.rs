@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::admin::key::read_key_file;
 use crate::app::{Gateway, StartOptions};
-use crate::client::AdminClient;
+use crate::client::{AdminClient, ClientTls};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Debug, Parser)]
@@ -224,9 +224,6 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
-    if g.ca_file.is_some() || g.client_cert.is_some() || g.client_key.is_some() {
-        return Err(anyhow!("--ca-file/--client-cert/--client-key need TLS support, which is not built yet in this version"));
-    }
     // The config is read only for admin.listen and admin.key_file; a missing default file is fine.
     let config = match &g.config {
         Some(p) => Some(Config::load(Some(p), std::env::vars())?),
@@ -242,7 +239,12 @@ fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            format!("http://{addr}")
+            let scheme = if c.admin.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{addr}")
         }
         (None, None) => "http://127.0.0.1:9090".to_string(),
     };
@@ -261,7 +263,12 @@ fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
             })?
         }
     };
-    Ok(AdminClient::new(&url, &key)?)
+    let tls = ClientTls {
+        ca_file: g.ca_file.clone(),
+        client_cert: g.client_cert.clone(),
+        client_key: g.client_key.clone(),
+    };
+    Ok(AdminClient::with_tls(&url, &key, &tls)?)
 }
 
 fn enc(s: &str) -> String {

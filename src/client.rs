@@ -1,18 +1,34 @@
 //! A small client of the admin API, used by the CLI's admin subcommands and by `dev`.
 //! Admin commands never open the store: whatever the CLI can do, a script can do over HTTP.
+//! An `https://` admin URL is verified against `--ca-file` (else the platform's roots), with
+//! an optional client certificate (`--client-cert`, `--client-key`) for `admin.tls.client_ca`.
+
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+use crate::tls;
 
 pub struct AdminClient {
     base: String,
     key: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// TLS options of the admin client (all PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA bundle that verifies the admin listener (default: the platform's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for an admin listener with `admin.tls.client_ca`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// A refusal by the API (status and its `error`/`message`), or a transport failure.
@@ -33,22 +49,58 @@ pub enum ClientError {
 
 impl AdminClient {
     pub fn new(base: &str, key: &str) -> Result<AdminClient, ClientError> {
+        AdminClient::with_tls(base, key, &ClientTls::default())
+    }
+
+    /// A client of `base` (`http://` or `https://host:port`) with TLS options.
+    pub fn with_tls(base: &str, key: &str, opts: &ClientTls) -> Result<AdminClient, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        match base.parse::<Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
-            Ok(u) if u.scheme_str() == Some("https") => {
-                return Err(ClientError::Usage(
-                    "https:// admin URLs need TLS support, which is not built yet in this version"
-                        .into(),
-                ))
-            }
+        let https = match base.parse::<Uri>() {
+            Ok(u) if u.authority().is_some() && u.scheme_str() == Some("http") => false,
+            Ok(u) if u.authority().is_some() && u.scheme_str() == Some("https") => true,
             _ => {
                 return Err(ClientError::Usage(format!(
-                    "invalid admin URL {base:?} (expected http://host:port)"
+                    "invalid admin URL {base:?} (expected http://host:port or https://host:port)"
                 )))
             }
+        };
+        let any_tls =
+            opts.ca_file.is_some() || opts.client_cert.is_some() || opts.client_key.is_some();
+        let config = match (https, any_tls) {
+            (false, true) => {
+                return Err(ClientError::Usage(format!(
+                    "--ca-file/--client-cert/--client-key need an https:// admin URL, not {base:?}"
+                )))
+            }
+            (false, false) => tls::client_config(rustls::RootCertStore::empty(), None),
+            (true, _) => {
+                let usage = |e: crate::config::ConfigError| ClientError::Usage(e.to_string());
+                let roots = match &opts.ca_file {
+                    Some(p) => tls::load_roots("--ca-file", p).map_err(usage)?,
+                    None => tls::platform_roots(),
+                };
+                let client_auth = match (&opts.client_cert, &opts.client_key) {
+                    (Some(c), Some(k)) => Some(
+                        tls::load_cert_and_key("--client-cert", c, "--client-key", k)
+                            .map_err(usage)?,
+                    ),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ClientError::Usage(
+                            "--client-cert and --client-key go together".into(),
+                        ))
+                    }
+                };
+                tls::client_config(roots, client_auth)
+            }
         }
-        let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                ClientError::Usage("--client-key is not the key of --client-cert".into())
+            }
+            other => ClientError::Usage(format!("--client-cert/--client-key: {other}")),
+        })?;
+        let http = tls::https_client(config, None, None);
         Ok(AdminClient {
             base,
             key: key.to_string(),
@@ -78,9 +130,9 @@ impl AdminClient {
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| ClientError::Usage(format!("invalid request: {e}")))?;
-        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
+        let unreachable = |e: &dyn std::error::Error| ClientError::Unreachable {
             url: self.base.clone(),
-            reason: e.to_string(),
+            reason: chain(e),
         };
         let resp = self.http.request(req).await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
@@ -125,4 +177,20 @@ impl AdminClient {
             body: value,
         })
     }
+}
+
+/// An error and its causes, `a: b: c` (hyper's own message alone says little, e.g. which
+/// certificate check failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

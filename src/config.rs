@@ -271,6 +271,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
+    /// `proxy.tls`: terminate TLS on the proxy listener (never with `client_ca`).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +281,32 @@ pub struct AdminConfig {
     pub key_file: PathBuf,
     pub allow_plaintext: bool,
     pub metrics_public: bool,
+    /// `admin.tls`: terminate TLS on the admin listener, optionally requiring client
+    /// certificates signed by `client_ca`.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// A TLS listener's PEM files. Only the paths are config: `tls` reads the files at start-up
+/// and again on every reload (SIGHUP, or a change on disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to; `None` = no client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS settings of an `https://` route (all `None`: the platform's roots, no client
+/// certificate, the server name from the upstream URL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Verify the upstream against this CA bundle instead of the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS to the upstream (both or neither).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// The name verified in the upstream's certificate (and sent as SNI) instead of its host.
+    pub server_name: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -331,6 +359,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub preserve_host: bool,
     pub forward_authorization: bool,
+    /// Only for `https://` upstreams.
+    pub tls: UpstreamTls,
 }
 
 // === loading ===
@@ -411,12 +441,6 @@ impl RawConfig {
 
     pub fn validate(self) -> Result<Config, ConfigError> {
         let p = self.proxy;
-        if p.tls.is_some() {
-            return Err(invalid(
-                "proxy.tls",
-                "TLS termination is not built yet in this version",
-            ));
-        }
         let proxy = ProxyConfig {
             listen: addr("proxy.listen", &p.listen)?,
             trusted_proxies: p
@@ -447,19 +471,21 @@ impl RawConfig {
             )?)
             .unwrap_or(100),
             shutdown_grace: duration("proxy.shutdown_grace", &p.shutdown_grace)?,
+            tls: server_tls("proxy.tls", p.tls.as_ref())?,
         };
-        let a = self.admin;
-        if a.tls.is_some() {
+        if proxy.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
             return Err(invalid(
-                "admin.tls",
-                "TLS termination is not built yet in this version",
+                "proxy.tls.client_ca",
+                "client certificates are only checked on the admin listener (admin.tls.client_ca)",
             ));
         }
+        let a = self.admin;
         let admin = AdminConfig {
             listen: addr("admin.listen", &a.listen)?,
             key_file: nonempty_path("admin.key_file", &a.key_file)?,
             allow_plaintext: a.allow_plaintext,
             metrics_public: a.metrics_public,
+            tls: server_tls("admin.tls", a.tls.as_ref())?,
         };
         let store = StoreConfig {
             url: store_url(&self.store.url)?,
@@ -502,6 +528,9 @@ impl RawConfig {
                 ));
             }
             routes.push(route);
+        }
+        if let Err((i, message)) = check_upstream_tls(&routes) {
+            return Err(invalid(format!("routes[{i}].upstream"), message));
         }
         Ok(Config {
             proxy,
@@ -553,37 +582,32 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
         .upstream
         .parse()
         .map_err(|_| invalid(key("upstream"), format!("invalid URL {:?}", r.upstream)))?;
-    match upstream.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                key("upstream"),
-                "https:// upstreams are not built yet in this version",
-            ))
-        }
+    let https = match upstream.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         _ => {
             return Err(invalid(
                 key("upstream"),
-                format!("{:?} must be an http:// URL", r.upstream),
+                format!("{:?} must be an http:// or https:// URL", r.upstream),
             ))
         }
-    }
+    };
     if upstream.authority().is_none() || upstream.query().is_some() {
         return Err(invalid(
             key("upstream"),
-            format!("{:?} must be http://host:port[/base]", r.upstream),
+            format!("{:?} must be http(s)://host[:port][/base]", r.upstream),
         ));
     }
-    if r.ca_file.is_some()
-        || r.client_cert.is_some()
-        || r.client_key.is_some()
-        || r.tls_server_name.is_some()
-    {
-        return Err(invalid(
-            key("ca_file"),
-            "upstream TLS settings need an https:// upstream",
-        ));
-    }
+    let tls = upstream_tls(
+        &key,
+        [
+            &r.ca_file,
+            &r.client_cert,
+            &r.client_key,
+            &r.tls_server_name,
+        ],
+        https,
+    )?;
     Ok(RouteConfig {
         path_prefix: prefix,
         host,
@@ -592,7 +616,93 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
         strip_prefix: r.strip_prefix,
         preserve_host: r.preserve_host,
         forward_authorization: r.forward_authorization.unwrap_or(global_fwd),
+        tls,
     })
+}
+
+/// `proxy.tls` / `admin.tls`: both files named; the files themselves are read by `tls` at
+/// start-up (so that the CLI, which reads this config too, never needs the server's key).
+fn server_tls(section: &str, raw: Option<&RawTls>) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    let Some(t) = raw else { return Ok(None) };
+    Ok(Some(ServerTlsConfig {
+        cert: nonempty_path(&format!("{section}.cert"), &t.cert)?,
+        key: nonempty_path(&format!("{section}.key"), &t.key)?,
+        client_ca: match &t.client_ca {
+            None => None,
+            Some(c) => Some(nonempty_path(&format!("{section}.client_ca"), c)?),
+        },
+    }))
+}
+
+/// A route's upstream TLS keys: only with `https://`, client certificate and key together,
+/// a server name that is a DNS name or an IP address.
+fn upstream_tls(
+    key: &dyn Fn(&str) -> String,
+    [ca_file, client_cert, client_key, server_name]: [&Option<String>; 4],
+    https: bool,
+) -> Result<UpstreamTls, ConfigError> {
+    let path = |k: &str, v: &Option<String>| match v {
+        None => Ok(None),
+        Some(s) => nonempty_path(&key(k), s).map(Some),
+    };
+    let tls = UpstreamTls {
+        ca_file: path("ca_file", ca_file)?,
+        client_cert: path("client_cert", client_cert)?,
+        client_key: path("client_key", client_key)?,
+        server_name: server_name.clone(),
+    };
+    if !https {
+        let set = [
+            ("ca_file", tls.ca_file.is_some()),
+            ("client_cert", tls.client_cert.is_some()),
+            ("client_key", tls.client_key.is_some()),
+            ("tls_server_name", tls.server_name.is_some()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, is_set)| *is_set) {
+            return Err(invalid(key(k), "only applies to an https:// upstream"));
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(_), None) => return Err(invalid(key("client_key"), "needed with client_cert")),
+        (None, Some(_)) => return Err(invalid(key("client_cert"), "needed with client_key")),
+        _ => {}
+    }
+    if let Some(name) = &tls.server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(invalid(
+                key("tls_server_name"),
+                format!("{name:?} is not a DNS name or an IP address"),
+            ));
+        }
+    }
+    Ok(tls)
+}
+
+/// The gateway keeps one connection pool per distinct upstream TLS setting, chosen by the
+/// upstream's `host:port`; so two `https://` routes to the same `host:port` must agree on
+/// their TLS settings. Returns the index of the offending route and why.
+pub fn check_upstream_tls(routes: &[RouteConfig]) -> Result<(), (usize, String)> {
+    for (j, b) in routes.iter().enumerate() {
+        if b.upstream.scheme_str() != Some("https") {
+            continue;
+        }
+        let clash = routes[..j].iter().position(|a| {
+            a.upstream.scheme_str() == Some("https")
+                && a.upstream.authority() == b.upstream.authority()
+                && a.tls != b.tls
+        });
+        if let Some(i) = clash {
+            return Err((
+                j,
+                format!(
+                    "https://{} is also the upstream of routes[{i}] with other TLS settings \
+                     (ca_file, client_cert, client_key, tls_server_name must agree per host:port)",
+                    b.upstream.authority().map_or("", |a| a.as_str())
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -645,6 +755,10 @@ fn store_url(s: &str) -> Result<StoreUrl, ConfigError> {
         return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
     }
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        // Checked here so a typo stops start-up naming the key; the driver's message names
+        // the option at fault, never the URL (which may carry a password).
+        <tokio_postgres::Config as std::str::FromStr>::from_str(s)
+            .map_err(|e| invalid("store.url", format!("not a valid PostgreSQL URL ({e})")))?;
         return Ok(StoreUrl::Postgres(s.to_string()));
     }
     Err(invalid(
@@ -746,8 +860,122 @@ mod tests {
     }
 
     #[test]
+    fn bad_postgres_urls_are_refused_without_echoing_them() {
+        let e = load_str(
+            "[store]\nurl = \"postgres://u:hunter2@db:notaport/x\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("store.url:"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let ok = load_str(
+            "[store]\nurl = \"postgres://u@db/x?options=-csearch_path%3Dtg\"\noutage_grace = \"0\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.store.outage_grace, Duration::ZERO);
+    }
+
+    #[test]
     fn postgres_urls_are_redacted_in_debug() {
         let u = StoreUrl::Postgres("postgres://u:hunter2@db/x".into());
         assert!(!format!("{u:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load(Some(f.path()), Vec::<(String, String)>::new())
+    }
+
+    fn route(upstream: &str, extra: &str) -> String {
+        format!(
+            "[[routes]]\npath_prefix = \"/a/\"\naccess = \"security-director\"\nupstream = \"{upstream}\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn the_defaults_and_dev_are_plain_http() {
+        let c = Config::defaults();
+        assert!(c.proxy.tls.is_none() && c.admin.tls.is_none());
+        assert!(c.routes.iter().all(|r| r.tls == UpstreamTls::default()));
+    }
+
+    #[test]
+    fn listener_tls_keys_are_parsed() {
+        let c = load(
+            "[proxy]\ntls = { cert = \"p.pem\", key = \"p.key\" }\n\
+             [admin]\ntls = { cert = \"a.pem\", key = \"a.key\", client_ca = \"ca.pem\" }\n",
+        )
+        .unwrap();
+        let p = c.proxy.tls.unwrap();
+        assert_eq!((p.cert, p.key), ("p.pem".into(), "p.key".into()));
+        assert_eq!(c.admin.tls.unwrap().client_ca, Some("ca.pem".into()));
+        let e = load("[proxy]\ntls = { cert = \"p.pem\", key = \"p.key\", client_ca = \"c\" }\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("proxy.tls.client_ca:"), "{e}");
+        let e = load("[admin]\ntls = { cert = \"\", key = \"a.key\" }\n").unwrap_err();
+        assert!(e.to_string().starts_with("admin.tls.cert:"), "{e}");
+        let e = load("[admin]\ntls = { cert = \"a.pem\" }\n").unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+    }
+
+    #[test]
+    fn route_tls_keys_are_checked_and_named() {
+        let c = load(&route(
+            "https://backend.internal:8443/base",
+            "ca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\nclient_key = \"c.key\"\ntls_server_name = \"api.internal\"",
+        ))
+        .unwrap();
+        let t = &c.routes[0].tls;
+        assert_eq!(t.ca_file, Some("ca.pem".into()));
+        assert_eq!(t.server_name.as_deref(), Some("api.internal"));
+        load(&route("https://127.0.0.1:8443", "")).unwrap();
+
+        let e = load(&route("http://127.0.0.1:1", "tls_server_name = \"x\"")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("routes[0].tls_server_name:"),
+            "{e}"
+        );
+        let e = load(&route("http://127.0.0.1:1", "ca_file = \"ca.pem\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].ca_file:"), "{e}");
+        let e = load(&route("https://h:1", "client_cert = \"c.pem\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].client_key:"), "{e}");
+        let e = load(&route("https://h:1", "client_key = \"c.key\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].client_cert:"), "{e}");
+        let e = load(&route("https://h:1", "tls_server_name = \"not a name\"")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("routes[0].tls_server_name:"),
+            "{e}"
+        );
+        let e = load(&route("ftp://h:1", "")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].upstream:"), "{e}");
+    }
+
+    #[test]
+    fn one_tls_setting_per_https_host_and_port() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[routes]]\npath_prefix = \"/a/\"\naccess = \"security-director\"\nupstream = \"https://h:1\"\n{a}\n\
+                 [[routes]]\npath_prefix = \"/b/\"\naccess = \"security-director\"\nupstream = \"https://H:1/x\"\n{b}\n"
+            )
+        };
+        load(&two("ca_file = \"a.pem\"", "ca_file = \"a.pem\"")).unwrap();
+        let e = load(&two("ca_file = \"a.pem\"", "")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[1].upstream:"), "{e}");
+        assert!(e.to_string().contains("routes[0]"), "{e}");
+        // http and https to the same host:port are separate pools.
+        load(&format!(
+            "{}[[routes]]\npath_prefix = \"/b/\"\naccess = \"security-director\"\nupstream = \"http://h:1\"\n",
+            route("https://h:1", "ca_file = \"a.pem\"")
+        ))
+        .unwrap();
     }
 }

@@ -107,6 +107,7 @@ pub async fn run() -> anyhow::Result<()> {
         strip_prefix: true,
         preserve_host: false,
         forward_authorization: false,
+        tls: Default::default(),
     };
     config.routes = vec![
         route("/sd/", Access::SECURITY_DIRECTOR, sd),

@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod usage;

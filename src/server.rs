@@ -1,11 +1,13 @@
 //! The accept loop shared by the proxy and admin listeners: hyper-util's auto builder
-//! (HTTP/1.1 keep-alive and h2c on one port), the limits a public listener needs, and
-//! graceful shutdown.
+//! (HTTP/1.1 keep-alive and h2c on one port, or HTTP/1.1 and h2 by ALPN over TLS), the limits
+//! a public listener needs, and graceful shutdown.
 //!
 //! Limits applied to every connection: a header read timeout (hyper enforces it only when a
 //! Timer is set, so one is always set), a bounded request head, HTTP/2 stream and header-list
 //! limits, a keep-alive idle timeout, and a cap on concurrent connections (a full gateway
-//! stops accepting; the kernel backlog holds the rest).
+//! stops accepting; the kernel backlog holds the rest). On a TLS listener the handshake runs
+//! in the connection's own task (never in the accept loop), bounded by the header read
+//! timeout, with the certificate current at that moment (see `tls::ServerTls`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
+use tokio_rustls::server::TlsStream;
+
+use crate::tls::{ClientCertSubject, ServerTls};
 
 /// Per-listener connection settings.
 #[derive(Debug, Clone)]
@@ -45,11 +50,30 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// Serves `listener` until `shutdown` turns true, then stops accepting and waits up to
-/// `shutdown_grace` for open connections to finish their in-flight requests.
+/// Serves `listener` (plain HTTP) until `shutdown` turns true, then stops accepting and waits
+/// up to `shutdown_grace` for open connections to finish their in-flight requests.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     opts: ServerOptions,
+    handler: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_tls(listener, opts, None, handler, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is set. With a client CA, the verified client
+/// certificate's subject is added to every request of the connection as a
+/// [`ClientCertSubject`] extension.
+pub async fn serve_tls<F, Fut, B>(
+    listener: TcpListener,
+    opts: ServerOptions,
+    tls: Option<Arc<ServerTls>>,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -96,25 +120,58 @@ pub async fn serve<F, Fut, B>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, tls: false };
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let fut = handler(info, req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
         let activity = Arc::new(AtomicI64::new(0));
-        let io = TokioIo::new(IdleIo {
+        let io = IdleIo {
             inner: stream,
             activity: activity.clone(),
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        };
+        // The acceptor is taken now: a reload after this point applies to the next connection.
+        let acceptor = tls.as_ref().map(|t| (t.acceptor(), t.client_auth()));
+        let handshake_timeout = opts.header_read_timeout;
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         let idle = opts.idle_timeout;
         let task = tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
+            let (io, subject) = match acceptor {
+                None => (MaybeTls::Plain(io), None),
+                Some((acceptor, client_auth)) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Ok(Ok(s)) => {
+                            let subject = if client_auth {
+                                ClientCertSubject::of(s.get_ref().1)
+                            } else {
+                                None
+                            };
+                            (MaybeTls::Tls(Box::new(s)), subject)
+                        }
+                    }
+                }
+            };
+            let info = ConnInfo {
+                peer,
+                tls: matches!(io, MaybeTls::Tls(_)),
+            };
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                if let Some(s) = &subject {
+                    req.extensions_mut().insert(s.clone());
+                }
+                let fut = handler(info, req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
@@ -148,6 +205,67 @@ async fn idle_watch(conn: AbortHandle, activity: Arc<AtomicI64>, idle: Duration,
             return;
         }
         seen = now;
+    }
+}
+
+/// A connection's IO: plain, or TLS over it. (The idle counter sits below TLS, so it counts
+/// the bytes on the wire.)
+enum MaybeTls {
+    Plain(IdleIo),
+    Tls(Box<TlsStream<IdleIo>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_write(cx, data),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, data),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(io) => io.is_write_vectored(),
+            MaybeTls::Tls(io) => io.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_flush(cx),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The hot path's view of tokens: an in-memory index of every token, keyed by secret hash.
 //!
 //! Every token the store holds is here (loaded at start-up, kept current after each admin
-//! mutation by [`TokenIndex::refresh`]). So a request is decided entirely from memory: a hit
+//! mutation by [`TokenIndex::refresh`], and, with a shared store, after every change another
+//! instance commits, through [`IndexFollower`]). So a request is decided entirely from memory: a hit
 //! is one hash-map lookup, and an unknown hash (however many distinct ones an attacker
 //! sends) is refused without any store query: the index *is* the negative answer. This is a
 //! full replica rather than a bounded cache on purpose: a bounded cache would need a store
@@ -17,7 +18,7 @@ use http::HeaderValue;
 
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
-use crate::store::{InactiveReason, Status, Store, StoreResult, TokenWithBlocks};
+use crate::store::{ChangeSink, InactiveReason, Status, Store, StoreResult, TokenWithBlocks};
 use crate::token::{Access, BuildPrefixHasher, SecretHash};
 
 /// What the proxy needs to know about one token, ready to use: the identity header values
@@ -181,5 +182,51 @@ impl TokenIndex {
     pub async fn forget(&self, id: &str) {
         let _serial = self.refresh_lock.lock().await;
         self.remove(id);
+    }
+
+    /// Re-reads every token and drops the ones the store no longer has (a shared store after
+    /// a reconnect or a missed change). Serialised with `refresh`, and the store is read
+    /// after taking the lock, so the result is never older than what memory held.
+    pub async fn reload(&self, store: &dyn Store) -> StoreResult<usize> {
+        let _serial = self.refresh_lock.lock().await;
+        let all = store.load_all().await?;
+        let live: std::collections::HashSet<Arc<str>> =
+            all.iter().map(|t| Arc::from(t.token.id.as_str())).collect();
+        let n = all.len();
+        for t in all {
+            self.upsert(t);
+        }
+        let gone: Vec<Arc<str>> = self
+            .hash_by_id
+            .iter()
+            .filter(|e| !live.contains(e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+        Ok(n)
+    }
+}
+
+/// Applies changes a shared store reports (from any instance) to the index.
+pub struct IndexFollower {
+    pub index: Arc<TokenIndex>,
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl ChangeSink for IndexFollower {
+    async fn tokens_changed(&self, ids: &[String]) -> StoreResult<()> {
+        for id in ids {
+            self.index.refresh(self.store.as_ref(), id).await?;
+        }
+        Ok(())
+    }
+
+    async fn reload_all(&self) -> StoreResult<()> {
+        let n = self.index.reload(self.store.as_ref()).await?;
+        tracing::debug!(tokens = n, "token index reloaded from the store");
+        Ok(())
     }
 }

@@ -34,6 +34,7 @@ use crate::state::TokenIndex;
 use crate::store::{
     AuditEntry, InactiveReason, IpRecord, Status, Store, StoreError, TokenRecord, IDLE_POLICY_ACTOR,
 };
+use crate::tls::ClientCertSubject;
 use crate::token::{self, Access, Secret};
 use crate::usage::UsageRecorder;
 
@@ -274,10 +275,13 @@ impl Admin {
             self.limiter.record_failure(client_ip);
             return Err(AdminError::Unauthorized);
         }
-        // Today the key is the only admin credential; with client certificates (TLS) the
-        // certificate subject becomes the actor.
+        // With `admin.tls.client_ca` the connection carries a verified client certificate
+        // (the server refuses the handshake otherwise), and its subject is the actor.
         let actor = Actor {
-            name: "admin-key".into(),
+            name: match req.extensions().get::<ClientCertSubject>() {
+                Some(subject) => subject.0.to_string(),
+                None => "admin-key".into(),
+            },
             source_ip: client_ip,
         };
         let query = req.uri().query().map(str::to_string);
@@ -344,6 +348,14 @@ impl Admin {
     }
 
     async fn readyz(&self) -> AdminResult {
+        // A shared store whose follower lost contact: not ready, even if a pooled connection
+        // would answer (this instance may have missed changes until it has reloaded).
+        if self.store.health().is_some_and(|h| !h.is_up()) {
+            return Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "store_unavailable", "message": "the token store is unreachable"}),
+            ));
+        }
         match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
             Ok(Ok(())) => Ok(json_response(
                 StatusCode::OK,

@@ -19,9 +19,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::{Config, LifecycleConfig, ProxyConfig};
@@ -38,6 +36,9 @@ use crate::usage::UsageRecorder;
 
 use self::headers::{Forwarding, X_FORWARDED_FOR};
 use self::route::{normalise_host, RouteTable};
+
+/// Longest wait for the store on the idle-refusal path.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One configured route, ready for the hot path.
 #[derive(Debug)]
@@ -72,7 +73,8 @@ pub struct Proxy {
     /// Read only on the idle-refusal path (see `recheck_idle`), never on a request that passes.
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, Incoming>,
+    /// One pooled client per distinct upstream TLS setting (`tls::UpstreamClients`).
+    client: crate::tls::UpstreamClients,
 }
 
 /// What the access log line reports about a request, filled in as the pipeline goes.
@@ -92,7 +94,7 @@ impl Proxy {
         clock: SharedClock,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-    ) -> Proxy {
+    ) -> anyhow::Result<Proxy> {
         let upstreams: Box<[Upstream]> = config
             .routes
             .iter()
@@ -124,15 +126,9 @@ impl Proxy {
             .enumerate()
             .map(|(i, r)| (r.host.clone(), r.path_prefix.clone(), i))
             .collect();
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.proxy.upstream_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(http);
-        Proxy {
+        let client =
+            crate::tls::UpstreamClients::build(&config.routes, config.proxy.upstream_timeout)?;
+        Ok(Proxy {
             cfg: config.proxy.clone(),
             lifecycle: config.lifecycle,
             routes: RouteTable::new(routes),
@@ -144,7 +140,7 @@ impl Proxy {
             store,
             metrics,
             client,
-        }
+        })
     }
 
     /// Serves one request: runs the pipeline, turns a refusal into its response, and writes
@@ -216,7 +212,7 @@ impl Proxy {
         if token.status == Status::Active && status != Effective::Active {
             // About to refuse a token as idle: another instance sharing the store may have
             // used it since this one last looked. One store read, on this refusal path only.
-            status = self.recheck_idle(&token, now).await;
+            status = self.recheck_idle(&token, now).await?;
         }
         if status == Effective::Deleted {
             // Idle past delete_after: gone, even before the sweep removes it.
@@ -328,36 +324,68 @@ impl Proxy {
     }
 
     /// Raises the token's last use to the store's `last_used_at` (uses recorded by other
-    /// instances), then decides again. A store error keeps the memory's answer (refusal).
-    async fn recheck_idle(&self, token: &TokenState, now: Timestamp) -> Effective {
-        match self.store.token_by_id(&token.id).await {
-            Ok(Some(t)) => {
+    /// instances), then decides again. With the embedded store a failed read keeps memory's
+    /// answer (the refusal); with a shared store that cannot be reached the gateway cannot
+    /// tell, so it answers 503 `store_unavailable`.
+    async fn recheck_idle(
+        &self,
+        token: &TokenState,
+        now: Timestamp,
+    ) -> Result<Effective, ProxyError> {
+        let shared = self.store.health();
+        if shared.is_some_and(|h| !h.is_up()) {
+            return Err(ProxyError::StoreUnavailable);
+        }
+        let read = tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(&token.id)).await;
+        match read {
+            Ok(Ok(Some(t))) => {
                 if let Some(used) = t.token.last_used_at {
                     token.touch(used);
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "store read for an idle re-check failed"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store read for an idle re-check failed");
+                if shared.is_some() {
+                    return Err(ProxyError::StoreUnavailable);
+                }
+            }
+            Err(_) => {
+                tracing::warn!("store read for an idle re-check timed out");
+                if shared.is_some() {
+                    return Err(ProxyError::StoreUnavailable);
+                }
+            }
         }
-        self.status_at(token, now)
+        Ok(self.status_at(token, now))
     }
 
-    /// Steps 5: checks the secret's form and looks its hash up in memory. Every refusal here
-    /// counts as a failed authentication of `client_ip`.
+    /// Steps 5-6: checks the secret's form and looks its hash up in memory. A malformed or
+    /// unknown secret counts as a failed authentication of `client_ip`. With a shared store
+    /// that is unreachable (two atomic loads, no await): an unknown secret is 503 (another
+    /// instance may have created it), and a known token is served only while the outage is
+    /// younger than `store.outage_grace`.
     fn authenticate(
         &self,
         presented: &[u8],
         client_ip: IpAddr,
     ) -> Result<Arc<TokenState>, ProxyError> {
-        let found = token::parse_bearer(presented).ok().and_then(|h| {
-            let t = self.index.get(&h);
-            self.metrics.lookup(t.is_some());
-            t
-        });
-        found.ok_or_else(|| {
+        let Ok(hash) = token::parse_bearer(presented) else {
             self.limiter.record_failure(client_ip);
-            ProxyError::InvalidToken
-        })
+            return Err(ProxyError::InvalidToken);
+        };
+        let found = self.index.get(&hash);
+        self.metrics.lookup(found.is_some());
+        let down = self.store.health().filter(|h| !h.is_up());
+        match (found, down) {
+            (Some(t), None) => Ok(t),
+            (Some(t), Some(h)) if h.serves_known(self.clock.now()) => Ok(t),
+            (_, Some(_)) => Err(ProxyError::StoreUnavailable),
+            (None, None) => {
+                self.limiter.record_failure(client_ip);
+                Err(ProxyError::InvalidToken)
+            }
+        }
     }
 }
 
@@ -430,8 +458,8 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     }
 }
 
-/// Steps 3-4: the single `Authorization: Bearer <token>` value.
-fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
+/// Steps 3-4: the single `Authorization: Bearer <token>` value (public for the fuzz target).
+pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(ProxyError::MissingToken);

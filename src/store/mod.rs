@@ -4,11 +4,17 @@
 //! nothing of HTTP, caches or policy, and never chooses a timestamp: every time it writes comes
 //! in as an argument from the gateway's [`Clock`](crate::clock::Clock). Admin mutations are
 //! committed durably before the call returns; the admin layer relies on that to answer only
-//! after the change is safe. Implementations: [`sqlite::SqliteStore`] (embedded, default).
+//! after the change is safe. Implementations: [`sqlite::SqliteStore`] (embedded, default) and
+//! [`postgres::PostgresStore`] (shared by several instances; it also reports its reachability
+//! through [`StoreHealth`] and streams other instances' changes to a [`ChangeSink`]).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -139,6 +145,65 @@ pub struct SweepOutcome {
     pub pruned: usize,
 }
 
+/// Reachability of a store shared over the network, as its change follower last saw it.
+///
+/// The proxy reads it on every request (two atomic loads, no await): while the store is
+/// down, tokens already in memory are served only until `outage_grace` has passed since the
+/// last successful contact, and unknown secrets get 503 instead of 401 (the gateway cannot
+/// tell whether another instance created them). Times come from the gateway's clock.
+#[derive(Debug)]
+pub struct StoreHealth {
+    up: AtomicBool,
+    /// Last successful contact (ms of the gateway clock).
+    last_ok: AtomicI64,
+    grace_ms: i64,
+}
+
+impl StoreHealth {
+    /// Starts up: a store is only built after a successful connection.
+    pub fn new(outage_grace: Duration, now: Timestamp) -> StoreHealth {
+        StoreHealth {
+            up: AtomicBool::new(true),
+            last_ok: AtomicI64::new(now.0),
+            grace_ms: i64::try_from(outage_grace.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// A successful contact at `now`, with memory known to be current.
+    pub fn mark_up(&self, now: Timestamp) {
+        self.last_ok.fetch_max(now.0, Ordering::AcqRel);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// Contact lost; returns whether it was up until now (to log the transition once).
+    pub fn mark_down(&self) -> bool {
+        self.up.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn last_ok(&self) -> Timestamp {
+        Timestamp(self.last_ok.load(Ordering::Acquire))
+    }
+
+    /// Whether a token found in memory may be served at `now`: always while the store is up;
+    /// during an outage only while it is younger than `outage_grace` (0 = fail closed).
+    pub fn serves_known(&self, now: Timestamp) -> bool {
+        self.is_up() || now.0.saturating_sub(self.last_ok().0) < self.grace_ms
+    }
+}
+
+/// Where a shared store delivers changes committed by any instance (including this one).
+#[async_trait]
+pub trait ChangeSink: Send + Sync + 'static {
+    /// These tokens changed or were deleted: re-read them.
+    async fn tokens_changed(&self, ids: &[String]) -> StoreResult<()>;
+    /// Anything may have changed (after a reconnect, or a missed notification): reload all.
+    async fn reload_all(&self) -> StoreResult<()>;
+}
+
 /// The persistence boundary. All methods are cancel-safe from the caller's point of view:
 /// the work runs to completion (or rolls back) even if the awaiting future is dropped.
 #[async_trait]
@@ -211,4 +276,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AuditEntry>>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Reachability of a store shared over the network; `None` for an embedded store, which
+    /// is never "unreachable" for reads (every token is in memory).
+    fn health(&self) -> Option<&StoreHealth> {
+        None
+    }
+
+    /// Starts following changes committed by other instances sharing this store, delivering
+    /// them to `sink` until `shutdown` fires. `None` when the store is not shared.
+    fn follow(
+        self: Arc<Self>,
+        sink: Arc<dyn ChangeSink>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let _ = (sink, shutdown);
+        None
+    }
 }

@@ -30,6 +30,7 @@ pub struct Builder {
     config: Config,
     clock: ManualClock,
     dir: tempfile::TempDir,
+    pg: Option<Arc<PgSchema>>,
 }
 
 impl Default for Builder {
@@ -52,7 +53,22 @@ impl Builder {
             config,
             clock: ManualClock::starting_now(),
             dir,
+            pg: None,
         }
+    }
+
+    /// Uses a PostgreSQL schema (see [`PgSchema`]) instead of the temporary SQLite file; the
+    /// schema lives as long as the gateway and its other instances.
+    pub fn postgres(mut self, schema: &Arc<PgSchema>) -> Builder {
+        self.config.store.url = StoreUrl::Postgres(schema.url.clone());
+        self.pg = Some(schema.clone());
+        self
+    }
+
+    /// The clock of another gateway (instances sharing a store share the time too).
+    pub fn clock(mut self, clock: &ManualClock) -> Builder {
+        self.clock = clock.clone();
+        self
     }
 
     /// A route `prefix` → `upstream` with `strip_prefix = true`.
@@ -75,6 +91,7 @@ impl Builder {
             strip_prefix: true,
             preserve_host: false,
             forward_authorization: self.config.proxy.forward_authorization,
+            tls: Default::default(),
         };
         f(&mut r);
         self.config.routes.push(r);
@@ -96,6 +113,7 @@ impl Builder {
             config: self.config,
             dir: self.dir,
             http: client(),
+            pg: self.pg,
         }
     }
 }
@@ -124,6 +142,8 @@ pub struct TestGateway {
     pub config: Config,
     pub dir: tempfile::TempDir,
     pub http: Client<HttpConnector, Full<Bytes>>,
+    /// The PostgreSQL schema, when the gateway uses one (dropped after the last instance).
+    pub pg: Option<Arc<PgSchema>>,
 }
 
 /// A response with its body read, and the request line that produced it (for messages).
@@ -462,6 +482,314 @@ impl TestGateway {
             config: self.config.clone(),
             dir: tempfile::tempdir().expect("temp dir"),
             http: client(),
+            pg: self.pg.clone(),
         }
+    }
+}
+
+// === PostgreSQL ===
+
+/// The variable naming the PostgreSQL server of the tests (`.ci/run` sets it).
+pub const POSTGRES_ENV: &str = "TOKENGATE_TEST_POSTGRES_URL";
+
+/// The test server's URL, or `None` after printing why `test` is skipped. A set but
+/// unreachable server is not a skip: creating the schema then fails the test.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ => {
+            eprintln!("skipping {test}: {POSTGRES_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)");
+            None
+        }
+    }
+}
+
+/// `url` with its `search_path` set to `schema` (through the libpq `options` parameter).
+pub fn url_with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// A client on `url` (its connection driven by a task of the current runtime).
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL ({POSTGRES_ENV}): {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh schema on a PostgreSQL server, for one test: created empty, dropped with all it
+/// holds when the last handle goes (also when the test fails).
+pub struct PgSchema {
+    /// The server's URL without the schema.
+    pub base: String,
+    pub name: String,
+    /// `base` with `search_path` = `name`: the gateway's `store.url`.
+    pub url: String,
+}
+
+impl PgSchema {
+    pub async fn create(base: &str) -> Arc<PgSchema> {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).expect("random");
+        let name = format!(
+            "tg_test_{}",
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let client = pg_connect(base).await;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create schema {name}: {e}"));
+        Arc::new(PgSchema {
+            base: base.to_string(),
+            url: url_with_schema(base, &name),
+            name,
+        })
+    }
+
+    /// A client whose `search_path` is this schema.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url).await
+    }
+
+    /// How many change-follower connections use this schema.
+    pub async fn listeners(&self) -> i64 {
+        let client = pg_connect(&self.base).await;
+        let app = format!("tokengate listener {}", self.name);
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0)
+    }
+
+    /// Terminates the change-follower connections of the gateways using this schema; returns
+    /// how many there were.
+    pub async fn kill_listeners(&self) -> i64 {
+        let client = pg_connect(&self.base).await;
+        let app = format!("tokengate listener {}", self.name);
+        let row = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("pg_terminate_backend");
+        row.get(0)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs outside any async context we can block on: use a thread of our own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                    ))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Some(()))) {
+            eprintln!("could not drop test schema {}", self.name);
+        }
+    }
+}
+
+/// A private PostgreSQL cluster (initdb + pg_ctl in a temporary directory, on an ephemeral
+/// port), for tests that stop and start the server. Never the machine's shared one.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    /// Run the server binaries as `postgres` (they refuse to run as root).
+    as_user: Option<String>,
+}
+
+impl PgCluster {
+    /// Initialises and starts a cluster with trust authentication. Panics with the reason if
+    /// that is impossible (the caller has already decided PostgreSQL tests run).
+    pub async fn start() -> PgCluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                let mut v: Vec<_> = d
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                v.sort();
+                v.pop()
+            })
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let as_user = root.then(|| "postgres".to_string());
+        if let Some(user) = &as_user {
+            let out = std::process::Command::new("chown")
+                .arg(user)
+                .arg(dir.path())
+                .output()
+                .expect("chown");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let port = refused_addr().await.port();
+        let c = PgCluster {
+            dir,
+            bin,
+            port,
+            as_user,
+        };
+        let data = c.dir.path().join("data");
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        c.start_server();
+        c
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = match &self.as_user {
+            Some(u) => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let d = self.dir.path();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            d.display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &d.join("data").to_string_lossy(),
+                "-l",
+                &d.join("log").to_string_lossy(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server (fast: clients are disconnected at once) and waits until it is down.
+    pub fn stop_server(&self) {
+        let d = self.dir.path();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &d.join("data").to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let d = self.dir.path();
+        let data = d.join("data");
+        if data.join("postmaster.pid").exists() {
+            let exe = self.bin.join("pg_ctl");
+            let mut cmd = match &self.as_user {
+                Some(u) => {
+                    let mut c = std::process::Command::new("runuser");
+                    c.args(["-u", u, "--"]).arg(&exe);
+                    c
+                }
+                None => std::process::Command::new(&exe),
+            };
+            let _ = cmd
+                .args([
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
+                .output();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes (then panics naming `what`).
+/// Returns the value and how long it took.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return (v, start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            panic!("{what}: not within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
