@@ -18,8 +18,13 @@ PORT=${TG_PORT:-18080}
 ADMIN_PORT=${TG_ADMIN_PORT:-18090}
 ACCESS_LOG=${ACCESS_LOG:-false}
 
-cargo build --release --quiet
-BIN=$PWD/target/release/tokengate
+# TOKENGATE_BIN: measure a given binary (e.g. an older build for an A/B comparison).
+if [[ -n ${TOKENGATE_BIN:-} ]]; then
+  BIN=$TOKENGATE_BIN
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/tokengate
+fi
 WORK=$(mktemp -d /tmp/tokengate-load.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 KEY="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"

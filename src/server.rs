@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -44,10 +44,13 @@ pub struct ServerOptions {
 }
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's canonical IP as a header value, built once per connection: it is the
+    /// `X-Forwarded-For` of every request from an untrusted peer.
+    pub peer_ip_header: HeaderValue,
 }
 
 /// Serves `listener` (plain HTTP) until `shutdown` turns true, then stops accepting and waits
@@ -160,12 +163,13 @@ pub async fn serve_tls<F, Fut, B>(
             let info = ConnInfo {
                 peer,
                 tls: matches!(io, MaybeTls::Tls(_)),
+                peer_ip_header: ip_header(crate::net::canonical_ip(peer.ip())),
             };
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 if let Some(s) = &subject {
                     req.extensions_mut().insert(s.clone());
                 }
-                let fut = handler(info, req);
+                let fut = handler(info.clone(), req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let conn = builder
@@ -332,4 +336,9 @@ impl AsyncWrite for IdleIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// An IP address as a header value (its text form is always a valid value).
+pub fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }

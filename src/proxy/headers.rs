@@ -6,8 +6,6 @@
 //! the gateway's own headers added. So no client header can remove, replace or pre-empt a
 //! header the gateway sets.
 
-use std::net::IpAddr;
-
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -90,7 +88,8 @@ pub fn strip_gateway_headers(headers: &mut HeaderMap) {
 
 /// What the pipeline learned about the request that the outgoing headers need.
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    /// The client IP as a header value.
+    pub client_ip: HeaderValue,
     pub peer_trusted: bool,
     /// The request's original `Host` / `:authority`, for `X-Forwarded-Host`.
     pub original_host: Option<HeaderValue>,
@@ -110,8 +109,7 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     if !f.keep_authorization {
         headers.remove(AUTHORIZATION);
     }
-    let ip = HeaderValue::from_str(&f.client_ip.to_string())
-        .expect("an IP address is a valid header value");
+    let ip = f.client_ip.clone();
     if f.peer_trusted {
         // Append the client IP to the chain the trusted proxy sent (folded into one line).
         let mut chain: Vec<u8> = Vec::new();
@@ -201,7 +199,7 @@ mod tests {
         let id = HeaderValue::from_static("id-1");
         let access = HeaderValue::from_static("third-party-feeds");
         let f = Forwarding {
-            client_ip: "192.0.2.7".parse().unwrap(),
+            client_ip: HeaderValue::from_static("192.0.2.7"),
             peer_trusted: false,
             original_host: Some(HeaderValue::from_static("gw.example")),
             scheme: "http",
@@ -226,7 +224,7 @@ mod tests {
         let id = HeaderValue::from_static("i");
         let access = HeaderValue::from_static("a");
         let mut f = Forwarding {
-            client_ip: "198.51.100.1".parse().unwrap(),
+            client_ip: HeaderValue::from_static("198.51.100.1"),
             peer_trusted: false,
             original_host: None,
             scheme: "http",

@@ -153,7 +153,7 @@ impl Proxy {
         let started = Instant::now();
         let method = req.method().clone();
         let mut ctx = Ctx::default();
-        let resp = match self.pipeline(conn, req, &mut ctx).await {
+        let resp = match self.pipeline(&conn, req, &mut ctx).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.refusal(e.code());
@@ -181,7 +181,7 @@ impl Proxy {
 
     async fn pipeline<'a>(
         &'a self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         mut req: Request<Incoming>,
         ctx: &mut Ctx<'a>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -220,7 +220,7 @@ impl Proxy {
             return Err(ProxyError::InvalidToken);
         }
         // 7. The path the router and the upstream will both see.
-        let path = path::normalise(req.uri().path())
+        let path = path::normalise_cow(req.uri().path())
             .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
         // 8. Status, 9. IP block (counted in the IP's record).
         if status != Effective::Active {
@@ -243,11 +243,7 @@ impl Proxy {
         // Every check passed: this is a use, whatever the upstream answers.
         token.touch(now);
         self.usage.record_use(&token.id, client_ip, now);
-        let upstream_path = if route.strip_prefix {
-            m.rest
-        } else {
-            path.as_str()
-        };
+        let upstream_path = if route.strip_prefix { m.rest } else { &path };
         let uri = upstream_uri(route, upstream_path, req.uri().query())?;
 
         // 12-13. Forward.
@@ -268,7 +264,12 @@ impl Proxy {
         headers::prepare_request(
             &mut parts.headers,
             &Forwarding {
-                client_ip,
+                // Untrusted peers (the common case) reuse the value built once per connection.
+                client_ip: if client_ip == peer {
+                    conn.peer_ip_header.clone()
+                } else {
+                    crate::server::ip_header(client_ip)
+                },
                 peer_trusted: self.cfg.trusted_proxies.iter().any(|n| n.contains(&peer)),
                 original_host,
                 scheme: if conn.tls { "https" } else { "http" },
@@ -495,11 +496,11 @@ fn upstream_uri(route: &Upstream, path: &str, query: Option<&str>) -> Result<Uri
     }
     let pq = PathAndQuery::from_maybe_shared(pq)
         .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))?;
-    Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.authority.clone())
-        .path_and_query(pq)
-        .build()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(route.scheme.clone());
+    parts.authority = Some(route.authority.clone());
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts)
         .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))
 }
 

@@ -11,6 +11,7 @@
 //! one, no `.` or `..` segment, no escape of an unreserved character, and only uppercase
 //! escapes; normalising it again returns it unchanged.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a path was refused. Every variant is a client error: the path is either malformed or
@@ -67,8 +68,17 @@ impl std::error::Error for PathError {}
 /// forwarded in any form: the errors describe inputs that different servers are known to
 /// interpret differently.
 pub fn normalise(path: &str) -> Result<String, PathError> {
+    normalise_cow(path).map(Cow::into_owned)
+}
+
+/// [`normalise`] without a copy when the path is already canonical (the proxy's hot path).
+///
+/// # Errors
+///
+/// As [`normalise`].
+pub fn normalise_cow(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path.is_empty() {
-        return Ok(String::from("/"));
+        return Ok(Cow::Borrowed("/"));
     }
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
@@ -76,14 +86,14 @@ pub fn normalise(path: &str) -> Result<String, PathError> {
     // Almost every real request path is already canonical; checking that is one cheap scan
     // and saves building and resolving a copy.
     if path.bytes().all(|b| b == b'/' || is_pchar_literal(b)) && segments_are_canonical(path) {
-        return Ok(path.to_owned());
+        return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(path)?;
     // Paths with escapes but no dot or empty segments are common too: one allocation.
     if segments_are_canonical(&decoded) {
-        return Ok(decoded);
+        return Ok(Cow::Owned(decoded));
     }
-    resolve_segments(&decoded)
+    resolve_segments(&decoded).map(Cow::Owned)
 }
 
 /// True when `path` (starting with `/`) has nothing for [`resolve_segments`] to do: no empty
