@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
@@ -136,6 +136,25 @@ pub enum IpCmd {
         #[arg(required = true, value_name = "IP_OR_CIDR")]
         entries: Vec<String>,
     },
+}
+
+/// A command line that is wrong in a way clap cannot see (exit code 2, like clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The process exit code for an error from [`run`]: 2 for a usage error, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    let usage = e.downcast_ref::<UsageError>().is_some()
+        || matches!(
+            e.downcast_ref::<crate::client::ClientError>(),
+            Some(crate::client::ClientError::Usage(_))
+        );
+    if usage {
+        2
+    } else {
+        1
+    }
 }
 
 /// Logs go to stderr (stdout is for command output and `dev`'s banner); `RUST_LOG` sets the
@@ -448,9 +467,10 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                 body.insert("access".into(), json!(a));
             }
             if body.is_empty() {
-                return Err(anyhow!(
-                    "nothing to update: give --description, --clear-description or --access"
-                ));
+                return Err(UsageError(
+                    "nothing to update: give --description, --clear-description or --access".into(),
+                )
+                .into());
             }
             let v = c
                 .call(
@@ -475,7 +495,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             json!({"deleted": name})
         }
         TokenCmd::Activate { names } | TokenCmd::Deactivate { names } if names.is_empty() => {
-            return Err(anyhow!("no token names given"));
+            return Err(UsageError("no token names given".into()).into());
         }
         TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
         TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,

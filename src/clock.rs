@@ -32,7 +32,11 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with a `Z`, second precision (`2026-11-26T03:04:05Z`).
     pub fn rfc3339(self) -> String {
-        let secs = u64::try_from(self.0.div_euclid(1000)).unwrap_or(0);
+        // RFC 3339 ends at 9999-12-31T23:59:59Z; a huge configured duration must not panic.
+        const MAX_SECS: u64 = 253_402_300_799;
+        let secs = u64::try_from(self.0.div_euclid(1000))
+            .unwrap_or(0)
+            .min(MAX_SECS);
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
     }
 }
@@ -98,6 +102,8 @@ mod tests {
     #[test]
     fn formats_rfc3339_utc() {
         assert_eq!(Timestamp(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp(i64::MAX).rfc3339(), "9999-12-31T23:59:59Z");
+        assert_eq!(Timestamp(-5).rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(
             Timestamp(1_700_000_000_999).rfc3339(),
             "2023-11-14T22:13:20Z"

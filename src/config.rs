@@ -70,14 +70,20 @@ pub struct RawConfig {
 pub struct RawProxy {
     pub listen: String,
     pub trusted_proxies: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
     pub forward_authorization: bool,
     pub upstream_timeout: String,
+    #[serde(deserialize_with = "lenient")]
     pub access_log: bool,
+    #[serde(deserialize_with = "lenient")]
     pub failed_auth_limit: u32,
+    #[serde(deserialize_with = "lenient")]
     pub max_header_bytes: u64,
     pub header_read_timeout: String,
     pub idle_timeout: String,
+    #[serde(deserialize_with = "lenient")]
     pub max_connections: u64,
+    #[serde(deserialize_with = "lenient")]
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: String,
     pub tls: Option<RawTls>,
@@ -117,7 +123,9 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub listen: String,
     pub key_file: String,
+    #[serde(deserialize_with = "lenient")]
     pub allow_plaintext: bool,
+    #[serde(deserialize_with = "lenient")]
     pub metrics_public: bool,
     pub tls: Option<RawTls>,
 }
@@ -154,6 +162,7 @@ impl Default for RawStore {
 #[serde(deny_unknown_fields, default)]
 pub struct RawUsage {
     pub flush_interval: String,
+    #[serde(deserialize_with = "lenient")]
     pub max_ips_per_token: u64,
 }
 
@@ -220,6 +229,28 @@ pub struct RawRoute {
     pub client_key: Option<String>,
     #[serde(default)]
     pub tls_server_name: Option<String>,
+}
+
+/// Accepts a typed value (from the file) or its text (from an env override).
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TypedOrText<T> {
+        Typed(T),
+        Text(String),
+    }
+    match TypedOrText::<T>::deserialize(d)? {
+        TypedOrText::Typed(v) => Ok(v),
+        TypedOrText::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}"))),
+    }
 }
 
 /// The routes of the built-in defaults (and of the shipped `config/tokengate.toml`).
@@ -417,7 +448,9 @@ impl RawConfig {
             config::Environment::with_prefix("TOKENGATE")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true)
+                // Values stay strings: a numeric-looking duration ("0") or path must not turn
+                // into a number; the few numeric and boolean keys parse them (`lenient`).
+                .try_parsing(false)
                 .source(Some(overrides)),
         );
         let merged = builder
@@ -816,6 +849,23 @@ mod tests {
         assert_eq!(c.usage.flush_interval, Duration::from_secs(5));
         assert_eq!(c.proxy.failed_auth_limit, 7);
         assert!(!c.proxy.access_log);
+        // Numeric-looking values of string keys stay strings; numeric keys parse text.
+        let c2 = load_str(
+            "",
+            &[
+                ("TOKENGATE_STORE__OUTAGE_GRACE", "0"),
+                ("TOKENGATE_ADMIN__KEY_FILE", "1234"),
+                ("TOKENGATE_USAGE__MAX_IPS_PER_TOKEN", "42"),
+                ("TOKENGATE_ADMIN__METRICS_PUBLIC", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c2.store.outage_grace, Duration::ZERO);
+        assert_eq!(c2.admin.key_file, PathBuf::from("1234"));
+        assert_eq!(c2.usage.max_ips_per_token, 42);
+        assert!(c2.admin.metrics_public);
+        let e = load_str("", &[("TOKENGATE_PROXY__FAILED_AUTH_LIMIT", "many")]).unwrap_err();
+        assert!(e.to_string().starts_with("proxy.failed_auth_limit:"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl FailureLimiter {
 
     /// `Some(retry_after_secs)` when `ip` is over its limit now.
     pub fn check(&self, ip: IpAddr) -> Option<u64> {
+        let ip = window_key(ip);
         if self.limit == 0 {
             return None;
         }
@@ -66,6 +67,7 @@ impl FailureLimiter {
 
     /// Counts one failed authentication from `ip`.
     pub fn record_failure(&self, ip: IpAddr) {
+        let ip = window_key(ip);
         if self.limit == 0 {
             return;
         }
@@ -86,6 +88,18 @@ impl FailureLimiter {
         } else {
             w.count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// IPv6 clients are counted per /64: one host usually holds a whole /64 and could otherwise
+/// rotate through 2^64 addresses, each with a fresh window.
+fn window_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -113,6 +127,16 @@ mod tests {
         assert_eq!(l.check(ip), None);
         l.record_failure(ip);
         assert_eq!(l.check(ip), None, "a new window starts from one failure");
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let clock = ManualClock::new(Timestamp(0));
+        let l = FailureLimiter::new(2, Arc::new(clock));
+        l.record_failure("2001:db8:1:2::1".parse().unwrap());
+        l.record_failure("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert!(l.check("2001:db8:1:2::77".parse().unwrap()).is_some());
+        assert!(l.check("2001:db8:1:3::1".parse().unwrap()).is_none());
     }
 
     #[test]

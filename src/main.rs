@@ -15,7 +15,7 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tokengate: {e:#}");
-            1
+            cli::exit_code(&e)
         }
     });
 }

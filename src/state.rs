@@ -39,6 +39,9 @@ pub struct TokenState {
     pub header_name: HeaderValue,
     pub header_id: HeaderValue,
     pub header_access: HeaderValue,
+    /// When the proxy last re-read this token's last use from the store (ms, gateway clock):
+    /// an idle token is re-checked at most once a second, however many requests it gets.
+    pub rechecked_at: AtomicI64,
 }
 
 impl TokenState {
@@ -64,6 +67,7 @@ impl TokenState {
             activated_at: r.activated_at,
             last_used,
             blocks: t.blocks.into_boxed_slice(),
+            rechecked_at: AtomicI64::new(i64::MIN / 2),
         }
     }
 

@@ -488,6 +488,9 @@ async fn usage_errors_exit_2() {
         &["token", "activate"][..],
         &["ip", "block", "feed"][..],
         &["token", "list", "--no-such-flag"][..],
+        // Wrong in ways only the command itself can see: still usage errors.
+        &["token", "update", "feed"][..],
+        &["--admin-url", "ftp://nowhere", "token", "list"][..],
     ] {
         let o = cli.run(args).await;
         assert_eq!(o.code, Some(2), "{o}");

@@ -1464,6 +1464,94 @@ async fn websocket_upgrade_is_tunnelled_once_authorized() {
     }
 }
 
+#[tokio::test]
+async fn a_tunnel_closes_when_its_token_is_deactivated() {
+    let (_up, gw) = sd_gateway().await;
+    let (secret, _) = gw.create_token("t", &[SD]).await;
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let req = format!(
+        "GET /sd/ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {secret}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        gw.proxy
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["t"]})),
+    )
+    .await
+    .expect(200, None);
+    // The tunnel re-checks its token every second: it must close (EOF) well within 10 s.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel stayed open after deactivation");
+}
+
+#[tokio::test]
+async fn h2c_and_other_upgrades_are_never_passed_through() {
+    let (up, gw) = sd_gateway().await;
+    let (secret, _) = gw.create_token("t", &[SD]).await;
+    for (method, proto) in [("GET", "h2c"), ("POST", "websocket"), ("GET", "tls/1.2")] {
+        let req = format!(
+            "{method} /sd/x HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {secret}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {proto}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            gw.proxy
+        );
+        let answer = raw(gw.proxy, req.as_bytes()).await;
+        // Forwarded as a plain request: 200 from the upstream, never 101.
+        assert_eq!(raw_status(&answer), 200, "{method} {proto}: {answer}");
+        let seen = up.last();
+        for h in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                header_str(&seen, h).is_none(),
+                "{h} reached the upstream: {seen:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn underscore_spellings_of_gateway_headers_are_dropped() {
+    let (up, gw) = sd_gateway().await;
+    let (secret, _) = gw.create_token("real", &[SD]).await;
+    let req = Request::get("/sd/x")
+        .header("authorization", format!("Bearer {secret}"))
+        .header("x_tokengate_token", "admin")
+        .header("X_Tokengate_Access", "security-director,third-party-feeds")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x_real_ip", "6.6.6.6")
+        .header("x_other", "kept")
+        .body(Full::default())
+        .unwrap();
+    gw.proxy_req(req).await.expect(200, None);
+    let seen = up.last();
+    for h in [
+        "x_tokengate_token",
+        "x_tokengate_access",
+        "x_forwarded_for",
+        "x_real_ip",
+    ] {
+        assert!(
+            header_str(&seen, h).is_none(),
+            "{h} reached the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(header_str(&seen, "x_other").as_deref(), Some("kept"));
+    assert_eq!(
+        header_str(&seen, "x-tokengate-token").as_deref(),
+        Some("real")
+    );
+}
+
 // === rotation and deletion ===
 
 #[tokio::test]

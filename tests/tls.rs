@@ -747,7 +747,8 @@ async fn admin_client_certificates_and_the_admin_key_are_both_required() {
         ],
     )
     .await;
-    assert_eq!(out.0, Some(1), "{out:?}");
+    // A usage error (SPEC §5: exit 2), not a refusal by the API.
+    assert_eq!(out.0, Some(2), "{out:?}");
     assert!(out.2.contains("https://"), "{out:?}");
 }
 

@@ -338,6 +338,17 @@ impl Admin {
         self.key.verify(v[7..].trim_ascii())
     }
 
+    /// Brings a committed change into this instance's index. The change is durable already,
+    /// so the answer stays a success even if re-reading it fails; the token is then dropped
+    /// from memory (refused here, fail closed) until a later refresh or reconciliation reads
+    /// it back.
+    async fn apply(&self, id: &str) {
+        if let Err(e) = self.index.refresh(self.store.as_ref(), id).await {
+            tracing::warn!(error = %e, token_id = %id, "re-reading a committed change failed; refusing the token here until it is read back");
+            self.index.forget(id).await;
+        }
+    }
+
     fn metrics(&self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from(self.scrape.render())));
         resp.headers_mut().insert(
@@ -442,6 +453,8 @@ impl Admin {
         let mut after: Option<String> = None;
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
+                // An empty value means "not given" (SPEC shows `?status=&q=&limit=&after=`).
+                "status" | "limit" if v.is_empty() => {}
                 "status" => {
                     status = Some(match &*v {
                         "active" => "active",
@@ -567,7 +580,7 @@ impl Admin {
             serde_json::json!({"description": rec.description, "access": rec.access.names()}),
         );
         self.store.insert_token(&rec, &entry).await?;
-        self.index.refresh(self.store.as_ref(), &rec.id).await?;
+        self.apply(&rec.id).await;
         emit(&entry);
         let dto = self.dto(&rec, now);
         Ok(json_response(
@@ -659,7 +672,7 @@ impl Admin {
                 .await
             {
                 Ok(()) => {
-                    self.index.refresh(self.store.as_ref(), &rec.id).await?;
+                    self.apply(&rec.id).await;
                     emit(&entry);
                     rec.version += 1;
                     return Ok(rec);
@@ -731,7 +744,7 @@ impl Admin {
                 Err(e) => return Err(e.into()),
             }
             for r in &mut changed {
-                self.index.refresh(self.store.as_ref(), &r.id).await?;
+                self.apply(&r.id).await;
                 r.version += 1;
             }
             entries.iter().for_each(emit);
@@ -800,6 +813,7 @@ impl Admin {
                 // would be a no-op that looks like success.
                 if let Some(cidr) = exact
                     .iter()
+                    .filter(|b| !entries.contains(b))
                     .find(|b| !b.is_single() && b.net().contains(&e.net()))
                 {
                     return Err(AdminError::BlockedByCidr {
@@ -811,7 +825,7 @@ impl Admin {
             self.store.unblock(&rec.id, &entries, &entry).await?;
         }
         // Committed: refresh the index so the very next request sees the block list.
-        self.index.refresh(self.store.as_ref(), &rec.id).await?;
+        self.apply(&rec.id).await;
         emit(&entry);
         Ok(json_response(StatusCode::OK, &self.ip_list(&rec.id).await?))
     }
@@ -825,6 +839,7 @@ impl Admin {
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "token" => token_key = Some(token::name_key(&v)).filter(|s| !s.is_empty()),
+                "limit" if v.is_empty() => {}
                 "limit" => {
                     limit = v
                         .parse::<usize>()

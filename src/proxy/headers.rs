@@ -21,6 +21,8 @@ pub static X_TOKENGATE_TOKEN_ID: HeaderName = HeaderName::from_static("x-tokenga
 pub static X_TOKENGATE_ACCESS: HeaderName = HeaderName::from_static("x-tokengate-access");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The h2c upgrade's settings: meaningless (and unwanted) once the upgrade is refused.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and every header named in `Connection`.
 /// When `upgrade` is `Some`, the request (or a 101 response) is a protocol upgrade and
@@ -50,6 +52,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         &UPGRADE,
         &PROXY_AUTHORIZATION,
         &PROXY_AUTHENTICATE,
+        &HTTP2_SETTINGS,
     ] {
         headers.remove(name);
     }
@@ -60,30 +63,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 }
 
 /// The `Upgrade` value when the request asks for a protocol upgrade (`Connection: upgrade`).
-pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+///
+/// Only a WebSocket upgrade of a GET is passed through: any other protocol (`h2c` above all)
+/// would hand the client a raw channel to the upstream that no check of the gateway sees, so
+/// its upgrade headers are stripped and the request is forwarded as a plain one.
+pub fn upgrade_request(method: &http::Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    if method != http::Method::GET {
+        return None;
+    }
     let wants = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    }
+    let upgrade = headers.get(UPGRADE).filter(|_| wants)?;
+    upgrade
+        .as_bytes()
+        .eq_ignore_ascii_case(b"websocket")
+        .then(|| upgrade.clone())
 }
 
-/// Removes every `x-tokengate-*` header a client sent.
+/// Removes every `x-tokengate-*` header a client sent, and the underscore spellings of the
+/// gateway's and the forwarding headers (`X_Tokengate_Token`, `x_forwarded_for`): CGI-style
+/// upstreams (PHP, WSGI) map `_` and `-` to the same variable, so such a header would pass
+/// for the real one.
 pub fn strip_gateway_headers(headers: &mut HeaderMap) {
     let ours: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-tokengate-"))
+        .filter(|k| k.as_str().starts_with("x-tokengate-") || is_underscore_alias(k.as_str()))
         .cloned()
         .collect();
     for name in ours {
         headers.remove(&name);
     }
+}
+
+fn is_underscore_alias(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    dashed.starts_with("x-tokengate-")
+        || [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-real-ip",
+        ]
+        .contains(&dashed.as_str())
 }
 
 /// What the pipeline learned about the request that the outgoing headers need.
@@ -210,9 +238,16 @@ mod tests {
             token_access: &access,
         };
         h.insert("x-tokengate-whatever", HeaderValue::from_static("spoofed"));
+        h.insert("x_tokengate_token", HeaderValue::from_static("spoofed"));
+        h.insert("x-tokengate_access", HeaderValue::from_static("spoofed"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x_custom_header", HeaderValue::from_static("kept"));
         prepare_request(&mut h, &f);
         assert_eq!(h.get("x-tokengate-token").unwrap(), "feed-a");
         assert!(h.get("x-tokengate-whatever").is_none());
+        assert!(h.get("x_tokengate_token").is_none() && h.get("x-tokengate_access").is_none());
+        assert!(h.get("x_forwarded_for").is_none());
+        assert_eq!(h.get("x_custom_header").unwrap(), "kept");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "gw.example");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
@@ -263,11 +298,24 @@ mod tests {
     #[test]
     fn upgrades_survive_the_strip() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let up = upgrade_request(&h);
+        let up = upgrade_request(&http::Method::GET, &h);
         assert_eq!(up.as_ref().unwrap(), "websocket");
+        assert!(upgrade_request(&http::Method::POST, &h).is_none());
+        let h2c = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(
+            upgrade_request(&http::Method::GET, &h2c).is_none(),
+            "h2c is never passed through"
+        );
+        let mut stripped = h2c.clone();
+        strip_hop_by_hop(&mut stripped, None);
+        assert!(stripped.is_empty(), "{stripped:?}");
         strip_hop_by_hop(&mut h, up);
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_request(&http::Method::GET, &map(&[("upgrade", "websocket")])).is_none());
     }
 }

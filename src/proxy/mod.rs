@@ -11,6 +11,7 @@ pub mod path;
 pub mod route;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -248,7 +249,7 @@ impl Proxy {
 
         // 12-13. Forward.
         let upgrade = if req.version() < Version::HTTP_2 {
-            headers::upgrade_request(req.headers())
+            headers::upgrade_request(req.method(), req.headers())
         } else {
             None
         };
@@ -306,7 +307,16 @@ impl Proxy {
         };
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, upstream_side));
+            let watch = TunnelWatch {
+                index: self.index.clone(),
+                clock: self.clock.clone(),
+                lifecycle: self.lifecycle,
+                token_id: token.id.clone(),
+                client_ip,
+                access: route.access,
+                idle: self.cfg.idle_timeout,
+            };
+            tokio::spawn(tunnel(client_side, upstream_side, watch));
         }
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers, resp_upgrade);
@@ -336,6 +346,17 @@ impl Proxy {
         let shared = self.store.health();
         if shared.is_some_and(|h| !h.is_up()) {
             return Err(ProxyError::StoreUnavailable);
+        }
+        // At most one store read per token per second: a client hammering with an idle
+        // token must not turn into a store query per request.
+        let last = token.rechecked_at.load(Ordering::Relaxed);
+        if now.0 - last < 1000
+            || token
+                .rechecked_at
+                .compare_exchange(last, now.0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(self.status_at(token, now));
         }
         let read = tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(&token.id)).await;
         match read {
@@ -391,13 +412,123 @@ impl Proxy {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection (WebSocket).
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+///
+/// A tunnel lives outside hyper's connection (and so outside its limits): it closes itself
+/// when no byte crossed it for `proxy.idle_timeout`, and as soon as its token stops being
+/// usable from its client IP (deactivated, deleted, regenerated, idle, IP blocked, access
+/// withdrawn), checked every second.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    watch: TunnelWatch,
+) {
     let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
         return;
     };
-    let mut c = TokioIo::new(c);
-    let mut u = TokioIo::new(u);
-    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    let activity = Arc::new(AtomicU64::new(0));
+    let mut c = Counted {
+        inner: TokioIo::new(c),
+        activity: activity.clone(),
+    };
+    let mut u = Counted {
+        inner: TokioIo::new(u),
+        activity: activity.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet_since) = (0, Instant::now());
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            _ = tick.tick() => {
+                if !watch.still_allowed() {
+                    tracing::debug!(token_id = %watch.token_id, "closing a tunnel: its token is no longer usable");
+                    return;
+                }
+                let now = activity.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, quiet_since) = (now, Instant::now());
+                } else if quiet_since.elapsed() >= watch.idle {
+                    tracing::debug!(token_id = %watch.token_id, "closing an idle tunnel");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a tunnel re-checks about its token while it is open.
+struct TunnelWatch {
+    index: Arc<TokenIndex>,
+    clock: SharedClock,
+    lifecycle: LifecycleConfig,
+    token_id: Arc<str>,
+    client_ip: IpAddr,
+    access: Access,
+    idle: Duration,
+}
+
+impl TunnelWatch {
+    fn still_allowed(&self) -> bool {
+        let Some(t) = self.index.get_by_id(&self.token_id) else {
+            return false;
+        };
+        let since = policy::idle_start(t.created_at, t.activated_at, t.last_used_at());
+        policy::effective(
+            t.status,
+            t.inactive_reason,
+            since,
+            self.clock.now(),
+            &self.lifecycle,
+        ) == Effective::Active
+            && policy::blocked_by(&t.blocks, self.client_ip).is_none()
+            && t.access.contains(self.access)
+    }
+}
+
+/// Counts bytes moved through an upgraded connection (for the tunnel's idle timeout).
+struct Counted<T> {
+    inner: T,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Step 1: refuses request shapes the gateway never forwards, and head blocks over the limit.
