@@ -35,7 +35,7 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
 }
 
 fn tokens(c: &mut Criterion) {
-    const N: u32 = 100_000;
+    const N: u32 = 1_000_000;
     let index = TokenIndex::default();
     let target = Secret::generate();
     for i in 0..N {
@@ -50,7 +50,7 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("parse_checksum_hash", |b| {
         b.iter(|| parse_bearer(black_box(&valid)))
     });
-    g.bench_function("check_valid_among_100k", |b| {
+    g.bench_function("check_valid_among_1m", |b| {
         b.iter(|| {
             parse_bearer(black_box(&valid))
                 .ok()
@@ -114,5 +114,24 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, usage, routing);
+fn metrics(c: &mut Criterion) {
+    // What the proxy adds per request for metrics: one request count + latency observation,
+    // one upstream observation, one lookup count (and a refusal count on refused requests).
+    let m = tokengate::metrics::Metrics::new(["/sd/", "/feeds/"]);
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("per_request", |b| {
+        b.iter(|| {
+            m.lookup(black_box(true));
+            m.upstream(black_box(0), std::time::Duration::from_micros(180));
+            m.request(
+                black_box(Some(0)),
+                black_box(200),
+                std::time::Duration::from_micros(250),
+            );
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, usage, routing, metrics);
 criterion_main!(benches);
