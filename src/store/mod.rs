@@ -43,6 +43,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// From its stored form; anything but `active` reads as inactive (fail closed).
+    pub fn from_db(s: &str) -> Status {
+        if s == "active" {
+            Status::Active
+        } else {
+            Status::Inactive
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
@@ -58,6 +67,15 @@ pub enum InactiveReason {
 }
 
 impl InactiveReason {
+    /// From its stored form (`None` for null or an unknown value).
+    pub fn from_db(s: Option<&str>) -> Option<InactiveReason> {
+        match s {
+            Some("admin") => Some(InactiveReason::Admin),
+            Some("idle") => Some(InactiveReason::Idle),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             InactiveReason::Admin => "admin",

@@ -351,16 +351,8 @@ fn token_from_row(row: &Row) -> Result<TokenRecord, Fail> {
         description: row.try_get(2)?,
         access: Access::from_bits(u8::try_from(access).unwrap_or(0)),
         secret_hash: SecretHash::from_bytes(hash),
-        status: if status == "active" {
-            Status::Active
-        } else {
-            Status::Inactive
-        },
-        inactive_reason: match reason.as_deref() {
-            Some("admin") => Some(InactiveReason::Admin),
-            Some("idle") => Some(InactiveReason::Idle),
-            _ => None,
-        },
+        status: Status::from_db(&status),
+        inactive_reason: InactiveReason::from_db(reason.as_deref()),
         created_at: Timestamp(row.try_get(7)?),
         activated_at: ts(row.try_get(8)?),
         deactivated_at: ts(row.try_get(9)?),
