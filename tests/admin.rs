@@ -130,17 +130,6 @@ async fn show(gw: &TestGateway, name: &str) -> Value {
     r.json()
 }
 
-async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
-        .await;
-    r.expect(200, None);
-    r.json()["ips"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no ips array: {r}"))
-        .clone()
-}
-
 async fn block(gw: &TestGateway, name: &str, entries: &[&str]) -> Resp {
     gw.admin(
         Method::POST,
@@ -269,7 +258,7 @@ async fn every_v1_endpoint_refuses_a_missing_wrong_or_non_bearer_key() {
     let t = show(&gw, "known").await;
     assert_eq!(t["status"], "active", "{t}");
     assert_eq!(t["description"], Value::Null, "{t}");
-    assert!(ips(&gw, "known").await.is_empty());
+    assert!(gw.ips("known").await.is_empty());
     let r = gw.admin(Method::GET, "/v1/tokens", None).await;
     r.expect(200, None);
     assert_eq!(names(&r.json()), ["known"], "{r}");
@@ -1027,7 +1016,7 @@ async fn delete_removes_the_token_and_frees_its_name() {
         .await
         .expect(401, Some("invalid_token"));
     assert!(
-        ips(&gw, "feed-a").await.is_empty(),
+        gw.ips("feed-a").await.is_empty(),
         "the old token's IP records came back with the name"
     );
     gw.get("/sd/x", Some(&secret2)).await.expect(200, None);
@@ -1292,7 +1281,7 @@ async fn regenerate_replaces_the_secret_only() {
 async fn ip_list_records_proxied_use() {
     let (gw, _up) = routed().await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
-    assert!(ips(&gw, "feed").await.is_empty());
+    assert!(gw.ips("feed").await.is_empty());
     let t0 = now_ms(&gw);
     gw.get("/sd/a", Some(&secret)).await.expect(200, None);
     gw.clock.advance(Duration::from_secs(5));
@@ -1302,7 +1291,7 @@ async fn ip_list_records_proxied_use() {
         .expect(403, Some("access_denied"));
     gw.get("/sd/d", Some(&secret)).await.expect(200, None);
     let t1 = now_ms(&gw);
-    let rows = ips(&gw, "FEED").await;
+    let rows = gw.ips("FEED").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
     assert_eq!(r["ip"], "127.0.0.1", "{r}");
@@ -1353,7 +1342,7 @@ async fn block_accepts_unseen_ips_and_cidrs_canonically() {
     }
     assert_eq!(row(&rows, "127.0.0.1")["blocked"], false);
     assert_eq!(
-        ips(&gw, "feed").await,
+        gw.ips("feed").await,
         rows,
         "GET .../ips differs from the block answer"
     );
@@ -1437,7 +1426,8 @@ async fn block_accepts_unseen_ips_and_cidrs_canonically() {
         .await,
         "note",
     );
-    let now: BTreeSet<String> = ips(&gw, "feed")
+    let now: BTreeSet<String> = gw
+        .ips("feed")
         .await
         .iter()
         .map(|r| r["ip"].as_str().unwrap().to_string())
@@ -1535,10 +1525,7 @@ async fn unblocking_an_ip_covered_by_a_cidr_is_refused() {
         .expect(403, Some("ip_blocked"));
     gw.get("/sd/a", Some(&other)).await.expect(200, None);
     assert!(
-        ips(&gw, "other")
-            .await
-            .iter()
-            .all(|x| x["blocked"] == false),
+        gw.ips("other").await.iter().all(|x| x["blocked"] == false),
         "a block leaked to another token"
     );
 
@@ -1576,7 +1563,7 @@ async fn unblocking_an_ip_covered_by_a_cidr_is_refused() {
         "the unblocked CIDR is still listed: {r}"
     );
     gw.get("/sd/a", Some(&secret)).await.expect(200, None);
-    assert_eq!(row(&ips(&gw, "feed").await, "127.0.0.1")["blocked"], false);
+    assert_eq!(row(&gw.ips("feed").await, "127.0.0.1")["blocked"], false);
 }
 
 #[tokio::test]
@@ -1604,7 +1591,7 @@ async fn ip_list_orders_newest_use_first_then_never_used_by_ip() {
     block(&gw, "feed", &["192.0.2.9", "10.9.9.9", "10.9.0.0/16"])
         .await
         .expect(200, None);
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     let order: Vec<&str> = rows.iter().map(|r| r["ip"].as_str().unwrap()).collect();
     assert_eq!(
         order,
@@ -1680,13 +1667,13 @@ async fn state_survives_a_restart_and_is_enforced() {
         (Some("inactive"), Some("admin")),
         "{o}"
     );
-    let rows = ips(&gw, "keep").await;
+    let rows = gw.ips("keep").await;
     assert_eq!(
         row(&rows, "127.0.0.1")["requests"],
         2,
         "usage flushed at shutdown: {rows:?}"
     );
-    let rows = ips(&gw, "blocked").await;
+    let rows = gw.ips("blocked").await;
     assert_eq!(row(&rows, "127.0.0.1")["blocked"], true, "{rows:?}");
     assert_eq!(row(&rows, "10.0.0.0/8")["blocked"], true, "{rows:?}");
 

@@ -156,14 +156,6 @@ async fn show(gw: &TestGateway, name: &str) -> Value {
     r.json()
 }
 
-async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
-        .await;
-    r.expect(200, None);
-    r.json()["ips"].as_array().unwrap().clone()
-}
-
 async fn routed() -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
@@ -391,7 +383,7 @@ async fn ip_block_list_and_unblock() {
         ])
         .await;
     o.ok();
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     for ip in ["127.0.0.1", "10.0.0.0/8", "2001:db8::1"] {
         let r = rows
             .iter()
@@ -421,7 +413,7 @@ async fn ip_block_list_and_unblock() {
 
     let o = cli.run(&["ip", "unblock", "feed", "127.0.0.1"]).await;
     o.ok();
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     let me = rows.iter().find(|r| r["ip"] == "127.0.0.1").unwrap();
     assert_eq!(me["blocked"], false, "{me}");
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);

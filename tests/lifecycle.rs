@@ -67,15 +67,6 @@ fn rfc(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// `GET /v1/tokens/{name}`, expected to answer 200.
-async fn token(gw: &TestGateway, name: &str) -> Value {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}"), None)
-        .await;
-    r.expect(200, None);
-    r.json()
-}
-
 /// Asserts `status` and `inactive_reason` of a token object.
 #[track_caller]
 fn assert_status(v: &Value, status: &str, reason: Option<&str>) {
@@ -146,18 +137,6 @@ async fn stored(
         })
 }
 
-/// `GET /v1/tokens/{name}/ips` (flushes pending usage first).
-async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
-        .await;
-    r.expect(200, None);
-    r.json()["ips"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no ips list: {r}"))
-}
-
 async fn activate(gw: &TestGateway, names: &[&str]) -> Vec<Value> {
     let r = gw
         .admin(
@@ -220,13 +199,13 @@ async fn used_and_never_used_tokens_lapse_at_exactly_30_days() {
     gw.get("/sd/a", Some(&used)).await.expect(200, None);
     gw.get("/sd/a", Some(&used_probe)).await.expect(200, None);
     // The use is visible at once (the admin API adds this instance's unflushed uses).
-    let v = token(&gw, "used").await;
+    let v = gw.token("used").await;
     assert_active_since(&v, t_use, &cfg);
     assert_eq!(v["last_used_at"], json!(rfc(t_use)), "{v}");
 
     // 30 days - 1 s after creation: still active.
     set_clock(&gw, t0 + 30 * DAY_MS - SEC_MS);
-    let v = token(&gw, "never").await;
+    let v = gw.token("never").await;
     assert_active_since(&v, t0, &cfg);
     assert_eq!(v["last_used_at"], Value::Null, "{v}");
     gw.get("/sd/b", Some(&never_probe)).await.expect(200, None);
@@ -236,7 +215,7 @@ async fn used_and_never_used_tokens_lapse_at_exactly_30_days() {
     gw.get("/sd/c", Some(&never))
         .await
         .expect(403, Some("token_inactive"));
-    let v = token(&gw, "never").await;
+    let v = gw.token("never").await;
     assert_idle_since(&v, t0, &cfg);
     assert_eq!(v["last_used_at"], Value::Null, "{v}");
     assert_eq!(
@@ -247,7 +226,7 @@ async fn used_and_never_used_tokens_lapse_at_exactly_30_days() {
     // The probe used at 30d - 1s restarted its clock.
     gw.get("/sd/c", Some(&never_probe)).await.expect(200, None);
     // The used token's clock started at its use, a day later.
-    assert_active_since(&token(&gw, "used").await, t_use, &cfg);
+    assert_active_since(&gw.token("used").await, t_use, &cfg);
     assert_eq!(
         listed(&gw, Some("inactive")).await,
         ["never"],
@@ -256,13 +235,13 @@ async fn used_and_never_used_tokens_lapse_at_exactly_30_days() {
 
     // The used token: 30 days - 1 s after its use still active, at 30 days inactive.
     set_clock(&gw, t_use + 30 * DAY_MS - SEC_MS);
-    assert_active_since(&token(&gw, "used").await, t_use, &cfg);
+    assert_active_since(&gw.token("used").await, t_use, &cfg);
     gw.get("/sd/d", Some(&used_probe)).await.expect(200, None);
     set_clock(&gw, t_use + 30 * DAY_MS);
     gw.get("/sd/e", Some(&used))
         .await
         .expect(403, Some("token_inactive"));
-    let v = token(&gw, "used").await;
+    let v = gw.token("used").await;
     assert_idle_since(&v, t_use, &cfg);
     assert_eq!(v["last_used_at"], json!(rfc(t_use)), "{v}");
     gw.get("/sd/e", Some(&used_probe)).await.expect(200, None);
@@ -289,20 +268,20 @@ async fn the_sweep_persists_the_lapse_across_a_restart() {
         stored(&gw, &id).await,
         Some((Status::Inactive, Some(InactiveReason::Idle), None))
     );
-    let v = token(&gw, "idle").await;
+    let v = gw.token("idle").await;
     assert_idle_since(&v, t0, &cfg);
     assert_eq!(v["deactivated_at"], json!(rfc(t0 + 30 * DAY_MS)), "{v}");
 
     // A day later, after a restart: the state comes from the store.
     gw.clock.advance(DAY);
     gw.restart().await;
-    let v = token(&gw, "idle").await;
+    let v = gw.token("idle").await;
     assert_idle_since(&v, t0, &cfg);
     assert_eq!(v["deactivated_at"], json!(rfc(t0 + 30 * DAY_MS)), "{v}");
     gw.get("/sd/x", Some(&idle))
         .await
         .expect(403, Some("token_inactive"));
-    assert_status(&token(&gw, "kept").await, "active", None);
+    assert_status(&gw.token("kept").await, "active", None);
     gw.get("/sd/x", Some(&kept)).await.expect(200, None);
 }
 
@@ -347,7 +326,7 @@ async fn reactivation_at_day_31_restarts_the_idle_clock() {
 
         // 30 days after the activation - 1 s: still active, and a sweep leaves it alone.
         set_clock(&gw, t_act + 30 * DAY_MS - SEC_MS);
-        assert_active_since(&token(&gw, "revived").await, t_act, &cfg);
+        assert_active_since(&gw.token("revived").await, t_act, &cfg);
         let out = sweep(&gw).await;
         assert!(
             out.deactivated.is_empty() && out.deleted.is_empty(),
@@ -359,14 +338,14 @@ async fn reactivation_at_day_31_restarts_the_idle_clock() {
         gw.get("/sd/x", Some(&secret))
             .await
             .expect(403, Some("token_inactive"));
-        let v = token(&gw, "revived").await;
+        let v = gw.token("revived").await;
         assert_idle_since(&v, t_act, &cfg);
         assert_eq!(v["activated_at"], json!(rfc(t_act)), "{v}");
         let out = sweep(&gw).await;
         assert_eq!(names(&out.deactivated), ["revived"], "swept: {swept}");
         // The 90 days restarted with the activation too: not deleted a day after t0 + 90d.
         set_clock(&gw, t0 + 91 * DAY_MS);
-        assert_idle_since(&token(&gw, "revived").await, t_act, &cfg);
+        assert_idle_since(&gw.token("revived").await, t_act, &cfg);
     }
 }
 
@@ -404,7 +383,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
             .await
             .expect(403, Some("ip_blocked"));
     }
-    let rows = ips(&gw, "refused").await;
+    let rows = gw.ips("refused").await;
     let row = rows
         .iter()
         .find(|r| r["ip"] == "127.0.0.1")
@@ -426,7 +405,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
         ),
         "{row}"
     );
-    let v = token(&gw, "refused").await;
+    let v = gw.token("refused").await;
     assert_eq!(
         v["last_used_at"],
         Value::Null,
@@ -439,7 +418,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("ip_blocked"));
-    assert_active_since(&token(&gw, "refused").await, t0, &cfg);
+    assert_active_since(&gw.token("refused").await, t0, &cfg);
 
     // Lapsed on schedule; the inactive check comes before the block and the route.
     set_clock(&gw, t0 + 30 * DAY_MS);
@@ -448,7 +427,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
             .await
             .expect(403, Some("token_inactive"));
     }
-    assert_idle_since(&token(&gw, "refused").await, t0, &cfg);
+    assert_idle_since(&gw.token("refused").await, t0, &cfg);
     let out = sweep(&gw).await;
     assert_eq!(names(&out.deactivated), ["refused"], "{out:?}");
 
@@ -456,7 +435,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("token_inactive"));
-    let v = token(&gw, "refused").await;
+    let v = gw.token("refused").await;
     assert_idle_since(&v, t0, &cfg);
     assert_eq!(v["last_used_at"], Value::Null, "{v}");
 
@@ -465,7 +444,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("token_inactive"));
-    assert_idle_since(&token(&gw, "refused").await, t0, &cfg);
+    assert_idle_since(&gw.token("refused").await, t0, &cfg);
     let out = sweep(&gw).await;
     assert!(out.deleted.is_empty(), "{out:?}");
     set_clock(&gw, t0 + 90 * DAY_MS);
@@ -504,7 +483,7 @@ async fn tokens_are_deleted_at_exactly_90_days_and_their_names_are_free() {
         )
         .await
         .expect(200, None);
-        assert_eq!(ips(&gw, name).await.len(), 3, "{name}");
+        assert_eq!(gw.ips(name).await.len(), 3, "{name}");
     }
     set_clock(&gw, t0 + 30 * DAY_MS);
     assert_eq!(
@@ -516,7 +495,7 @@ async fn tokens_are_deleted_at_exactly_90_days_and_their_names_are_free() {
     // 90 days - 1 s: still there, inactive.
     set_clock(&gw, t0 + 90 * DAY_MS - SEC_MS);
     for name in ["doomed", "reused"] {
-        let v = token(&gw, name).await;
+        let v = gw.token(name).await;
         assert_idle_since(&v, t0, &cfg);
         assert_eq!(v["delete_at"], json!(rfc(t0 + 90 * DAY_MS)), "{v}");
     }
@@ -576,14 +555,11 @@ async fn tokens_are_deleted_at_exactly_90_days_and_their_names_are_free() {
     gw.get("/sd/x", Some(&doomed))
         .await
         .expect(401, Some("invalid_token"));
-    assert_eq!(id_of(&token(&gw, "reused").await), id_of(&fresh));
+    assert_eq!(id_of(&gw.token("reused").await), id_of(&fresh));
     let r = create(&gw, "doomed").await;
     r.expect(201, None);
     assert_ne!(id_of(&r.json()), doomed_id, "{r}");
-    assert!(
-        ips(&gw, "doomed").await.is_empty(),
-        "a new name starts clean"
-    );
+    assert!(gw.ips("doomed").await.is_empty(), "a new name starts clean");
 }
 
 // === the policy numbers come from config ===
@@ -605,13 +581,13 @@ async fn the_policy_offsets_come_from_config() {
     gw.get("/sd/x", Some(&busy)).await.expect(200, None);
 
     set_clock(&gw, t0 + 10 * SEC_MS - SEC_MS);
-    assert_active_since(&token(&gw, "quiet").await, t0, &cfg);
+    assert_active_since(&gw.token("quiet").await, t0, &cfg);
     set_clock(&gw, t0 + 10 * SEC_MS);
     gw.get("/sd/x", Some(&quiet))
         .await
         .expect(403, Some("token_inactive"));
-    assert_idle_since(&token(&gw, "quiet").await, t0, &cfg);
-    assert_active_since(&token(&gw, "busy").await, t0 + 5 * SEC_MS, &cfg);
+    assert_idle_since(&gw.token("quiet").await, t0, &cfg);
+    assert_active_since(&gw.token("busy").await, t0 + 5 * SEC_MS, &cfg);
     let out = sweep(&gw).await;
     assert_eq!(names(&out.deactivated), ["quiet"], "{out:?}");
 
@@ -621,7 +597,7 @@ async fn the_policy_offsets_come_from_config() {
         .expect(403, Some("token_inactive"));
 
     set_clock(&gw, t0 + 20 * SEC_MS - SEC_MS);
-    let v = token(&gw, "quiet").await;
+    let v = gw.token("quiet").await;
     assert_idle_since(&v, t0, &cfg);
     assert_eq!(v["delete_at"], json!(rfc(t0 + 20 * SEC_MS)), "{v}");
     assert!(sweep(&gw).await.deleted.is_empty());
@@ -636,7 +612,7 @@ async fn the_policy_offsets_come_from_config() {
     let out = sweep(&gw).await;
     assert_eq!(names(&out.deleted), ["quiet"], "{out:?}");
     assert!(stored(&gw, &id).await.is_none());
-    assert_idle_since(&token(&gw, "busy").await, t0 + 5 * SEC_MS, &cfg);
+    assert_idle_since(&gw.token("busy").await, t0 + 5 * SEC_MS, &cfg);
 }
 
 // === uses keep a token alive ===
@@ -662,7 +638,7 @@ async fn proxied_uses_keep_a_token_alive() {
             k * 20
         );
         if k % 2 == 1 {
-            let rows = ips(&gw, "busy").await;
+            let rows = gw.ips("busy").await;
             assert_eq!(rows.len(), 1, "{rows:?}");
             assert_eq!(rows[0]["requests"], json!(k), "{rows:?}");
             assert_eq!(rows[0]["last_used_at"], json!(rfc(now)), "{rows:?}");
@@ -678,7 +654,7 @@ async fn proxied_uses_keep_a_token_alive() {
             stored(&gw, &id).await,
             Some((Status::Active, None, Some(Timestamp(now))))
         );
-        let v = token(&gw, "busy").await;
+        let v = gw.token("busy").await;
         assert_active_since(&v, now, &cfg);
         assert_eq!(v["last_used_at"], json!(rfc(now)), "{v}");
         last_use = Some(now);
@@ -705,7 +681,7 @@ async fn proxied_uses_keep_a_token_alive() {
         stored(&gw, &id).await,
         Some((Status::Active, None, Some(Timestamp(day100 + 29 * DAY_MS))))
     );
-    assert_active_since(&token(&gw, "busy").await, day100 + 29 * DAY_MS, &cfg);
+    assert_active_since(&gw.token("busy").await, day100 + 29 * DAY_MS, &cfg);
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);
 }
 
@@ -732,13 +708,13 @@ async fn a_use_survives_a_restart() {
     );
 
     set_clock(&gw, t0 + 39 * DAY_MS);
-    assert_active_since(&token(&gw, "t").await, t0 + 10 * DAY_MS, &cfg);
+    assert_active_since(&gw.token("t").await, t0 + 10 * DAY_MS, &cfg);
     assert!(sweep(&gw).await.deactivated.is_empty());
     set_clock(&gw, t0 + 40 * DAY_MS);
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("token_inactive"));
-    assert_idle_since(&token(&gw, "t").await, t0 + 10 * DAY_MS, &cfg);
+    assert_idle_since(&gw.token("t").await, t0 + 10 * DAY_MS, &cfg);
     assert_eq!(names(&sweep(&gw).await.deactivated), ["t"]);
 }
 
@@ -924,7 +900,7 @@ async fn a_sweep_racing_a_use_does_not_lapse_the_token() {
         "{out:?}"
     );
     let t_use = t0 + 30 * DAY_MS - SEC_MS;
-    assert_active_since(&token(&gw, "racer").await, t_use, &cfg);
+    assert_active_since(&gw.token("racer").await, t_use, &cfg);
     assert_eq!(up.count(), 1);
 
     // At the instant the racer would have lapsed without that use, only the idler lapses,
@@ -937,7 +913,7 @@ async fn a_sweep_racing_a_use_does_not_lapse_the_token() {
         stored(&gw, &id).await,
         Some((Status::Active, None, Some(Timestamp(t_use))))
     );
-    assert_active_since(&token(&gw, "racer").await, t_use, &cfg);
+    assert_active_since(&gw.token("racer").await, t_use, &cfg);
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);
 }
 
@@ -995,7 +971,7 @@ async fn a_use_between_the_sweeps_flush_and_its_update_is_not_lapsed() {
         out.deactivated.is_empty(),
         "a token used 1 ms before the sweep's instant was lapsed: {out:?}"
     );
-    assert_active_since(&token(&gw, "racer").await, t_use, &cfg);
+    assert_active_since(&gw.token("racer").await, t_use, &cfg);
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);
     assert_eq!(stored(&gw, &id).await.map(|s| s.0), Some(Status::Active));
 }
@@ -1014,7 +990,7 @@ async fn a_use_on_another_instance_keeps_the_token_alive_here() {
     set_clock(&gw, t0 + 20 * DAY_MS);
     other.get("/sd/x", Some(&secret)).await.expect(200, None);
     // The other instance writes its use to the store.
-    assert_eq!(ips(&other, "shared").await.len(), 1);
+    assert_eq!(other.ips("shared").await.len(), 1);
     assert_eq!(
         stored(&gw, &id).await.and_then(|s| s.2),
         Some(Timestamp(t0 + 20 * DAY_MS))
@@ -1023,7 +999,7 @@ async fn a_use_on_another_instance_keeps_the_token_alive_here() {
     // 30 days after creation, 10 days after that use: active on both instances.
     set_clock(&gw, t0 + 30 * DAY_MS);
     for (label, g) in [("this instance", &gw), ("the other", &other)] {
-        assert_active_since(&token(g, "shared").await, t0 + 20 * DAY_MS, &cfg);
+        assert_active_since(&g.token("shared").await, t0 + 20 * DAY_MS, &cfg);
         let r = g.get("/sd/x", Some(&secret)).await;
         assert_eq!(
             r.status.as_u16(),
@@ -1077,7 +1053,7 @@ async fn admin_edits_do_not_restart_the_idle_clock() {
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("token_inactive"));
-    assert_idle_since(&token(&gw, "edited").await, t0, &cfg);
+    assert_idle_since(&gw.token("edited").await, t0, &cfg);
 }
 
 #[tokio::test]
@@ -1097,7 +1073,7 @@ async fn admin_deactivated_tokens_are_deleted_on_the_same_schedule() {
     .expect(200, None);
     // Past inactive_after it stays inactive for the admin's reason; the sweep leaves it.
     set_clock(&gw, t0 + 31 * DAY_MS);
-    let v = token(&gw, "parked").await;
+    let v = gw.token("parked").await;
     assert_status(&v, "inactive", Some("admin"));
     assert_eq!(v["delete_at"], json!(rfc(t0 + 90 * DAY_MS)), "{v}");
     assert!(sweep(&gw).await.deactivated.is_empty());
@@ -1107,7 +1083,7 @@ async fn admin_deactivated_tokens_are_deleted_on_the_same_schedule() {
     );
 
     set_clock(&gw, t0 + 90 * DAY_MS - SEC_MS);
-    assert_status(&token(&gw, "parked").await, "inactive", Some("admin"));
+    assert_status(&gw.token("parked").await, "inactive", Some("admin"));
     set_clock(&gw, t0 + 90 * DAY_MS);
     gw.get("/sd/x", Some(&secret))
         .await

@@ -133,28 +133,8 @@ async fn raw_req(gw: &TestGateway, bytes: &[u8]) -> RawResp {
     RawResp::parse(raw(gw.proxy, bytes).await)
 }
 
-/// `GET /v1/tokens/{name}/ips` (flushes usage first).
-async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
-        .await;
-    r.expect(200, None);
-    r.json()["ips"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no ips list: {r}"))
-}
-
 fn ip_row<'a>(rows: &'a [Value], ip: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["ip"] == ip)
-}
-
-async fn token_json(gw: &TestGateway, name: &str) -> Value {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}"), None)
-        .await;
-    r.expect(200, None);
-    r.json()
 }
 
 async fn deactivate(gw: &TestGateway, name: &str) {
@@ -505,7 +485,7 @@ async fn blocked_ip_is_403_and_counted_in_denied() {
     gw.get("/sd/x", Some(&a))
         .await
         .expect(403, Some("ip_blocked"));
-    let rows = ips(&gw, "by-ip").await;
+    let rows = gw.ips("by-ip").await;
     let row = ip_row(&rows, "127.0.0.1").unwrap_or_else(|| panic!("no 127.0.0.1 row: {rows:?}"));
     assert_eq!(row["denied"], 1, "{rows:?}");
     assert_eq!(row["requests"], 0, "{rows:?}");
@@ -519,7 +499,7 @@ async fn blocked_ip_is_403_and_counted_in_denied() {
     gw.get("/sd/y", Some(&b))
         .await
         .expect(403, Some("ip_blocked"));
-    let rows = ips(&gw, "by-cidr").await;
+    let rows = gw.ips("by-cidr").await;
     assert!(
         ip_row(&rows, "127.0.0.0/8").is_some(),
         "the CIDR entry is its own row: {rows:?}"
@@ -1028,7 +1008,7 @@ async fn forwarding_headers_from_an_untrusted_peer_are_dropped() {
         "{seen:?}"
     );
     // What is recorded is the peer, not the claim.
-    let rows = ips(&gw, "t").await;
+    let rows = gw.ips("t").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ip"], "127.0.0.1", "{rows:?}");
     // And the claim cannot dodge a block of the peer, nor trigger a block of the claimed IP.
@@ -1067,7 +1047,7 @@ async fn client_ip_from_a_trusted_peer_is_the_rightmost_untrusted_xff_entry() {
     .await
     .expect(200, None);
 
-    let rows = ips(&gw, "t").await;
+    let rows = gw.ips("t").await;
     let row =
         ip_row(&rows, "203.0.113.9").unwrap_or_else(|| panic!("no 203.0.113.9 row: {rows:?}"));
     assert_eq!(row["requests"], 1, "{rows:?}");
@@ -1124,7 +1104,7 @@ async fn client_ip_from_a_trusted_peer_is_the_rightmost_untrusted_xff_entry() {
     .expect(200, None);
     // No header: the trusted peer itself is the client.
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);
-    let rows = ips(&gw, "t").await;
+    let rows = gw.ips("t").await;
     let row = ip_row(&rows, "203.0.113.9").unwrap();
     assert_eq!(row["requests"], 1, "{rows:?}");
     assert_eq!(row["denied"], 3, "{rows:?}");
@@ -1184,8 +1164,8 @@ async fn usage_counts_only_forwarded_requests() {
         .start()
         .await;
     let (secret, _) = gw.create_token("t", &[SD]).await;
-    assert_eq!(token_json(&gw, "t").await["last_used_at"], Value::Null);
-    assert!(ips(&gw, "t").await.is_empty());
+    assert_eq!(gw.token("t").await["last_used_at"], Value::Null);
+    assert!(gw.ips("t").await.is_empty());
 
     gw.get("/sd/a", Some(&secret)).await.expect(200, None);
     gw.clock.advance(Duration::from_secs(10));
@@ -1194,7 +1174,7 @@ async fn usage_counts_only_forwarded_requests() {
     gw.get("/sd/status/500", Some(&secret))
         .await
         .expect(500, None);
-    let rows = ips(&gw, "t").await;
+    let rows = gw.ips("t").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
     assert_eq!(row["ip"], "127.0.0.1", "{rows:?}");
@@ -1211,7 +1191,7 @@ async fn usage_counts_only_forwarded_requests() {
         .to_string();
     assert!(first.ends_with('Z') && last.ends_with('Z'), "{rows:?}");
     assert!(first < last, "first {first} < last {last}");
-    let tok = token_json(&gw, "t").await;
+    let tok = gw.token("t").await;
     assert_eq!(tok["last_used_at"], last.as_str(), "{tok}");
 
     // Refusals are not uses.
@@ -1232,11 +1212,11 @@ async fn usage_counts_only_forwarded_requests() {
     gw.get("/sd/x", Some(&secret))
         .await
         .expect(403, Some("token_inactive"));
-    let rows = ips(&gw, "t").await;
+    let rows = gw.ips("t").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["requests"], 3, "{rows:?}");
     assert_eq!(rows[0]["last_used_at"], last.as_str(), "{rows:?}");
-    assert_eq!(token_json(&gw, "t").await["last_used_at"], last.as_str());
+    assert_eq!(gw.token("t").await["last_used_at"], last.as_str());
     assert_eq!(sd.count(), 3);
     assert_eq!(feeds.count(), 0);
 }
@@ -1260,7 +1240,7 @@ async fn idle_tokens_are_refused_and_refusals_never_keep_them_alive() {
     gw.get("/sd/x", Some(&refused))
         .await
         .expect(403, Some("token_inactive"));
-    let tok = token_json(&gw, "refused").await;
+    let tok = gw.token("refused").await;
     assert_eq!(
         (&tok["status"], &tok["inactive_reason"]),
         (&json!("inactive"), &json!("idle")),

@@ -118,14 +118,6 @@ fn names(v: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
-async fn ips(gw: &TestGateway, name: &str) -> Vec<Value> {
-    let r = gw
-        .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
-        .await;
-    r.expect(200, None);
-    r.json()["ips"].as_array().cloned().unwrap_or_default()
-}
-
 #[track_caller]
 fn row<'a>(rows: &'a [Value], ip: &str) -> &'a Value {
     rows.iter()
@@ -365,7 +357,7 @@ async fn blocks_cover_ips_and_cidrs_and_unblocking_a_covered_ip_is_409(b: Backen
     let r = ip_op(&gw, "feed", "unblock", &["127.0.0.2"]).await;
     r.expect(409, Some("blocked_by_cidr"));
     assert!(r.text().contains("127.0.0.0/8"), "{r}");
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     assert_eq!(row(&rows, "127.0.0.2")["denied"], 1, "{rows:?}");
     assert_eq!(row(&rows, "127.0.0.3")["denied"], 1, "{rows:?}");
 
@@ -375,7 +367,7 @@ async fn blocks_cover_ips_and_cidrs_and_unblocking_a_covered_ip_is_409(b: Backen
     get_from(&gw, "127.0.0.2", "/sd/a", &secret)
         .await
         .expect(200, None);
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     assert!(rows.iter().all(|r| r["blocked"] == false), "{rows:?}");
     let listed: BTreeSet<&str> = rows.iter().filter_map(|r| r["ip"].as_str()).collect();
     assert_eq!(
@@ -411,7 +403,7 @@ async fn usage_sums_across_flushes_and_evicts_the_least_recently_used(b: Backend
         .await
         .expect(200, None);
     g.usage.flush(g.store.as_ref()).await.expect("flush");
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     let r2 = row(&rows, "127.0.0.2");
     assert_eq!(r2["requests"], 3, "{r2}");
     assert_eq!(r2["first_used_at"], rfc(t0), "{r2}");
@@ -426,7 +418,7 @@ async fn usage_sums_across_flushes_and_evicts_the_least_recently_used(b: Backend
         .await
         .expect(200, None);
     g.usage.flush(g.store.as_ref()).await.expect("flush");
-    let rows = ips(&gw, "feed").await;
+    let rows = gw.ips("feed").await;
     let listed: Vec<&str> = rows.iter().filter_map(|r| r["ip"].as_str()).collect();
     assert_eq!(listed, ["127.0.0.4", "127.0.0.3", "127.0.0.9"], "{rows:?}");
     let t = gw.admin(Method::GET, "/v1/tokens/feed", None).await.json();
@@ -597,7 +589,7 @@ async fn a_deleted_name_can_be_reused_by_a_new_token(b: Backend) {
     gw.get("/feeds/a", Some(&new_secret))
         .await
         .expect(200, None);
-    let rows = ips(&gw, "reuse-me").await;
+    let rows = gw.ips("reuse-me").await;
     assert!(
         rows.iter()
             .all(|r| r["ip"] != "127.0.0.5" && r["ip"] != "192.0.2.1"),

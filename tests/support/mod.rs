@@ -273,6 +273,27 @@ impl TestGateway {
         send(&self.http, b.body(Full::new(bytes)).unwrap()).await
     }
 
+    /// `GET /v1/tokens/{name}` (200 expected): the token object.
+    pub async fn token(&self, name: &str) -> Value {
+        let r = self
+            .admin(Method::GET, &format!("/v1/tokens/{name}"), None)
+            .await;
+        r.expect(200, None);
+        r.json()
+    }
+
+    /// `GET /v1/tokens/{name}/ips` (200 expected; flushes pending usage first): the rows.
+    pub async fn ips(&self, name: &str) -> Vec<Value> {
+        let r = self
+            .admin(Method::GET, &format!("/v1/tokens/{name}/ips"), None)
+            .await;
+        r.expect(200, None);
+        r.json()["ips"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no ips list: {r}"))
+    }
+
     /// Creates a token through the admin API; returns (secret, token JSON).
     pub async fn create_token(&self, name: &str, access: &[&str]) -> (String, Value) {
         let r = self
