@@ -3,7 +3,6 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokengate::clock::Timestamp;
@@ -73,20 +72,20 @@ fn tokens(c: &mut Criterion) {
 
 fn usage(c: &mut Criterion) {
     let rec = UsageRecorder::new(10_000);
-    let id: Arc<str> = Arc::from("00000000-0000-4000-8000-000000000001");
+    let id = uuid::Uuid::from_u128(1);
     let one: IpAddr = "192.0.2.1".parse().unwrap();
     let many: Vec<IpAddr> = (0..10_000u32)
         .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))
         .collect();
     let mut g = c.benchmark_group("usage");
     g.bench_function("record_one_ip", |b| {
-        b.iter(|| rec.record_use(&id, black_box(one), Timestamp(1)))
+        b.iter(|| rec.record_use(id, black_box(one), Timestamp(1)))
     });
     let mut i = 0usize;
     g.bench_function("record_10k_ips", |b| {
         b.iter(|| {
             i = (i + 1) % many.len();
-            rec.record_use(&id, black_box(many[i]), Timestamp(1))
+            rec.record_use(id, black_box(many[i]), Timestamp(1))
         })
     });
     g.finish();

@@ -3,7 +3,8 @@
 //!
 //!     cargo run --release --example seed_tokens -- /tmp/tg-scale/tokengate.db 1000000
 //!
-//! Prints one valid secret (of the last token, `scale-N`) on stdout, for the first request.
+//! Prints two valid secrets (of the last two tokens) on stdout, one per line: the first
+//! request after start-up, then a cold token over a warm upstream connection.
 
 use std::path::PathBuf;
 
@@ -29,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")?;
     let now = SystemClock.now().millis();
     let tx = conn.transaction()?;
-    let mut last = None;
+    let mut secrets = Vec::new();
     {
         let mut stmt = tx.prepare(
             "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
@@ -39,10 +40,10 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..n {
             // Real secrets for a few, cheap distinct hashes for the rest: the index does not care.
             let name = format!("scale-{i}");
-            let hash = if i + 1 == n {
+            let hash = if i + 2 >= n {
                 let s = Secret::generate();
                 let h = s.hash();
-                last = Some(s);
+                secrets.push(s);
                 *h.as_bytes()
             } else {
                 *blake3::hash(name.as_bytes()).as_bytes()
@@ -56,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tx.commit()?;
-    if let Some(s) = last {
+    for s in secrets {
         println!("{}", s.expose());
     }
     Ok(())

@@ -3,50 +3,64 @@
 //! Every token the store holds is here (loaded at start-up, kept current after each admin
 //! mutation by [`TokenIndex::refresh`], and, with a shared store, after every change another
 //! instance commits, through [`IndexFollower`]). So a request is decided entirely from memory: a hit
-//! is one hash-map lookup, and an unknown hash (however many distinct ones an attacker
+//! is one hash-table lookup, and an unknown hash (however many distinct ones an attacker
 //! sends) is refused without any store query: the index *is* the negative answer. This is a
 //! full replica rather than a bounded cache on purpose: a bounded cache would need a store
-//! round trip for every distinct unknown secret. Memory is about 200 bytes per token.
+//! round trip for every distinct unknown secret.
+//!
+//! Memory is the constraint at scale (a million tokens must fit in a few hundred MiB), so a
+//! token is one 160-byte allocation plus its name, and the two tables (by secret hash, by id)
+//! hold only a pointer per slot: the key is read from the token itself (`hashbrown::HashTable`).
+//! The identity headers are built on a token's first forwarded request, not for every token
+//! at load. About 220 bytes per token in all (BENCHMARKS.md).
 //!
 //! The index decides nothing (that is [`crate::policy`]) and never writes to the store.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use dashmap::DashMap;
+use hashbrown::HashTable;
 use http::HeaderValue;
+use uuid::Uuid;
 
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
-use crate::store::{ChangeSink, InactiveReason, Status, Store, StoreResult, TokenWithBlocks};
-use crate::token::{Access, BuildPrefixHasher, SecretHash};
+use crate::store::{
+    ChangeSink, InactiveReason, Status, Store, StoreResult, TokenRecord, TokenWithBlocks,
+};
+use crate::token::{Access, SecretHash};
 
-/// What the proxy needs to know about one token, ready to use: the identity header values
-/// are built once here, not per request.
+/// What the proxy needs to know about one token.
 #[derive(Debug)]
 pub struct TokenState {
-    pub id: Arc<str>,
+    pub hash: SecretHash,
+    pub id: Uuid,
     pub name: Box<str>,
-    pub access: Access,
-    pub status: Status,
-    pub inactive_reason: Option<InactiveReason>,
+    pub blocks: Box<[BlockEntry]>,
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     /// Latest use known to this instance, in ms (0 = never): the store's `last_used_at`
-    /// raised by local uses not flushed yet. Shared across refreshes of the same token.
-    pub last_used: Arc<AtomicI64>,
-    pub blocks: Box<[BlockEntry]>,
-    pub header_name: HeaderValue,
-    pub header_id: HeaderValue,
-    pub header_access: HeaderValue,
+    /// raised by local uses not flushed yet. Carried over when the token is refreshed.
+    last_used: AtomicI64,
     /// When the proxy last re-read this token's last use from the store (ms, gateway clock):
     /// an idle token is re-checked at most once a second, however many requests it gets.
     pub rechecked_at: AtomicI64,
+    identity: OnceLock<Box<Identity>>,
+    pub access: Access,
+    pub status: Status,
+    pub inactive_reason: Option<InactiveReason>,
 }
 
-/// The `x-tokengate-access` value: one of three static strings, so a million tokens do not
-/// hold a million copies of it.
-fn access_header(a: Access) -> HeaderValue {
+/// The identity header values sent upstream, built once per token (on first use).
+#[derive(Debug)]
+pub struct Identity {
+    pub name: HeaderValue,
+    pub id: HeaderValue,
+}
+
+/// The `x-tokengate-access` value: one of three static strings, nothing per token.
+pub fn access_header(a: Access) -> HeaderValue {
     match (
         a.contains(Access::SECURITY_DIRECTOR),
         a.contains(Access::THIRD_PARTY_FEEDS),
@@ -58,31 +72,54 @@ fn access_header(a: Access) -> HeaderValue {
     }
 }
 
+/// A stored id as the index keeps it. Ids are UUIDs in their lower-case hyphenated form
+/// (the admin API creates them so); anything else can only come from an edited database.
+pub fn parse_id(s: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(s).ok()?;
+    let mut buf = Uuid::encode_buffer();
+    (id.hyphenated().encode_lower(&mut buf) == s).then_some(id)
+}
+
 impl TokenState {
-    fn from_record(t: TokenWithBlocks, last_used: Arc<AtomicI64>) -> TokenState {
-        let r = t.token;
-        if let Some(l) = r.last_used_at {
-            last_used.fetch_max(l.0, Ordering::Relaxed);
-        }
-        // Names are [A-Za-z0-9-] and ids are UUIDs (validated before they were stored), so
-        // these are valid header values; fall back to a placeholder rather than panic if a
-        // tampered database says otherwise.
-        let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid"));
-        TokenState {
-            header_name: hv(&r.name),
-            header_id: hv(&r.id),
-            header_access: access_header(r.access),
-            id: Arc::from(r.id.as_str()),
+    fn from_record(t: TokenWithBlocks) -> Option<TokenState> {
+        let r: TokenRecord = t.token;
+        let Some(id) = parse_id(&r.id) else {
+            tracing::error!(id = %r.id, "a stored token id is not a canonical UUID; token ignored (refused)");
+            return None;
+        };
+        Some(TokenState {
+            hash: r.secret_hash,
+            id,
             name: r.name.into_boxed_str(),
+            blocks: t.blocks.into_boxed_slice(),
+            created_at: r.created_at,
+            activated_at: r.activated_at,
+            last_used: AtomicI64::new(r.last_used_at.map_or(0, |t| t.0)),
+            rechecked_at: AtomicI64::new(i64::MIN / 2),
+            identity: OnceLock::new(),
             access: r.access,
             status: r.status,
             inactive_reason: r.inactive_reason,
-            created_at: r.created_at,
-            activated_at: r.activated_at,
-            last_used,
-            blocks: t.blocks.into_boxed_slice(),
-            rechecked_at: AtomicI64::new(i64::MIN / 2),
-        }
+        })
+    }
+
+    /// The identity header values (built on first use, then shared by every request).
+    pub fn identity(&self) -> &Identity {
+        self.identity.get_or_init(|| {
+            // Names are [A-Za-z0-9-] (validated before they were stored), so this is a valid
+            // header value; fall back to a placeholder rather than panic on an edited database.
+            let name =
+                HeaderValue::from_str(&self.name).unwrap_or(HeaderValue::from_static("invalid"));
+            let mut buf = Uuid::encode_buffer();
+            let id = HeaderValue::from_str(self.id.hyphenated().encode_lower(&mut buf))
+                .unwrap_or(HeaderValue::from_static("invalid"));
+            Box::new(Identity { name, id })
+        })
+    }
+
+    /// The id as the store spells it.
+    pub fn id_string(&self) -> String {
+        self.id.hyphenated().to_string()
     }
 
     /// The latest use known here, if any.
@@ -99,10 +136,94 @@ impl TokenState {
     }
 }
 
-/// All tokens by secret hash, plus id → hash so a refresh can find the entry to replace.
+/// Shards per table: writers (refreshes, the start-up load) lock one shard at a time.
+const SHARDS: usize = 16;
+
+/// Shard from bits 32..36 of a table hash: hashbrown takes the bucket from the low bits and
+/// the control byte from the top 7, so the shard choice must use neither.
+fn shard_of(h: u64) -> usize {
+    ((h >> 32) as usize) & (SHARDS - 1)
+}
+
+/// A sharded table of tokens whose key is read from the token itself: one pointer per slot.
+struct Table {
+    shards: Box<[RwLock<HashTable<Arc<TokenState>>>]>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+        }
+    }
+
+    fn read(&self, h: u64) -> RwLockReadGuard<'_, HashTable<Arc<TokenState>>> {
+        // A panic while a shard was locked cannot leave a half-written table (every write
+        // is one hashbrown call), so a poisoned lock is safe to keep using.
+        self.shards[shard_of(h)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, h: u64) -> RwLockWriteGuard<'_, HashTable<Arc<TokenState>>> {
+        self.shards[shard_of(h)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find(&self, h: u64, eq: impl Fn(&TokenState) -> bool) -> Option<Arc<TokenState>> {
+        self.read(h).find(h, |t| eq(t)).cloned()
+    }
+
+    /// Inserts `t`, replacing the entry `eq` matches; returns the replaced one.
+    fn insert(
+        &self,
+        h: u64,
+        t: Arc<TokenState>,
+        eq: impl Fn(&TokenState) -> bool,
+        rehash: impl Fn(&TokenState) -> u64,
+    ) -> Option<Arc<TokenState>> {
+        match self.write(h).entry(h, |x| eq(x), |x| rehash(x)) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(o.get_mut(), t))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(t);
+                None
+            }
+        }
+    }
+
+    fn remove(&self, h: u64, eq: impl Fn(&TokenState) -> bool) -> Option<Arc<TokenState>> {
+        match self.write(h).find_entry(h, |x| eq(x)) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// Visits every token, one shard (read-locked) at a time.
+    fn for_each(&self, mut f: impl FnMut(&Arc<TokenState>)) {
+        for s in self.shards.iter() {
+            for t in s.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                f(t);
+            }
+        }
+    }
+}
+
+/// All tokens by secret hash, and by id so a refresh can find the entry to replace.
 pub struct TokenIndex {
-    by_hash: DashMap<SecretHash, Arc<TokenState>, BuildPrefixHasher>,
-    hash_by_id: DashMap<Arc<str>, SecretHash>,
+    by_hash: Table,
+    by_id: Table,
+    /// Ids are not uniform hashes (a ULID or a sequence would do), so they get a keyed hash.
+    id_hasher: RandomState,
     /// Serialises refreshes, so two admin changes to one token apply in commit order.
     refresh_lock: tokio::sync::Mutex<()>,
 }
@@ -110,78 +231,138 @@ pub struct TokenIndex {
 impl Default for TokenIndex {
     fn default() -> Self {
         TokenIndex {
-            by_hash: DashMap::with_hasher(BuildPrefixHasher::default()),
-            hash_by_id: DashMap::new(),
+            by_hash: Table::new(),
+            by_id: Table::new(),
+            id_hasher: RandomState::new(),
             refresh_lock: tokio::sync::Mutex::new(()),
         }
     }
 }
 
+/// Tokens per batch when streaming the whole store into memory.
+pub const LOAD_BATCH: usize = 4096;
+
 impl TokenIndex {
-    /// Loads every token from the store.
+    /// Loads every token from the store, streamed in batches: memory holds one batch of
+    /// store records at a time besides the index, never the whole table twice.
     pub async fn load(store: &dyn Store) -> StoreResult<TokenIndex> {
         let index = TokenIndex::default();
-        for t in store.load_all().await? {
-            index.upsert(t);
-        }
+        index.stream_from(store, |_| {}).await?;
         Ok(index)
     }
 
-    /// The hot-path lookup: one hash-map read, no allocation, no await.
-    pub fn get(&self, hash: &SecretHash) -> Option<Arc<TokenState>> {
-        self.by_hash.get(hash).map(|e| e.value().clone())
+    async fn stream_from(
+        &self,
+        store: &dyn Store,
+        mut seen: impl FnMut(Uuid),
+    ) -> StoreResult<usize> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TokenWithBlocks>>(2);
+        let mut n = 0;
+        let apply = async {
+            while let Some(batch) = rx.recv().await {
+                for t in batch {
+                    if let Some(id) = self.upsert(t) {
+                        seen(id);
+                        n += 1;
+                    }
+                }
+            }
+        };
+        let (loaded, ()) = tokio::join!(store.load_all(tx), apply);
+        loaded.map(|()| n)
     }
 
+    fn hash_key(h: &SecretHash) -> u64 {
+        h.prefix()
+    }
+
+    fn id_key(&self, id: &Uuid) -> u64 {
+        self.id_hasher.hash_one(id)
+    }
+
+    /// The hot-path lookup: one shard read lock, one probe, no allocation, no await.
+    pub fn get(&self, hash: &SecretHash) -> Option<Arc<TokenState>> {
+        self.by_hash.find(Self::hash_key(hash), |t| t.hash == *hash)
+    }
+
+    /// By stored id (admin views, tests).
     pub fn get_by_id(&self, id: &str) -> Option<Arc<TokenState>> {
-        let hash = *self.hash_by_id.get(id)?.value();
-        self.get(&hash)
+        self.get_by_uuid(parse_id(id)?)
+    }
+
+    pub fn get_by_uuid(&self, id: Uuid) -> Option<Arc<TokenState>> {
+        self.by_id.find(self.id_key(&id), |t| t.id == id)
     }
 
     /// Ids of the tokens this instance saw used after `since` (memory only, so it
     /// includes uses not flushed yet). The sweep leaves these alone.
     pub fn used_since(&self, since: Timestamp) -> Vec<String> {
-        self.by_hash
-            .iter()
-            .filter(|e| e.value().last_used.load(Ordering::Relaxed) > since.0)
-            .map(|e| e.value().id.to_string())
-            .collect()
+        let mut out = Vec::new();
+        self.by_id.for_each(|t| {
+            if t.last_used.load(Ordering::Relaxed) > since.0 {
+                out.push(t.id_string());
+            }
+        });
+        out
     }
 
     /// Every token's state (metrics, the sweep). A snapshot: entries change concurrently.
     pub fn snapshot(&self) -> Vec<Arc<TokenState>> {
-        self.by_hash.iter().map(|e| e.value().clone()).collect()
+        let mut out = Vec::with_capacity(self.len());
+        self.by_id.for_each(|t| out.push(t.clone()));
+        out
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.len() == 0
     }
 
-    /// Adds or replaces one token (start-up load, refresh; benches seed with it).
-    pub fn upsert(&self, t: TokenWithBlocks) {
-        let hash = t.token.secret_hash;
-        let id: Arc<str> = Arc::from(t.token.id.as_str());
-        // Keep the last-use counter of the previous version of this token.
-        let previous = self.hash_by_id.get(&id).map(|e| *e.value());
-        let last_used = previous
-            .and_then(|h| self.by_hash.get(&h).map(|s| s.last_used.clone()))
-            .unwrap_or_default();
-        let state = Arc::new(TokenState::from_record(t, last_used));
-        // Insert the new hash before removing the old one, so there is no instant at which
-        // the token is unknown (a regenerate removes the old hash right after).
-        self.by_hash.insert(hash, state);
-        if let Some(old) = previous.filter(|old| *old != hash) {
-            self.by_hash.remove(&old);
+    /// Adds or replaces one token (start-up load, refresh; benches seed with it). Returns
+    /// its id, or `None` if the record was refused (an id that is not a UUID).
+    pub fn upsert(&self, t: TokenWithBlocks) -> Option<Uuid> {
+        let state = Arc::new(TokenState::from_record(t)?);
+        let id = state.id;
+        let idk = self.id_key(&id);
+        let hk = Self::hash_key(&state.hash);
+        let previous = self.by_id.find(idk, |x| x.id == id);
+        if let Some(p) = &previous {
+            state.touch(Timestamp(p.last_used.load(Ordering::Relaxed)));
         }
-        self.hash_by_id.insert(id, hash);
+        // Insert under the new hash before removing the old one, so there is no instant at
+        // which the token is unknown (a regenerate removes the old hash right after).
+        let hash = state.hash;
+        self.by_hash.insert(
+            hk,
+            state.clone(),
+            |x| x.hash == hash,
+            |x| Self::hash_key(&x.hash),
+        );
+        let hasher = &self.id_hasher;
+        self.by_id.insert(
+            idk,
+            state.clone(),
+            |x| x.id == id,
+            |x| hasher.hash_one(x.id),
+        );
+        if let Some(p) = previous {
+            if p.hash != hash {
+                self.by_hash
+                    .remove(Self::hash_key(&p.hash), |x| std::ptr::eq(x, &*p));
+            }
+            // A request that looked up the old state may have touched it since the copy.
+            state.touch(Timestamp(p.last_used.load(Ordering::Relaxed)));
+        }
+        Some(id)
     }
 
-    fn remove(&self, id: &str) {
-        if let Some((_, hash)) = self.hash_by_id.remove(id) {
-            self.by_hash.remove(&hash);
+    fn remove(&self, id: Uuid) {
+        if let Some(t) = self.by_id.remove(self.id_key(&id), |x| x.id == id) {
+            self.by_hash
+                .remove(Self::hash_key(&t.hash), |x| std::ptr::eq(x, &*t));
         }
     }
 
@@ -190,8 +371,14 @@ impl TokenIndex {
     pub async fn refresh(&self, store: &dyn Store, id: &str) -> StoreResult<()> {
         let _serial = self.refresh_lock.lock().await;
         match store.token_by_id(id).await? {
-            Some(t) => self.upsert(t),
-            None => self.remove(id),
+            Some(t) => {
+                self.upsert(t);
+            }
+            None => {
+                if let Some(id) = parse_id(id) {
+                    self.remove(id);
+                }
+            }
         }
         Ok(())
     }
@@ -199,7 +386,9 @@ impl TokenIndex {
     /// Drops a token from memory without a store read (after a delete).
     pub async fn forget(&self, id: &str) {
         let _serial = self.refresh_lock.lock().await;
-        self.remove(id);
+        if let Some(id) = parse_id(id) {
+            self.remove(id);
+        }
     }
 
     /// Re-reads every token and drops the ones the store no longer has (a shared store after
@@ -207,21 +396,20 @@ impl TokenIndex {
     /// after taking the lock, so the result is never older than what memory held.
     pub async fn reload(&self, store: &dyn Store) -> StoreResult<usize> {
         let _serial = self.refresh_lock.lock().await;
-        let all = store.load_all().await?;
-        let live: std::collections::HashSet<Arc<str>> =
-            all.iter().map(|t| Arc::from(t.token.id.as_str())).collect();
-        let n = all.len();
-        for t in all {
-            self.upsert(t);
-        }
-        let gone: Vec<Arc<str>> = self
-            .hash_by_id
-            .iter()
-            .filter(|e| !live.contains(e.key()))
-            .map(|e| e.key().clone())
-            .collect();
+        let mut live = std::collections::HashSet::new();
+        let n = self
+            .stream_from(store, |id| {
+                live.insert(id);
+            })
+            .await?;
+        let mut gone = Vec::new();
+        self.by_id.for_each(|t| {
+            if !live.contains(&t.id) {
+                gone.push(t.id);
+            }
+        });
         for id in gone {
-            self.remove(&id);
+            self.remove(id);
         }
         Ok(n)
     }
@@ -253,11 +441,83 @@ impl ChangeSink for IndexFollower {
 mod tests {
     use super::*;
 
+    fn record(id: &str, name: &str, hash: SecretHash) -> TokenWithBlocks {
+        TokenWithBlocks {
+            token: TokenRecord {
+                id: id.to_string(),
+                name: name.to_string(),
+                description: None,
+                access: Access::SECURITY_DIRECTOR,
+                secret_hash: hash,
+                status: Status::Active,
+                inactive_reason: None,
+                created_at: Timestamp(1_000),
+                activated_at: None,
+                deactivated_at: None,
+                last_used_at: Some(Timestamp(5_000)),
+                version: 1,
+            },
+            blocks: Vec::new(),
+        }
+    }
+
+    const ID: &str = "6f1c1d2e-8b3a-4c5d-9e7f-0a1b2c3d4e5f";
+
     #[test]
     fn access_header_matches_the_joined_names() {
         for bits in 0..4u8 {
             let a = Access::from_bits(bits);
             assert_eq!(access_header(a), a.joined().as_str());
         }
+    }
+
+    #[test]
+    fn only_canonical_uuids_are_ids() {
+        assert!(parse_id(ID).is_some());
+        assert!(parse_id(&ID.to_uppercase()).is_none());
+        assert!(parse_id(&ID.replace('-', "")).is_none());
+        assert!(parse_id("t1").is_none());
+        let index = TokenIndex::default();
+        assert_eq!(index.upsert(record("t1", "a", SecretHash::of(b"a"))), None);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_new_hash_replaces_the_old_and_keeps_the_last_use() {
+        let index = TokenIndex::default();
+        let (a, b) = (SecretHash::of(b"a"), SecretHash::of(b"b"));
+        index.upsert(record(ID, "one", a));
+        let first = index.get(&a).expect("found by hash");
+        assert_eq!(first.identity().name, "one");
+        assert_eq!(first.identity().id, ID);
+        first.touch(Timestamp(9_000));
+        // Same id, new secret (a regenerate): the old hash is gone, the use is kept.
+        index.upsert(record(ID, "one", b));
+        assert!(index.get(&a).is_none());
+        let second = index.get(&b).expect("found by the new hash");
+        assert_eq!(second.last_used_at(), Some(Timestamp(9_000)));
+        assert!(Arc::ptr_eq(&second, &index.get_by_id(ID).unwrap()));
+        assert_eq!(index.len(), 1);
+        index.remove(second.id);
+        assert!(index.get(&b).is_none() && index.get_by_id(ID).is_none() && index.is_empty());
+    }
+
+    #[test]
+    fn many_tokens_are_all_found_and_unknown_hashes_are_not() {
+        let index = TokenIndex::default();
+        for i in 0..10_000u32 {
+            let id = format!("00000000-0000-4000-8000-{i:012}");
+            index.upsert(record(&id, "t", SecretHash::of(&i.to_le_bytes())));
+        }
+        assert_eq!(index.len(), 10_000);
+        for i in 0..10_000u32 {
+            let t = index
+                .get(&SecretHash::of(&i.to_le_bytes()))
+                .expect("present");
+            assert_eq!(t.id_string(), format!("00000000-0000-4000-8000-{i:012}"));
+        }
+        assert!(index.get(&SecretHash::of(b"unknown")).is_none());
+        assert_eq!(index.used_since(Timestamp(4_999)).len(), 10_000);
+        assert!(index.used_since(Timestamp(5_000)).is_empty());
     }
 }

@@ -131,6 +131,13 @@ impl SecretHash {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The first 8 bytes: already a uniform hash, so it is the table hash as it is.
+    pub fn prefix(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(b)
+    }
 }
 
 impl PartialEq for SecretHash {
@@ -144,9 +151,7 @@ impl Hash for SecretHash {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // The value is already a uniform cryptographic hash: its first 8 bytes are as good a
         // table hash as any, and with `PrefixHasher` no second hash is computed.
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(b));
+        state.write_u64(self.prefix());
     }
 }
 

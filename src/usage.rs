@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use uuid::Uuid;
 
 use crate::clock::Timestamp;
 use crate::store::{Store, StoreResult, UsageDelta};
@@ -41,7 +42,7 @@ impl Counters {
 }
 
 pub struct UsageRecorder {
-    pending: DashMap<(Arc<str>, IpAddr), Counters>,
+    pending: DashMap<(Uuid, IpAddr), Counters>,
     dropped: AtomicU64,
     flush_errors: AtomicU64,
     max_ips_per_token: usize,
@@ -58,7 +59,7 @@ impl UsageRecorder {
     }
 
     /// Records a forwarded request.
-    pub fn record_use(&self, token_id: &Arc<str>, ip: IpAddr, now: Timestamp) {
+    pub fn record_use(&self, token_id: Uuid, ip: IpAddr, now: Timestamp) {
         self.update(token_id, ip, |c| {
             c.requests += 1;
             if c.first_used == 0 {
@@ -69,12 +70,12 @@ impl UsageRecorder {
     }
 
     /// Records a request refused because the IP is blocked for this token.
-    pub fn record_denied(&self, token_id: &Arc<str>, ip: IpAddr) {
+    pub fn record_denied(&self, token_id: Uuid, ip: IpAddr) {
         self.update(token_id, ip, |c| c.denied += 1);
     }
 
-    fn update(&self, token_id: &Arc<str>, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
-        let key = (token_id.clone(), ip);
+    fn update(&self, token_id: Uuid, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
+        let key = (token_id, ip);
         if let Some(mut c) = self.pending.get_mut(&key) {
             f(&mut c);
             return;
@@ -104,9 +105,9 @@ impl UsageRecorder {
     /// Writes everything pending to the store. On failure the batch is merged back and the
     /// error returned; the next flush retries it.
     pub async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
-        let mut taken: Vec<((Arc<str>, IpAddr), Counters)> = Vec::new();
+        let mut taken: Vec<((Uuid, IpAddr), Counters)> = Vec::new();
         self.pending.retain(|k, v| {
-            taken.push((k.clone(), *v));
+            taken.push((*k, *v));
             false
         });
         if taken.is_empty() {
@@ -197,14 +198,14 @@ mod tests {
     #[test]
     fn aggregates_per_token_and_ip() {
         let u = UsageRecorder::new(10);
-        let t: Arc<str> = Arc::from("t1");
+        let t = Uuid::from_u128(1);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        u.record_use(&t, ip, Timestamp(10));
-        u.record_use(&t, ip, Timestamp(20));
-        u.record_denied(&t, ip);
-        u.record_use(&t, "192.0.2.2".parse().unwrap(), Timestamp(30));
+        u.record_use(t, ip, Timestamp(10));
+        u.record_use(t, ip, Timestamp(20));
+        u.record_denied(t, ip);
+        u.record_use(t, "192.0.2.2".parse().unwrap(), Timestamp(30));
         assert_eq!(u.pending(), 2);
-        let c = *u.pending.get(&(t.clone(), ip)).unwrap();
+        let c = *u.pending.get(&(t, ip)).unwrap();
         assert_eq!(
             (c.requests, c.denied, c.first_used, c.last_used),
             (2, 1, 10, 20)

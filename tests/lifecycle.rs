@@ -951,7 +951,7 @@ async fn a_use_between_the_sweeps_flush_and_its_update_is_not_lapsed() {
     let (usage, clock) = (g.usage.clone(), gw.clock.clone());
     let use_now: Box<dyn FnOnce() + Send> = Box::new(move || {
         state.touch(Timestamp(t_use));
-        usage.record_use(&state.id, "127.0.0.1".parse().unwrap(), Timestamp(t_use));
+        usage.record_use(state.id, "127.0.0.1".parse().unwrap(), Timestamp(t_use));
         clock.set(Timestamp(lapse));
     });
     let sweeper = Sweeper {

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::Clock;
-use tokengate::token::Access;
+use tokengate::token::{Access, SecretHash};
 
 const SD: &str = "security-director";
 const TPF: &str = "third-party-feeds";
@@ -101,6 +101,7 @@ suite!(
     every_change_writes_one_audit_row,
     sweeps_are_idempotent_and_write_idle_policy_rows,
     a_deleted_name_can_be_reused_by_a_new_token,
+    the_start_up_load_streams_every_token_across_batches,
 );
 
 // === helpers ===
@@ -595,4 +596,82 @@ async fn a_deleted_name_can_be_reused_by_a_new_token(b: Backend) {
             .all(|r| r["ip"] != "127.0.0.5" && r["ip"] != "192.0.2.1"),
         "the old token's IP records survived its deletion: {rows:?}"
     );
+}
+
+/// Fills the store with `n` tokens straight through SQL (the admin API would commit each
+/// one on its own); token `i` is `filler-i` with the hash of that name.
+async fn bulk_fill(b: &Backend, gw: &TestGateway, n: usize) {
+    let rows: Vec<(String, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let name = format!("filler-{i}");
+            let hash = SecretHash::of(name.as_bytes()).as_bytes().to_vec();
+            (format!("00000000-0000-4000-8000-{i:012}"), name, hash)
+        })
+        .collect();
+    let now = gw.clock.now().0;
+    match b {
+        Backend::Sqlite => {
+            let tokengate::config::StoreUrl::Sqlite(path) = &gw.config.store.url else {
+                panic!("the SQLite backend uses SQLite");
+            };
+            let mut conn = rusqlite::Connection::open(path).expect("open the store file");
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            let tx = conn.transaction().unwrap();
+            {
+                let mut stmt = tx
+                    .prepare(
+                        "INSERT INTO tokens (id, name, name_key, access, secret_hash, status,
+                            created_at, activated_at, version)
+                         VALUES (?1, ?2, ?2, 1, ?3, 'active', ?4, ?4, 1)",
+                    )
+                    .unwrap();
+                for (id, name, hash) in &rows {
+                    stmt.execute(rusqlite::params![id, name, hash, now]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        Backend::Postgres(schema) => {
+            let (ids, rest): (Vec<String>, Vec<(String, Vec<u8>)>) =
+                rows.into_iter().map(|(i, n, h)| (i, (n, h))).unzip();
+            let (names, hashes): (Vec<String>, Vec<Vec<u8>>) = rest.into_iter().unzip();
+            schema
+                .client()
+                .await
+                .execute(
+                    "INSERT INTO tokens (id, name, name_key, access, secret_hash, status,
+                        created_at, activated_at, version)
+                     SELECT id, name, name, 1, hash, 'active', $4, $4, 1
+                     FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(id, name, hash)",
+                    &[&ids, &names, &hashes, &now],
+                )
+                .await
+                .expect("bulk insert");
+        }
+    }
+}
+
+async fn the_start_up_load_streams_every_token_across_batches(b: Backend) {
+    let (mut gw, _up) = b.gateway(|_| {}).await;
+    // More than two load batches, then a real token (last in the table) with a block entry.
+    let n = 2 * tokengate::state::LOAD_BATCH + 7;
+    bulk_fill(&b, &gw, n).await;
+    let (secret, _) = gw.create_token("last", &[SD]).await;
+    ip_op(&gw, "last", "block", &["192.0.2.7"])
+        .await
+        .expect(200, None);
+    gw.restart().await;
+
+    let index = &gw.gateway().index;
+    assert_eq!(index.len(), n + 1, "every stored token is in memory");
+    for i in [0, tokengate::state::LOAD_BATCH, n - 1] {
+        let t = index
+            .get(&SecretHash::of(format!("filler-{i}").as_bytes()))
+            .unwrap_or_else(|| panic!("filler-{i} was loaded"));
+        assert_eq!(t.id_string(), format!("00000000-0000-4000-8000-{i:012}"));
+    }
+    let id = gw.token("last").await["id"].as_str().unwrap().to_string();
+    let last = index.get_by_id(&id).expect("the real token was loaded");
+    assert_eq!(last.blocks.len(), 1, "its block entry came with it");
+    gw.get("/sd/x", Some(&secret)).await.expect(200, None);
 }

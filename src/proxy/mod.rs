@@ -228,7 +228,7 @@ impl Proxy {
             return Err(ProxyError::TokenInactive);
         }
         if policy::blocked_by(&token.blocks, client_ip).is_some() {
-            self.usage.record_denied(&token.id, client_ip);
+            self.usage.record_denied(token.id, client_ip);
             return Err(ProxyError::IpBlocked);
         }
         // 10. Route, 11. access.
@@ -243,7 +243,7 @@ impl Proxy {
         }
         // Every check passed: this is a use, whatever the upstream answers.
         token.touch(now);
-        self.usage.record_use(&token.id, client_ip, now);
+        self.usage.record_use(token.id, client_ip, now);
         let upstream_path = if route.strip_prefix { m.rest } else { &path };
         let uri = upstream_uri(route, upstream_path, req.uri().query())?;
 
@@ -276,9 +276,9 @@ impl Proxy {
                 scheme: if conn.tls { "https" } else { "http" },
                 host: (!route.preserve_host).then_some(&route.host_header),
                 keep_authorization: route.forward_authorization,
-                token_name: &token.header_name,
-                token_id: &token.header_id,
-                token_access: &token.header_access,
+                token_name: &token.identity().name,
+                token_id: &token.identity().id,
+                token_access: &crate::state::access_header(token.access),
             },
         );
         parts.uri = uri;
@@ -311,7 +311,7 @@ impl Proxy {
                 index: self.index.clone(),
                 clock: self.clock.clone(),
                 lifecycle: self.lifecycle,
-                token_id: token.id.clone(),
+                token_id: token.id,
                 client_ip,
                 access: route.access,
                 idle: self.cfg.idle_timeout,
@@ -358,7 +358,8 @@ impl Proxy {
         {
             return Ok(self.status_at(token, now));
         }
-        let read = tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(&token.id)).await;
+        let read =
+            tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(&token.id_string())).await;
         match read {
             Ok(Ok(Some(t))) => {
                 if let Some(used) = t.token.last_used_at {
@@ -464,7 +465,7 @@ struct TunnelWatch {
     index: Arc<TokenIndex>,
     clock: SharedClock,
     lifecycle: LifecycleConfig,
-    token_id: Arc<str>,
+    token_id: uuid::Uuid,
     client_ip: IpAddr,
     access: Access,
     idle: Duration,
@@ -472,7 +473,7 @@ struct TunnelWatch {
 
 impl TunnelWatch {
     fn still_allowed(&self) -> bool {
-        let Some(t) = self.index.get_by_id(&self.token_id) else {
+        let Some(t) = self.index.get_by_uuid(self.token_id) else {
             return false;
         };
         let since = policy::idle_start(t.created_at, t.activated_at, t.last_used_at());

@@ -213,6 +213,9 @@ impl StoreHealth {
     }
 }
 
+/// Where [`Store::load_all`] sends its batches.
+pub type TokenSink = tokio::sync::mpsc::Sender<Vec<TokenWithBlocks>>;
+
 /// Where a shared store delivers changes committed by any instance (including this one).
 #[async_trait]
 pub trait ChangeSink: Send + Sync + 'static {
@@ -226,8 +229,11 @@ pub trait ChangeSink: Send + Sync + 'static {
 /// the work runs to completion (or rolls back) even if the awaiting future is dropped.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Every token with its block entries (start-up load of the in-memory index).
-    async fn load_all(&self) -> StoreResult<Vec<TokenWithBlocks>>;
+    /// Every token with its block entries (start-up load of the in-memory index), sent to
+    /// `sink` in batches of at most [`crate::state::LOAD_BATCH`], so that a million tokens
+    /// never sit in memory as store records all at once. A batch may be sent again if the
+    /// read is retried (applying a batch is idempotent). Stops with an error if `sink` closes.
+    async fn load_all(&self, sink: TokenSink) -> StoreResult<()>;
     async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>>;
     /// Lookup by the case-folded name.
     async fn token_by_name(&self, name_key: &str) -> StoreResult<Option<TokenRecord>>;

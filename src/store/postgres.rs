@@ -38,6 +38,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
 
 use super::*;
 use crate::clock::SharedClock;
+use crate::state::LOAD_BATCH;
 
 /// Versioned migrations, applied in order at open, all in one transaction under the
 /// migration lock. `name_key` and `entry` use the "C" collation so that ordering and paging
@@ -833,16 +834,38 @@ async fn trim_ips(tx: &Transaction<'_>, token_id: &str, max_ips: usize) -> Resul
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn load_all(&self) -> StoreResult<Vec<TokenWithBlocks>> {
-        self.run((), |i, _| async move {
-            let c = i.client().await?;
-            let rows = c
-                .query(
-                    &format!("SELECT {TOKEN_COLUMNS}, {BLOCKS_COLUMN} FROM tokens t"),
-                    &[],
-                )
+    async fn load_all(&self, sink: TokenSink) -> StoreResult<()> {
+        self.run(sink, |i, sink| async move {
+            let mut c = i.client().await?;
+            // A portal in a read-only transaction: rows arrive LOAD_BATCH at a time instead
+            // of the whole table in one result.
+            let tx = c
+                .build_transaction()
+                .read_only(true)
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
                 .await?;
-            rows.iter().map(token_with_blocks).collect()
+            let stmt = tx
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS}, {BLOCKS_COLUMN} FROM tokens t"
+                ))
+                .await?;
+            let portal = tx.bind(&stmt, &[]).await?;
+            loop {
+                let rows = tx.query_portal(&portal, LOAD_BATCH as i32).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                let batch = rows
+                    .iter()
+                    .map(token_with_blocks)
+                    .collect::<Result<Vec<_>, Fail>>()?;
+                sink.send(batch)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the token load was abandoned".into()))?;
+            }
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::*;
+use crate::state::LOAD_BATCH;
 
 /// Versioned migrations, applied in order at open, each in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -252,8 +253,8 @@ const IDLE_START: &str = "max(created_at, coalesce(activated_at, 0), coalesce(la
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load_all(&self) -> StoreResult<Vec<TokenWithBlocks>> {
-        self.run(|conn| {
+    async fn load_all(&self, sink: TokenSink) -> StoreResult<()> {
+        self.run(move |conn| {
             let mut blocks: HashMap<String, Vec<BlockEntry>> = HashMap::new();
             {
                 let mut stmt = conn
@@ -272,13 +273,22 @@ impl Store for SqliteStore {
                 .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
                 .map_err(unavailable)?;
             let rows = stmt.query_map([], token_from_row).map_err(unavailable)?;
-            let mut out = Vec::new();
+            let closed = || StoreError::Unavailable("the token load was abandoned".into());
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
             for r in rows {
                 let token = r.map_err(unavailable)?;
                 let b = blocks.remove(&token.id).unwrap_or_default();
-                out.push(TokenWithBlocks { token, blocks: b });
+                batch.push(TokenWithBlocks { token, blocks: b });
+                if batch.len() == LOAD_BATCH {
+                    // On a blocking thread: waits while the index applies the previous batch.
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    sink.blocking_send(full).map_err(|_| closed())?;
+                }
             }
-            Ok(out)
+            if !batch.is_empty() {
+                sink.blocking_send(batch).map_err(|_| closed())?;
+            }
+            Ok(())
         })
         .await
     }
