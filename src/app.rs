@@ -188,7 +188,9 @@ impl Gateway {
             // heads, which hyper itself refuses with a bare 431.
             max_buf_size: (p.max_header_bytes * 2).max(64 * 1024),
             h2_max_concurrent_streams: p.h2_max_concurrent_streams,
-            h2_max_header_list_size: u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX),
+            // The same for HTTP/2: h2 counts 32 bytes per field on top of names and values, so
+            // at 1x it would refuse first, with a bare 431.
+            h2_max_header_list_size: u32::try_from(p.max_header_bytes * 2).unwrap_or(u32::MAX),
             idle_timeout: p.idle_timeout,
             max_connections: p.max_connections,
             shutdown_grace: p.shutdown_grace,

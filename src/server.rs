@@ -30,6 +30,17 @@ use tokio_rustls::server::TlsStream;
 
 use crate::tls::{ClientCertSubject, ServerTls};
 
+/// HTTP/2: streams a client may open and reset before the server has accepted them, per
+/// connection; one more and the connection is closed with GOAWAY (ENHANCE_YOUR_CALM). This is
+/// the rapid-reset bound (CVE-2023-44487). Same as h2's default, set here so that it is
+/// visible and cannot silently become unbounded.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// HTTP/2: streams the server itself may reset (refused beyond the concurrency limit, or
+/// ended by a protocol error of the client) per connection before GOAWAY (ENHANCE_YOUR_CALM):
+/// bounds floods of refused streams and "MadeYouReset" (CVE-2025-8671). hyper's default.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// Per-listener connection settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -98,6 +109,8 @@ pub async fn serve_tls<F, Fut, B>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(opts.h2_max_concurrent_streams)
         .max_header_list_size(opts.h2_max_header_list_size)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(None);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
