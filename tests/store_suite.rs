@@ -626,7 +626,8 @@ async fn bulk_fill(b: &Backend, gw: &TestGateway, n: usize) {
                     )
                     .unwrap();
                 for (id, name, hash) in &rows {
-                    stmt.execute(rusqlite::params![id, name, hash, now]).unwrap();
+                    stmt.execute(rusqlite::params![id, name, hash, now])
+                        .unwrap();
                 }
             }
             tx.commit().unwrap();

@@ -5,8 +5,10 @@
 //! `synchronous=FULL`, so an acknowledged change survives power loss; usage write-behind uses
 //! `NORMAL` (a crash may lose the last flush interval of usage, never a token or a block).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -63,12 +65,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// How long a statement waits for a lock held elsewhere before failing with SQLITE_BUSY. The
+/// gateway has one connection, so the holder is always another process.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The same wait for a usage flush (retried at the next interval if it fails).
+const FLUSH_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The same wait for the readiness probe (`/readyz` answers within 2 s).
+const PING_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, inactive_reason, \
      created_at, activated_at, deactivated_at, last_used_at, version";
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Set when a call failed because the database itself is unusable (see [`is_fault`]);
+    /// `/readyz` stays 503 until [`Store::ping`] has checked the whole file and committed a
+    /// write again. A busy database needs no flag: the probe sees the lock directly.
+    fault: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -82,6 +98,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            fault: Arc::default(),
         })
     }
 
@@ -95,11 +112,19 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let fault = self.fault.clone();
         // spawn_blocking runs to completion even if the caller stops waiting, so a dropped
         // admin request never leaves a half-done transaction behind.
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard)
+            // `f` runs on this thread from start to end: what `unavailable` notes in
+            // FAULT_SEEN belongs to this call.
+            FAULT_SEEN.with(|seen| seen.set(false));
+            let res = f(&mut guard);
+            if FAULT_SEEN.with(|seen| seen.replace(false)) && res.is_err() {
+                fault.store(true, Ordering::Release);
+            }
+            res
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -121,9 +146,9 @@ fn open_blocking(path: &Path) -> StoreResult<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA foreign_keys = ON;",
     )
+    .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
     .map_err(|e| StoreError::Unavailable(format!("cannot use {}: {e}", path.display())))?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -185,8 +210,54 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
+thread_local! {
+    /// Set by [`unavailable`] when an error is a fault of the database itself; read and reset
+    /// by [`SqliteStore::run`] around each call.
+    static FAULT_SEEN: Cell<bool> = const { Cell::new(false) };
+}
+
 fn unavailable(e: rusqlite::Error) -> StoreError {
+    if is_fault(&e) {
+        FAULT_SEEN.with(|seen| seen.set(true));
+    }
     StoreError::Unavailable(e.to_string())
+}
+
+/// Errors that say the database cannot be used as it is: damaged, not a database, disk full,
+/// read-only, failing I/O. Not SQLITE_BUSY (another process holds the write lock), which
+/// ends by itself, nor constraint violations.
+fn is_fault(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DatabaseCorrupt | NotADatabase | DiskFull | ReadOnly | SystemIoFailure | CannotOpen)
+    )
+}
+
+/// The readiness probe (see [`Store::ping`] for SQLite). `thorough` after a fault: the whole
+/// file is checked and a write committed, since only that shows the fault is over.
+fn probe(conn: &mut Connection, thorough: bool) -> rusqlite::Result<()> {
+    if thorough {
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("quick_check: {check}")),
+            ));
+        }
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))?;
+    if !thorough {
+        return tx.rollback();
+    }
+    // Rewrites a row with its own value: a real commit (WAL frame and fsync), no change.
+    tx.execute(
+        "UPDATE schema_migrations SET version = version
+         WHERE version = (SELECT max(version) FROM schema_migrations)",
+        [],
+    )?;
+    tx.commit()
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -574,10 +645,14 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             // Usage is write-behind: a crash may lose the last interval anyway, so skip the
             // fsync per commit here; the next FULL commit syncs the WAL including these pages.
+            // And wait less for a lock held elsewhere: a failed flush is retried next interval
+            // anyway, while the connection it holds meanwhile is the admin API's too.
             conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .and_then(|()| conn.busy_timeout(FLUSH_BUSY_TIMEOUT))
                 .map_err(unavailable)?;
             let res = flush_blocking(conn, &batch, max_ips);
             conn.execute_batch("PRAGMA synchronous = FULL")
+                .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
                 .map_err(unavailable)?;
             res
         })
@@ -695,10 +770,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Ready means able to commit, not only to read. In WAL mode a write lock held by another
+    /// process (a `sqlite3` shell left inside a transaction, a maintenance script) blocks
+    /// writers only, so a read alone would report ready while every admin change and usage
+    /// flush fails with SQLITE_BUSY: the probe takes the write lock, waiting only briefly,
+    /// and rolls back (nothing is written). After a call failed with a fault of the file
+    /// itself (damaged pages, disk full, read-only, I/O error), which a read of one table
+    /// would not notice, the probe also runs `PRAGMA quick_check` and commits a write; the
+    /// store is ready again once both succeed.
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|conn| {
-            conn.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))
-                .map_err(unavailable)
+        let fault = self.fault.clone();
+        self.run(move |conn| {
+            conn.busy_timeout(PING_BUSY_TIMEOUT).map_err(unavailable)?;
+            let res = probe(conn, fault.load(Ordering::Acquire));
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+            res.map_err(unavailable)?;
+            fault.store(false, Ordering::Release);
+            Ok(())
         })
         .await
     }
@@ -727,12 +815,26 @@ fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> StoreResult<()
 
 fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
     let tx = conn.transaction().map_err(unavailable)?;
-    let mut touched: HashMap<&str, Option<i64>> = HashMap::new();
+    // Per token: does it still exist (usage of a token deleted since is dropped), and its
+    // latest use in this batch. One lookup per token, not one per (token, IP) row: a batch
+    // from 10 000 client IPs of one token is 10 000 upserts and one existence check.
+    let mut touched: HashMap<&str, (bool, Option<i64>)> = HashMap::new();
+    {
+        let mut exists = tx
+            .prepare_cached("SELECT 1 FROM tokens WHERE id = ?1")
+            .map_err(unavailable)?;
+        for d in batch {
+            if !touched.contains_key(d.token_id.as_str()) {
+                let found = exists.exists([&d.token_id]).map_err(unavailable)?;
+                touched.insert(d.token_id.as_str(), (found, None));
+            }
+        }
+    }
     {
         let mut upsert = tx
             .prepare_cached(
                 "INSERT INTO token_ips (token_id, entry, first_used_at, last_used_at, requests, denied)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM tokens WHERE id = ?1)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (token_id, entry) DO UPDATE SET
                     first_used_at = coalesce(min(first_used_at, excluded.first_used_at),
                                              first_used_at, excluded.first_used_at),
@@ -742,18 +844,21 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
                     denied = denied + excluded.denied",
             )
             .map_err(unavailable)?;
+        let mut ip = IpText::default();
         for d in batch {
+            let Some((true, last)) = touched.get_mut(d.token_id.as_str()) else {
+                continue;
+            };
             upsert
                 .execute(params![
                     d.token_id,
-                    crate::net::canonical_ip(d.ip).to_string(),
+                    ip.format(crate::net::canonical_ip(d.ip)),
                     d.first_used_at.map(|x| x.0),
                     d.last_used_at.map(|x| x.0),
                     i64::try_from(d.requests).unwrap_or(i64::MAX),
                     i64::try_from(d.denied).unwrap_or(i64::MAX),
                 ])
                 .map_err(unavailable)?;
-            let last = touched.entry(d.token_id.as_str()).or_insert(None);
             if let Some(l) = d.last_used_at {
                 *last = Some(last.map_or(l.0, |x| x.max(l.0)));
             }
@@ -763,16 +868,31 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
                 "UPDATE tokens SET last_used_at = coalesce(max(last_used_at, ?2), ?2) WHERE id = ?1",
             )
             .map_err(unavailable)?;
-        for (id, last) in &touched {
+        for (id, (_, last)) in &touched {
             if let Some(l) = last {
                 raise.execute(params![id, l]).map_err(unavailable)?;
             }
         }
     }
-    for id in touched.keys() {
-        trim_ips(&tx, id, max_ips)?;
+    for (id, (found, _)) in &touched {
+        if *found {
+            trim_ips(&tx, id, max_ips)?;
+        }
     }
     tx.commit().map_err(unavailable)
+}
+
+/// An IP's text form written into a reused buffer (a flush formats thousands of them).
+#[derive(Default)]
+struct IpText(String);
+
+impl IpText {
+    fn format(&mut self, ip: std::net::IpAddr) -> &str {
+        use std::fmt::Write;
+        self.0.clear();
+        let _ = write!(self.0, "{ip}");
+        &self.0
+    }
 }
 
 /// Keeps at most `max_ips` unblocked records for a token, dropping the least recently used.
