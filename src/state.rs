@@ -297,13 +297,14 @@ impl TokenIndex {
     /// Ids of the tokens this instance saw used after `since` (memory only, so it
     /// includes uses not flushed yet). The sweep leaves these alone.
     pub fn used_since(&self, since: Timestamp) -> Vec<String> {
-        let mut out = Vec::new();
+        // Ids under the shard locks, strings after: a shard is read-locked only briefly.
+        let mut ids = Vec::new();
         self.by_id.for_each(|t| {
             if t.last_used.load(Ordering::Relaxed) > since.0 {
-                out.push(t.id_string());
+                ids.push(t.id);
             }
         });
-        out
+        ids.iter().map(|id| id.hyphenated().to_string()).collect()
     }
 
     /// Every token's state (metrics, the sweep). A snapshot: entries change concurrently.
@@ -348,6 +349,9 @@ impl TokenIndex {
             |x| x.id == id,
             |x| hasher.hash_one(x.id),
         );
+        // A request holding the old state can still touch it after this second copy; that use
+        // is missing here until the next refresh, but it is recorded and flushed all the same,
+        // the sweep flushes before it decides, and an idle refusal re-reads the store first.
         if let Some(p) = previous {
             if p.hash != hash {
                 self.by_hash

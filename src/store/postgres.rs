@@ -836,36 +836,44 @@ async fn trim_ips(tx: &Transaction<'_>, token_id: &str, max_ips: usize) -> Resul
 impl Store for PostgresStore {
     async fn load_all(&self, sink: TokenSink) -> StoreResult<()> {
         self.run(sink, |i, sink| async move {
-            let mut c = i.client().await?;
-            // A portal in a read-only transaction: rows arrive LOAD_BATCH at a time instead
-            // of the whole table in one result.
-            let tx = c
-                .build_transaction()
-                .read_only(true)
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .start()
-                .await?;
-            let stmt = tx
-                .prepare(&format!(
-                    "SELECT {TOKEN_COLUMNS}, {BLOCKS_COLUMN} FROM tokens t"
-                ))
-                .await?;
-            let portal = tx.bind(&stmt, &[]).await?;
-            loop {
-                let rows = tx.query_portal(&portal, LOAD_BATCH as i32).await?;
-                if rows.is_empty() {
-                    break;
+            let load = async {
+                let mut c = i.client().await?;
+                // A portal in a read-only transaction: rows arrive LOAD_BATCH at a time
+                // instead of the whole table in one result.
+                let tx = c
+                    .build_transaction()
+                    .read_only(true)
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .start()
+                    .await?;
+                let stmt = tx
+                    .prepare(&format!(
+                        "SELECT {TOKEN_COLUMNS}, {BLOCKS_COLUMN} FROM tokens t"
+                    ))
+                    .await?;
+                let portal = tx.bind(&stmt, &[]).await?;
+                loop {
+                    let rows = tx.query_portal(&portal, LOAD_BATCH as i32).await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let batch = rows
+                        .iter()
+                        .map(token_with_blocks)
+                        .collect::<Result<Vec<_>, Fail>>()?;
+                    sink.send(batch).await.map_err(|_| {
+                        StoreError::Unavailable("the token load was abandoned".into())
+                    })?;
                 }
-                let batch = rows
-                    .iter()
-                    .map(token_with_blocks)
-                    .collect::<Result<Vec<_>, Fail>>()?;
-                sink.send(batch)
-                    .await
-                    .map_err(|_| StoreError::Unavailable("the token load was abandoned".into()))?;
-            }
-            tx.commit().await?;
-            Ok(())
+                tx.commit().await?;
+                Ok::<(), Fail>(())
+            };
+            // Not retried: a retry would resend a second snapshot after part of the first,
+            // and a reload would then keep a token deleted in between.
+            load.await.map_err(|f| match f {
+                Fail::Db(e) => Fail::Store(StoreError::Unavailable(describe(&e))),
+                other => other,
+            })
         })
         .await
     }

@@ -69,6 +69,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// gateway has one connection, so the holder is always another process.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// After a fault of the file, the whole-file check runs at most this often.
+const THOROUGH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The same wait for a usage flush (retried at the next interval if it fails).
 const FLUSH_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -85,6 +88,8 @@ pub struct SqliteStore {
     /// `/readyz` stays 503 until [`Store::ping`] has checked the whole file and committed a
     /// write again. A busy database needs no flag: the probe sees the lock directly.
     fault: Arc<AtomicBool>,
+    /// When the last thorough readiness check (after a fault) started.
+    thorough_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl SqliteStore {
@@ -99,6 +104,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
             fault: Arc::default(),
+            thorough_at: Mutex::new(None),
         })
     }
 
@@ -780,6 +786,20 @@ impl Store for SqliteStore {
     /// store is ready again once both succeed.
     async fn ping(&self) -> StoreResult<()> {
         let fault = self.fault.clone();
+        if fault.load(Ordering::Acquire) {
+            // The thorough check reads the whole file while holding the one connection: at
+            // most one per THOROUGH_EVERY, however often /readyz is polled.
+            let mut last = self
+                .thorough_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.is_some_and(|t| t.elapsed() < THOROUGH_EVERY) {
+                return Err(StoreError::Unavailable(
+                    "the database failed; it is checked again shortly".into(),
+                ));
+            }
+            *last = Some(std::time::Instant::now());
+        }
         self.run(move |conn| {
             conn.busy_timeout(PING_BUSY_TIMEOUT).map_err(unavailable)?;
             let res = probe(conn, fault.load(Ordering::Acquire));
@@ -814,7 +834,11 @@ fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> StoreResult<()
 }
 
 fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
-    let tx = conn.transaction().map_err(unavailable)?;
+    // IMMEDIATE: the write lock is taken (with the busy wait) up front; a deferred transaction
+    // that reads first could not wait for it when its first write came.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
     // Per token: does it still exist (usage of a token deleted since is dropped), and its
     // latest use in this batch. One lookup per token, not one per (token, IP) row: a batch
     // from 10 000 client IPs of one token is 10 000 upserts and one existence check.
