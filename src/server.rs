@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 
@@ -62,6 +62,10 @@ pub struct ConnInfo {
     /// The peer's canonical IP as a header value, built once per connection: it is the
     /// `X-Forwarded-For` of every request from an untrusted peer.
     pub peer_ip_header: HeaderValue,
+    /// This connection's place under `max_connections`. A protocol upgrade hands the socket
+    /// to a tunnel task that outlives the connection task; the tunnel keeps a clone, so the
+    /// slot is free only when the socket really closes.
+    pub slot: Arc<OwnedSemaphorePermit>,
 }
 
 /// Serves `listener` (plain HTTP) until `shutdown` turns true, then stops accepting and waits
@@ -148,8 +152,8 @@ pub async fn serve_tls<F, Fut, B>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let idle = opts.idle_timeout;
+        let slot = Arc::new(permit);
         let task = tokio::spawn(async move {
-            let _permit = permit;
             let (io, subject) = match acceptor {
                 None => (MaybeTls::Plain(io), None),
                 Some((acceptor, client_auth)) => {
@@ -177,6 +181,7 @@ pub async fn serve_tls<F, Fut, B>(
                 peer,
                 tls: matches!(io, MaybeTls::Tls(_)),
                 peer_ip_header: ip_header(crate::net::canonical_ip(peer.ip())),
+                slot,
             };
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 if let Some(s) = &subject {

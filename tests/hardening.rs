@@ -122,6 +122,40 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
 }
 
 #[tokio::test]
+async fn an_open_tunnel_keeps_its_connection_slot() {
+    let (_up, gw, secret) = gateway(|c| c.proxy.max_connections = 1).await;
+    // A WebSocket tunnel: the connection task ends at the upgrade, the socket does not.
+    let mut tunnel = TcpStream::connect(gw.proxy).await.unwrap();
+    let upgrade = format!(
+        "GET /sd/ws HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    tunnel.write_all(upgrade.as_bytes()).await.unwrap();
+    let head = read_head(&mut tunnel).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    // The tunnel holds the only slot: a second connection is not served while it is open.
+    let mut second = TcpStream::connect(gw.proxy).await.unwrap();
+    let req = format!("GET /sd/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n");
+    second.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "served beyond max_connections while a tunnel was open"
+    );
+    // Closing the tunnel frees the slot.
+    drop(tunnel);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("served once the tunnel closed")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test]
 async fn invalid_header_bytes_and_smuggling_shapes_are_refused() {
     let (up, gw, secret) = gateway(|_| {}).await;
     let auth = format!("Authorization: Bearer {secret}\r\n");

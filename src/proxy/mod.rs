@@ -315,6 +315,7 @@ impl Proxy {
                 client_ip,
                 access: route.access,
                 idle: self.cfg.idle_timeout,
+                _slot: conn.slot.clone(),
             };
             tokio::spawn(tunnel(client_side, upstream_side, watch));
         }
@@ -469,6 +470,9 @@ struct TunnelWatch {
     client_ip: IpAddr,
     access: Access,
     idle: Duration,
+    /// The client connection's place under `proxy.max_connections`, held while the tunnel
+    /// is open (the connection task that took it ends at the upgrade).
+    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl TunnelWatch {

@@ -814,3 +814,30 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Reads from `s` until the end of a response head; returns the head.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(s, &mut byte),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no complete head in 10 s: {:?}",
+                String::from_utf8_lossy(&buf)
+            )
+        })
+        .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
