@@ -145,28 +145,7 @@ async fn a_database_locked_by_another_process_fails_writes_clearly_and_recovers(
     })
     .await
     .unwrap();
-    eventually(
-        "readyz 200 after the fault",
-        Duration::from_secs(20),
-        || async { (readyz(&gw).await.status == 200).then_some(()) },
-    )
-    .await;
-    // The usage kept during the fault arrives: 1 before + 3 during + 1 "still".
-    eventually(
-        "the pending usage is flushed",
-        Duration::from_secs(20),
-        || async { (requests_from_loopback(&gw, "t").await == 5).then_some(()) },
-    )
-    .await;
-    assert_eq!(metric(&gw, "tokengate_usage_pending").await, 0.0);
-    // Nothing the failed mutations asked for happened; the same mutations now succeed.
-    gw.admin(Method::GET, "/v1/tokens/new", None)
-        .await
-        .expect(404, Some("not_found"));
-    assert_eq!(gw.token("t").await["status"], "active");
-    gw.create_token("new", &["security-director"]).await;
-    gw.get("/sd/after", Some(&secret)).await.expect(200, None);
-    assert_eq!(up.count(), 6);
+    recovered(&gw, &up, &secret).await;
 }
 
 /// Pages saved before they were overwritten: (file offset, original bytes).
@@ -293,25 +272,31 @@ async fn a_database_damaged_while_running_is_refused_clearly_and_recovers_once_r
     tokio::task::spawn_blocking(move || repair(&path, saved))
         .await
         .unwrap();
+    recovered(&gw, &up, &secret).await;
+}
+
+/// After a fault ends: ready again, the usage kept during the fault arrives (1 request
+/// before, 3 during and 1 "still"), nothing the failed mutations asked for happened, and the
+/// same mutation now succeeds.
+async fn recovered(gw: &TestGateway, up: &Upstream, secret: &str) {
     eventually(
-        "readyz 200 after the repair",
+        "readyz 200 after the fault",
         Duration::from_secs(20),
-        || async { (readyz(&gw).await.status == 200).then_some(()) },
+        || async { (readyz(gw).await.status == 200).then_some(()) },
     )
     .await;
-    // The usage kept during the fault arrives: 1 before + 3 during + 1 "still".
     eventually(
         "the pending usage is flushed",
         Duration::from_secs(20),
-        || async { (requests_from_loopback(&gw, "t").await == 5).then_some(()) },
+        || async { (requests_from_loopback(gw, "t").await == 5).then_some(()) },
     )
     .await;
-    assert_eq!(metric(&gw, "tokengate_usage_pending").await, 0.0);
+    assert_eq!(metric(gw, "tokengate_usage_pending").await, 0.0);
     gw.admin(Method::GET, "/v1/tokens/new", None)
         .await
         .expect(404, Some("not_found"));
     assert_eq!(gw.token("t").await["status"], "active");
     gw.create_token("new", &["security-director"]).await;
-    gw.get("/sd/after", Some(&secret)).await.expect(200, None);
+    gw.get("/sd/after", Some(secret)).await.expect(200, None);
     assert_eq!(up.count(), 6);
 }
