@@ -2,7 +2,7 @@
 # benches/scale.sh — the 1 M-token scale case in one command: seeds a SQLite store directly
 # (examples/seed_tokens.rs, not through the admin API), starts the release binary on it and
 # reports start-up to ready, RSS once ready (and the peak), and the first request for a cold
-# token. Loopback only; stops by itself.
+# token. Needs curl, bc and python3. Loopback only; stops by itself.
 #
 #   benches/scale.sh                 # 1 000 000 tokens, 3 start-ups
 #   N=200000 RUNS=5 benches/scale.sh

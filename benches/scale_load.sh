@@ -15,7 +15,7 @@
 #
 # Rounds interleave the variants; the tables show medians. The gateway is pinned to CPU 0,
 # wrk and the upstream (nginx, one worker) to CPU 1, as in proxy-compare.sh. Needs wrk, nginx,
-# curl. Loopback only; stops by itself.
+# curl, bc, python3. Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}

@@ -262,6 +262,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        let identity = token.identity();
         headers::prepare_request(
             &mut parts.headers,
             &Forwarding {
@@ -276,8 +277,8 @@ impl Proxy {
                 scheme: if conn.tls { "https" } else { "http" },
                 host: (!route.preserve_host).then_some(&route.host_header),
                 keep_authorization: route.forward_authorization,
-                token_name: &token.identity().name,
-                token_id: &token.identity().id,
+                token_name: &identity.name,
+                token_id: &identity.id,
                 token_access: &crate::state::access_header(token.access),
             },
         );
