@@ -57,6 +57,7 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     /// The TLS listeners' certificates (for reloads).
     tls: Vec<Arc<ServerTls>>,
+    proxy: Arc<Proxy>,
 }
 
 /// SPEC §4: the admin API is served in clear text only on loopback, unless
@@ -199,6 +200,7 @@ impl Gateway {
             max_connections: 1024,
             ..opts.clone()
         };
+        let proxy_handle = proxy.clone();
         let mut servers = vec![
             tokio::spawn(server::serve_tls(
                 proxy_listener,
@@ -250,7 +252,14 @@ impl Gateway {
             servers,
             background,
             tls,
+            proxy: proxy_handle,
         })
+    }
+
+    /// Idle upstream connections kept for reuse, summed over origins (connections held by
+    /// open client connections are not counted).
+    pub fn upstream_idle_connections(&self) -> usize {
+        self.proxy.upstream_idle_connections()
     }
 
     /// Re-reads the TLS listeners' certificate files now (what SIGHUP does). A listener whose

@@ -66,6 +66,8 @@ pub struct ConnInfo {
     /// to a tunnel task that outlives the connection task; the tunnel keeps a clone, so the
     /// slot is free only when the socket really closes.
     pub slot: Arc<OwnedSemaphorePermit>,
+    /// The upstream connections this connection's requests are forwarded on (proxy only).
+    pub upstream: Arc<crate::proxy::upstream::Affinity>,
 }
 
 /// Serves `listener` (plain HTTP) until `shutdown` turns true, then stops accepting and waits
@@ -182,6 +184,7 @@ pub async fn serve_tls<F, Fut, B>(
                 tls: matches!(io, MaybeTls::Tls(_)),
                 peer_ip_header: ip_header(crate::net::canonical_ip(peer.ip())),
                 slot,
+                upstream: Arc::default(),
             };
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 if let Some(s) = &subject {

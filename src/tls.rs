@@ -446,6 +446,31 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    pooled_client(https_connector(tls, server_name, connect_timeout))
+}
+
+fn pooled_client<B>(connector: UpstreamConnector) -> Client<UpstreamConnector, B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Opens TCP connections (no Nagle, bounded connect time) for `http://` URLs, and TLS over
+/// them with `tls` for `https://` URLs.
+pub type UpstreamConnector = HttpsConnector<HttpConnector>;
+
+fn https_connector(
+    tls: ClientConfig,
+    server_name: Option<ServerName<'static>>,
+    connect_timeout: Option<Duration>,
+) -> UpstreamConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -456,23 +481,35 @@ where
     };
     // Built directly rather than with HttpsConnectorBuilder, which insists on setting ALPN
     // itself (and sets none for HTTP/1.1 only): here the config carries `http/1.1`.
-    let connector = HttpsConnector::new(http, tls, false, resolver);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+    HttpsConnector::new(http, tls, false, resolver)
 }
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+type UpstreamClient = Client<UpstreamConnector, Incoming>;
+
+/// One TLS setting's pooled client and the connector it was built with (the proxy opens its
+/// connection-affine upstream connections with the connector: see `proxy::upstream`).
+#[derive(Clone)]
+struct UpstreamTarget {
+    pooled: UpstreamClient,
+    connector: UpstreamConnector,
+}
+
+impl UpstreamTarget {
+    fn new(connector: UpstreamConnector) -> Self {
+        UpstreamTarget {
+            pooled: pooled_client(connector.clone()),
+            connector,
+        }
+    }
+}
 
 /// The proxy's upstream clients: one per distinct route TLS setting. Requests to `http://`
 /// upstreams and to `https://` upstreams without TLS settings share the default client;
 /// an `https://` request whose `host:port` has its own settings goes to that one's client
 /// (config validation guarantees one setting per `host:port`, so pools never mix them).
 pub struct UpstreamClients {
-    default: UpstreamClient,
-    special: Box<[(Authority, UpstreamClient)]>,
+    default: UpstreamTarget,
+    special: Box<[(Authority, UpstreamTarget)]>,
 }
 
 impl UpstreamClients {
@@ -487,13 +524,13 @@ impl UpstreamClients {
         } else {
             RootCertStore::empty()
         };
-        let default = https_client(
+        let default = UpstreamTarget::new(https_connector(
             client_config(default_roots.clone(), None)
                 .map_err(|e| anyhow::anyhow!("building the upstream TLS client: {e}"))?,
             None,
             Some(connect_timeout),
-        );
-        let mut by_setting: HashMap<&UpstreamTls, UpstreamClient> = HashMap::new();
+        ));
+        let mut by_setting: HashMap<&UpstreamTls, UpstreamTarget> = HashMap::new();
         let mut special = Vec::new();
         for (i, r) in routes.iter().enumerate().filter(|(_, r)| https(r)) {
             if r.tls == UpstreamTls::default() {
@@ -519,12 +556,17 @@ impl UpstreamClients {
         })
     }
 
-    /// Sends `req` with the client for its URI's scheme and `host:port`.
+    /// Sends `req` with the pooled client for its URI's scheme and `host:port`.
     pub fn request(&self, req: Request<Incoming>) -> ResponseFuture {
-        self.pick(req.uri()).request(req)
+        self.pick(req.uri()).pooled.request(req)
     }
 
-    fn pick(&self, uri: &Uri) -> &UpstreamClient {
+    /// The connector for `uri`'s scheme and `host:port` (its TLS settings).
+    pub fn connector(&self, uri: &Uri) -> &UpstreamConnector {
+        &self.pick(uri).connector
+    }
+
+    fn pick(&self, uri: &Uri) -> &UpstreamTarget {
         if !self.special.is_empty() && uri.scheme() == Some(&Scheme::HTTPS) {
             if let Some(authority) = uri.authority() {
                 if let Some((_, c)) = self.special.iter().find(|(a, _)| a == authority) {
@@ -541,7 +583,7 @@ fn upstream_client(
     tls: &UpstreamTls,
     default_roots: &RootCertStore,
     connect_timeout: Duration,
-) -> Result<UpstreamClient, ConfigError> {
+) -> Result<UpstreamTarget, ConfigError> {
     let key = |k: &str| format!("routes[{i}].{k}");
     let roots = match &tls.ca_file {
         Some(path) => load_roots(&key("ca_file"), path)?,
@@ -578,7 +620,11 @@ fn upstream_client(
                 .map_err(|_| invalid(&key("tls_server_name"), format!("invalid name {n:?}")))?,
         ),
     };
-    Ok(https_client(config, server_name, Some(connect_timeout)))
+    Ok(UpstreamTarget::new(https_connector(
+        config,
+        server_name,
+        Some(connect_timeout),
+    )))
 }
 
 // === certificate subjects ===

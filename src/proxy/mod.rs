@@ -9,6 +9,7 @@
 pub mod headers;
 pub mod path;
 pub mod route;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub struct Upstream {
     authority: Authority,
     /// `Host` sent upstream unless `preserve_host`.
     host_header: HeaderValue,
+    /// Index of the route's upstream origin (`scheme://host:port`) in [`upstream::Upstreams`].
+    origin: usize,
     /// The upstream URL's path without a trailing slash ("" for none).
     base_path: Box<str>,
     strip_prefix: bool,
@@ -74,8 +77,8 @@ pub struct Proxy {
     /// Read only on the idle-refusal path (see `recheck_idle`), never on a request that passes.
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    /// One pooled client per distinct upstream TLS setting (`tls::UpstreamClients`).
-    client: crate::tls::UpstreamClients,
+    /// Connection-affine upstream connections, and the pooled client (`upstream`).
+    upstream: upstream::Upstreams,
 }
 
 /// What the access log line reports about a request, filled in as the pipeline goes.
@@ -96,6 +99,8 @@ impl Proxy {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Proxy> {
+        let (upstream, origin_of) =
+            upstream::Upstreams::build(&config.routes, config.proxy.upstream_timeout)?;
         let upstreams: Box<[Upstream]> = config
             .routes
             .iter()
@@ -114,6 +119,7 @@ impl Proxy {
                     host_header: HeaderValue::from_str(authority.as_str())
                         .expect("an authority is a valid header value"),
                     authority,
+                    origin: origin_of[index],
                     base_path: base.into(),
                     strip_prefix: r.strip_prefix,
                     preserve_host: r.preserve_host,
@@ -127,8 +133,6 @@ impl Proxy {
             .enumerate()
             .map(|(i, r)| (r.host.clone(), r.path_prefix.clone(), i))
             .collect();
-        let client =
-            crate::tls::UpstreamClients::build(&config.routes, config.proxy.upstream_timeout)?;
         Ok(Proxy {
             cfg: config.proxy.clone(),
             lifecycle: config.lifecycle,
@@ -140,7 +144,7 @@ impl Proxy {
             clock,
             store,
             metrics,
-            client,
+            upstream,
         })
     }
 
@@ -213,7 +217,8 @@ impl Proxy {
         if token.status == Status::Active && status != Effective::Active {
             // About to refuse a token as idle: another instance sharing the store may have
             // used it since this one last looked. One store read, on this refusal path only.
-            status = self.recheck_idle(&token, now).await?;
+            // Boxed: a cold path, kept out of the size of every request's future.
+            status = Box::pin(self.recheck_idle(&token, now)).await?;
         }
         if status == Effective::Deleted {
             // Idle past delete_after: gone, even before the sweep removes it.
@@ -245,14 +250,17 @@ impl Proxy {
         token.touch(now);
         self.usage.record_use(token.id, client_ip, now);
         let upstream_path = if route.strip_prefix { m.rest } else { &path };
-        let uri = upstream_uri(route, upstream_path, req.uri().query())?;
+        let target = upstream_target(route, upstream_path, req.uri().query())?;
 
-        // 12-13. Forward.
-        let upgrade = if req.version() < Version::HTTP_2 {
+        // 12-13. Forward: an HTTP/1 client's requests on its connection's own upstream
+        // connection; HTTP/2 clients and upgrades through the pooled client.
+        let http1 = req.version() < Version::HTTP_2;
+        let upgrade = if http1 {
             headers::upgrade_request(req.method(), req.headers())
         } else {
             None
         };
+        let affine = http1 && upgrade.is_none();
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -282,16 +290,28 @@ impl Proxy {
                 token_access: &crate::state::access_header(token.access),
             },
         );
-        parts.uri = uri;
+        if affine {
+            parts.uri = Uri::from(target);
+            if !parts.headers.contains_key(HOST) {
+                // An HTTP/1.0 request without Host on a preserve_host route.
+                parts.headers.insert(HOST, route.host_header.clone());
+            }
+        } else {
+            parts.uri = absolute_uri(route, target)?;
+        }
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
         let sent = Instant::now();
-        let mut resp = match tokio::time::timeout(
-            self.cfg.upstream_timeout,
-            self.client.request(upstream_req),
-        )
-        .await
-        {
+        let forward = async {
+            if affine {
+                self.upstream
+                    .send(&conn.upstream, route.origin, upstream_req)
+                    .await
+            } else {
+                self.upstream.send_pooled(upstream_req).await
+            }
+        };
+        let mut resp = match tokio::time::timeout(self.cfg.upstream_timeout, forward).await {
             Err(_) => return Err(ProxyError::GatewayTimeout),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, route = %route.label, "upstream request failed");
@@ -323,6 +343,11 @@ impl Proxy {
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers, resp_upgrade);
         Ok(Response::from_parts(rparts, Either::Right(rbody)))
+    }
+
+    /// Idle upstream connections kept for reuse, over all origins.
+    pub fn upstream_idle_connections(&self) -> usize {
+        self.upstream.idle_counts().iter().sum()
     }
 
     fn status_at(&self, token: &TokenState, now: Timestamp) -> Effective {
@@ -621,7 +646,12 @@ pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
     Ok(token)
 }
 
-fn upstream_uri(route: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+/// The upstream request target: the route's base path, `path`, and the query.
+fn upstream_target(
+    route: &Upstream,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, ProxyError> {
     let mut pq = String::with_capacity(
         route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -631,8 +661,12 @@ fn upstream_uri(route: &Upstream, path: &str, query: Option<&str>) -> Result<Uri
         pq.push('?');
         pq.push_str(q);
     }
-    let pq = PathAndQuery::from_maybe_shared(pq)
-        .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))?;
+    PathAndQuery::from_maybe_shared(pq)
+        .map_err(|_| ProxyError::InvalidRequest("the request target cannot be forwarded"))
+}
+
+/// `target` on the route's upstream, as an absolute URI (for the pooled client).
+fn absolute_uri(route: &Upstream, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(route.scheme.clone());
     parts.authority = Some(route.authority.clone());

@@ -336,16 +336,20 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// The gateway's end of the upstream connection the request arrived on.
+    pub peer: SocketAddr,
 }
 
 /// A scriptable upstream on an ephemeral port. Paths (after any prefix strip):
 /// `/hang` never answers; `/delay/<ms>` answers after a delay; `/status/<code>` answers that
-/// status; `/ws` accepts a WebSocket-style upgrade and echoes bytes; anything else answers
-/// 200 with JSON describing the request. Every request is recorded.
+/// status; `/ws` accepts a WebSocket-style upgrade and echoes bytes; `/close` answers 200 and
+/// closes the connection; anything else answers 200 with JSON describing the request. Every
+/// request is recorded, and so is every connection accepted.
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -353,16 +357,19 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let s = seen.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (s, c) = (seen.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| upstream_handle(s.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        upstream_handle(s.clone(), peer, req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -370,7 +377,16 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// Connections the upstream accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -391,6 +407,7 @@ impl Upstream {
 
 async fn upstream_handle(
     seen: Arc<Mutex<Vec<Seen>>>,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let target = req
@@ -407,6 +424,7 @@ async fn upstream_handle(
             target,
             headers,
             body_len: 0,
+            peer,
         });
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -434,6 +452,7 @@ async fn upstream_handle(
         target: target.clone(),
         headers: headers.clone(),
         body_len: body.len(),
+        peer,
     });
     if path == "/hang" {
         std::future::pending::<()>().await;
@@ -463,6 +482,10 @@ async fn upstream_handle(
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
+    if path == "/close" {
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 

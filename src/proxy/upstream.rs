@@ -1,0 +1,284 @@
+//! Forwarding over upstream HTTP/1.1 connections that follow the client's connection.
+//!
+//! Each downstream HTTP/1 connection keeps the upstream connection its requests went out on
+//! (its [`Affinity`]), one per upstream origin it used. A keep-alive client's requests all
+//! travel on one upstream connection, with no pool lookup, no lock shared with other
+//! connections and no task spawned per request (hyper-util's pooled client spawns one per
+//! HTTP/1 request to put the connection back once the response body is read). When the
+//! downstream connection closes, its upstream connections go to their origin's idle list,
+//! where other downstream connections take them: a client that opens a connection per
+//! request does not cost an upstream connect (or TLS handshake) each.
+//!
+//! HTTP/2 clients (many requests in flight on one connection) and protocol upgrades use the
+//! pooled client instead ([`Upstreams::send_pooled`]).
+//!
+//! Bounds: one upstream connection per origin per downstream connection, at most
+//! [`MAX_AFFINE`] origins per downstream connection; at most [`MAX_IDLE`] idle connections
+//! per origin, none older than [`IDLE_TIMEOUT`]. A connection the upstream closed ends its
+//! task and is skipped. A request that was not written because its reused connection closed
+//! under it is sent on the next connection; a request that was written is never replayed.
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use tower_service::Service;
+
+use crate::config::RouteConfig;
+use crate::tls::{UpstreamClients, UpstreamConnector};
+
+/// Upstream origins one downstream connection keeps a connection to (beyond that, requests
+/// to further origins take and return idle connections per request).
+pub const MAX_AFFINE: usize = 4;
+/// Idle connections kept per origin.
+pub const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One upstream `scheme://host:port`: its connector (TLS settings) and its idle connections.
+pub struct Origin {
+    /// `scheme://authority/`, what the connector dials.
+    uri: Uri,
+    connector: UpstreamConnector,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    since: Instant,
+    sender: http1::SendRequest<Incoming>,
+}
+
+/// A connection in a downstream connection's hands.
+struct Held {
+    origin: Arc<Origin>,
+    sender: http1::SendRequest<Incoming>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Origin {
+    /// The most recently idled connection that is still open.
+    fn checkout(self: &Arc<Self>) -> Option<Held> {
+        let mut idle = lock(&self.idle);
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(Held {
+                    origin: self.clone(),
+                    sender: i.sender,
+                });
+            }
+        }
+        None
+    }
+
+    fn release(&self, sender: http1::SendRequest<Incoming>) {
+        if !sender.is_ready() {
+            // Closed, or a response body still in flight: dropping the sender lets hyper
+            // finish or close that connection.
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        Self::trim(&mut idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                since: Instant::now(),
+                sender,
+            });
+        }
+    }
+
+    /// Drops closed and expired connections (the oldest are at the front).
+    fn trim(idle: &mut Vec<Idle>) {
+        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Held, BoxError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.uri.clone()).await?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Held {
+            origin: self.clone(),
+            sender,
+        })
+    }
+}
+
+/// The upstream connections one downstream connection holds (see the module docs). Created
+/// empty with the connection; dropping it hands its connections to their origins' idle lists.
+#[derive(Default)]
+pub struct Affinity {
+    held: Mutex<Vec<Held>>,
+}
+
+impl std::fmt::Debug for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Affinity")
+            .field("held", &lock(&self.held).len())
+            .finish()
+    }
+}
+
+impl Affinity {
+    fn take(&self, origin: &Arc<Origin>) -> Option<Held> {
+        let mut held = lock(&self.held);
+        let i = held.iter().position(|h| Arc::ptr_eq(&h.origin, origin))?;
+        Some(held.swap_remove(i))
+    }
+
+    fn keep(&self, h: Held) {
+        let mut held = lock(&self.held);
+        if held.len() < MAX_AFFINE {
+            held.push(h);
+        } else {
+            drop(held);
+            h.origin.release(h.sender);
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        for h in std::mem::take(&mut *lock(&self.held)) {
+            h.origin.release(h.sender);
+        }
+    }
+}
+
+/// The proxy's ways to an upstream: connection-affine HTTP/1.1 per origin, and the pooled
+/// client for HTTP/2 clients and upgrades.
+pub struct Upstreams {
+    pooled: UpstreamClients,
+    origins: Box<[Arc<Origin>]>,
+}
+
+impl Upstreams {
+    /// Builds the clients for `routes`; also returns each route's origin index.
+    pub fn build(
+        routes: &[RouteConfig],
+        connect_timeout: Duration,
+    ) -> anyhow::Result<(Upstreams, Vec<usize>)> {
+        let pooled = UpstreamClients::build(routes, connect_timeout)?;
+        let mut keys: Vec<(Scheme, Authority)> = Vec::new();
+        let mut origins = Vec::new();
+        let mut of_route = Vec::with_capacity(routes.len());
+        for r in routes {
+            let scheme = r.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+            let authority = r
+                .upstream
+                .authority()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("an upstream URL without host"))?;
+            let i = match keys
+                .iter()
+                .position(|k| *k == (scheme.clone(), authority.clone()))
+            {
+                Some(i) => i,
+                None => {
+                    let uri = Uri::builder()
+                        .scheme(scheme.clone())
+                        .authority(authority.clone())
+                        .path_and_query("/")
+                        .build()?;
+                    origins.push(Arc::new(Origin {
+                        connector: pooled.connector(&uri).clone(),
+                        uri,
+                        idle: Mutex::new(Vec::new()),
+                    }));
+                    keys.push((scheme, authority));
+                    keys.len() - 1
+                }
+            };
+            of_route.push(i);
+        }
+        let upstreams = Upstreams {
+            pooled,
+            origins: origins.into_boxed_slice(),
+        };
+        upstreams.spawn_reaper();
+        Ok((upstreams, of_route))
+    }
+
+    /// Closes expired idle connections every 30 s even when no request comes (outside a
+    /// runtime, e.g. in unit tests, only requests trim the lists).
+    fn spawn_reaper(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Vec<Weak<Origin>> = self.origins.iter().map(Arc::downgrade).collect();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut alive = false;
+                for o in weak.iter().filter_map(Weak::upgrade) {
+                    alive = true;
+                    Origin::trim(&mut lock(&o.idle));
+                }
+                if !alive {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Sends `req` (origin-form URI) to origin `origin` on `affinity`'s connection to it, an
+    /// idle one, or a new one.
+    pub async fn send(
+        &self,
+        affinity: &Affinity,
+        origin: usize,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let origin = &self.origins[origin];
+        while let Some(mut held) = affinity.take(origin).or_else(|| origin.checkout()) {
+            if held.sender.ready().await.is_err() {
+                continue; // closed: try the next one
+            }
+            match held.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    affinity.keep(held);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection closed first. Safe to send elsewhere.
+                    Some(r) => req = r,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        // Boxed: the connect future holds a whole TLS connection while it handshakes, and
+        // would otherwise make every request's future (moved by hyper per request) that big.
+        let mut held = Box::pin(origin.connect()).await?;
+        let resp = held.sender.send_request(req).await?;
+        affinity.keep(held);
+        Ok(resp)
+    }
+
+    /// Sends `req` (absolute URI) with the pooled client.
+    pub async fn send_pooled(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        Ok(self.pooled.request(req).await?)
+    }
+
+    /// Idle connections per origin (for tests).
+    pub fn idle_counts(&self) -> Vec<usize> {
+        self.origins.iter().map(|o| lock(&o.idle).len()).collect()
+    }
+}

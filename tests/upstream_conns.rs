@@ -1,0 +1,200 @@
+//! Upstream connections follow client connections (`src/proxy/upstream.rs`): a keep-alive
+//! client's requests travel on one upstream connection, concurrent clients do not share
+//! one, a closed client's connection is reused by the next client, and a connection the
+//! upstream closed is replaced without failing the request.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokengate::token::Access;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const SD: &str = "security-director";
+
+/// One client connection to the proxy (HTTP/1.1 keep-alive).
+struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn connect(gw: &TestGateway) -> Client {
+        let s = TcpStream::connect(gw.gateway().proxy_addr).await.unwrap();
+        let (sender, conn) = http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    /// GET `path` with `secret`; the status and the body.
+    async fn get(&mut self, path: &str, secret: &str) -> (u16, String) {
+        let req = Request::get(path)
+            .header("host", "gw.test")
+            .header("authorization", format!("Bearer {secret}"))
+            .body(Full::default())
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+async fn gateway() -> (Upstream, TestGateway, String) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    (up, gw, secret)
+}
+
+/// The upstream connections (gateway side) the upstream's requests arrived on, in order.
+fn peers(up: &Upstream) -> Vec<SocketAddr> {
+    up.requests().iter().map(|s| s.peer).collect()
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_keeps_one_upstream_connection() {
+    let (up, gw, secret) = gateway().await;
+    let mut c = Client::connect(&gw).await;
+    for i in 0..5 {
+        let (status, body) = c.get(&format!("/sd/n{i}"), &secret).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let p = peers(&up);
+    assert_eq!(p.len(), 5);
+    assert!(p.iter().all(|x| *x == p[0]), "{p:?}");
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_clients_do_not_share_an_upstream_connection() {
+    let (up, gw, secret) = gateway().await;
+    let mut a = Client::connect(&gw).await;
+    let mut b = Client::connect(&gw).await;
+    for _ in 0..3 {
+        assert_eq!(a.get("/sd/a", &secret).await.0, 200);
+        assert_eq!(b.get("/sd/b", &secret).await.0, 200);
+    }
+    let reqs = up.requests();
+    let of = |path: &str| -> Vec<SocketAddr> {
+        reqs.iter()
+            .filter(|s| s.target == path)
+            .map(|s| s.peer)
+            .collect()
+    };
+    let (pa, pb) = (of("/a"), of("/b"));
+    assert_eq!((pa.len(), pb.len()), (3, 3));
+    assert!(pa.iter().all(|x| *x == pa[0]), "{pa:?}");
+    assert!(pb.iter().all(|x| *x == pb[0]), "{pb:?}");
+    assert_ne!(pa[0], pb[0]);
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_closed_clients_upstream_connection_serves_the_next_client() {
+    let (up, gw, secret) = gateway().await;
+    let mut a = Client::connect(&gw).await;
+    assert_eq!(a.get("/sd/first", &secret).await.0, 200);
+    assert_eq!(gw.gateway().upstream_idle_connections(), 0);
+    drop(a);
+    eventually(
+        "the closed client's upstream connection is idle",
+        Duration::from_secs(10),
+        || async { (gw.gateway().upstream_idle_connections() == 1).then_some(()) },
+    )
+    .await;
+    let mut b = Client::connect(&gw).await;
+    assert_eq!(b.get("/sd/second", &secret).await.0, 200);
+    let p = peers(&up);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0], p[1]);
+    assert_eq!(up.connections(), 1);
+    assert_eq!(gw.gateway().upstream_idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_each_response_gets_a_new_connection() {
+    let (up, gw, secret) = gateway().await;
+    let mut c = Client::connect(&gw).await;
+    for i in 1..=3 {
+        let (status, body) = c.get("/sd/close", &secret).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(up.connections(), i);
+    }
+    assert_eq!(c.get("/sd/after", &secret).await.0, 200);
+    assert_eq!(up.connections(), 4);
+}
+
+/// An upstream that answers one request per connection with a keep-alive response, then
+/// closes the socket (as an upstream whose keep-alive timeout is over does) and reports it.
+async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            drop(s);
+            let _ = tx.send(());
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_by_the_upstream_does_not_fail_the_next_request() {
+    let (addr, mut closed) = closing_upstream().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, addr)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    let mut c = Client::connect(&gw).await;
+    // Each request finds the connection of the one before closed by the upstream: whether
+    // the gateway has already seen the close or not, the request goes on a new connection.
+    for i in 0..20 {
+        let (status, body) = c.get("/sd/x", &secret).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+        closed.recv().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn each_upstream_origin_keeps_its_own_connection() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gw = TestGateway::builder()
+        .route("/a/", Access::SECURITY_DIRECTOR, a.addr)
+        .route("/b/", Access::SECURITY_DIRECTOR, b.addr)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    let mut c = Client::connect(&gw).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/a/x", &secret).await.0, 200);
+        assert_eq!(c.get("/b/x", &secret).await.0, 200);
+    }
+    assert_eq!((a.count(), b.count()), (3, 3));
+    assert_eq!((a.connections(), b.connections()), (1, 1));
+}
