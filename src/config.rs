@@ -599,7 +599,8 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
         None => None,
         Some(h) => Some(
             normalise_host(&h)
-                .ok_or_else(|| invalid(key("host"), format!("invalid host {h:?}")))?,
+                .ok_or_else(|| invalid(key("host"), format!("invalid host {h:?}")))?
+                .into_owned(),
         ),
     };
     let access = Access::parse_one(&r.access).ok_or_else(|| {

@@ -28,37 +28,51 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// When `upgrade` is `Some`, the request (or a 101 response) is a protocol upgrade and
 /// `Connection: upgrade` / `Upgrade: <value>` are put back after the strip.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    if headers.contains_key(CONNECTION) {
-        // Collect first: the names borrow from the map we are about to change. No allocation
-        // unless the client actually lists headers in Connection.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
-        }
-    }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-    ] {
-        headers.remove(name);
+    // One pass over the request's few names first: most requests carry none of these, and
+    // a `remove` per listed name (each hashing it) costs more than that pass.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+        remove_hop_by_hop(headers);
     }
     if let Some(proto) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, proto);
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), the obsolete `Keep-Alive`/`Proxy-Connection`, the
+/// proxy credentials, and the h2c upgrade's settings.
+static HOP_BY_HOP: [&HeaderName; 10] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+    &HTTP2_SETTINGS,
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let connection = headers.get_all(CONNECTION); // looked up once, iterated per name
+    let listed = |name: &str| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
+    // Collect first (the names borrow from the map about to change), and only names that
+    // are present: a response's usual `Connection: keep-alive` costs two removals, not a
+    // parsed name and a removal per hop-by-hop header.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k) || listed(k.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
     }
 }
 
@@ -87,11 +101,16 @@ pub fn upgrade_request(method: &http::Method, headers: &HeaderMap) -> Option<Hea
 /// Removes every `x-tokengate-*` header a client sent, and the underscore spellings of the
 /// gateway's and the forwarding headers (`X_Tokengate_Token`, `x_forwarded_for`): CGI-style
 /// upstreams (PHP, WSGI) map `_` and `-` to the same variable, so such a header would pass
-/// for the real one.
-pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+/// for the real one. With `forwarding_claims`, also `Forwarded` and `X-Real-IP` (from an
+/// untrusted peer). One pass over the names; nothing is allocated unless one is found.
+fn strip_gateway_headers(headers: &mut HeaderMap, forwarding_claims: bool) {
     let ours: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-tokengate-") || is_underscore_alias(k.as_str()))
+        .filter(|k| {
+            k.as_str().starts_with("x-tokengate-")
+                || is_underscore_alias(k.as_str())
+                || (forwarding_claims && (*k == FORWARDED || *k == X_REAL_IP))
+        })
         .cloned()
         .collect();
     for name in ours {
@@ -133,7 +152,9 @@ pub struct Forwarding<'a> {
 /// Rewrites a request's headers for the upstream. `headers` has already been through
 /// [`strip_hop_by_hop`].
 pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    strip_gateway_headers(headers);
+    strip_gateway_headers(headers, !f.peer_trusted);
+    // Room for the headers added below, so the map grows at most once.
+    headers.reserve(7);
     if !f.keep_authorization {
         headers.remove(AUTHORIZATION);
     }
@@ -156,9 +177,8 @@ pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         };
         headers.insert(X_FORWARDED_FOR.clone(), value);
     } else {
-        // From an untrusted peer these headers are claims we cannot check: drop them.
-        headers.remove(FORWARDED);
-        headers.remove(&X_REAL_IP);
+        // From an untrusted peer, Forwarded and X-Real-IP are claims we cannot check:
+        // `strip_gateway_headers` dropped them; X-Forwarded-For is replaced.
         headers.insert(X_FORWARDED_FOR.clone(), ip);
     }
     if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {

@@ -11,6 +11,7 @@ pub mod path;
 pub mod route;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -592,7 +593,7 @@ fn check_form(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), Pr
 
 /// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
 /// both present and different → 400.
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+fn request_host(req: &Request<Incoming>) -> Result<Option<Cow<'_, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {

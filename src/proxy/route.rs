@@ -9,6 +9,7 @@
 //! All precomputation happens in [`RouteTable::new`], so [`RouteTable::find`] allocates
 //! nothing: it is a binary search over hosts and a scan over prefixes longest-first.
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
 /// Longest host name DNS can carry (RFC 1035), in its text form without a trailing dot.
@@ -26,7 +27,7 @@ const MAX_LABEL_LEN: usize = 63;
 /// An IPv6 literal comes back in its RFC 5952 form (`[0:0::1]` → `[::1]`), so every spelling
 /// of an address meets the same routes. An empty port (`example.com:`) is allowed, as in
 /// RFC 3986. Only one trailing dot is stripped: `example.com..` is invalid.
-pub fn normalise_host(authority: &str) -> Option<String> {
+pub fn normalise_host(authority: &str) -> Option<Cow<'_, str>> {
     if let Some(bracketed) = authority.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']')?;
         if !after.is_empty() && !is_valid_port(after.strip_prefix(':')?) {
@@ -34,7 +35,7 @@ pub fn normalise_host(authority: &str) -> Option<String> {
         }
         // `Ipv6Addr` rejects zone ids (`%25eth0`) and anything else that is not an address.
         let addr: Ipv6Addr = inside.parse().ok()?;
-        return Some(format!("[{addr}]"));
+        return Some(Cow::Owned(format!("[{addr}]")));
     }
     let (host, port) = match authority.split_once(':') {
         Some((host, port)) => (host, Some(port)),
@@ -54,7 +55,15 @@ pub fn normalise_host(authority: &str) -> Option<String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
-    labels_ok.then(|| host.to_ascii_lowercase())
+    if !labels_ok {
+        return None;
+    }
+    // Already canonical (the usual case): no copy.
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// RFC 3986 `port = *DIGIT`, bounded to what TCP can address. Checked by hand because
@@ -125,7 +134,9 @@ impl<T> RouteTable<T> {
             });
             match host {
                 Some(host) => {
-                    let host = normalise_host(&host).unwrap_or_else(|| host.to_ascii_lowercase());
+                    let host = normalise_host(&host)
+                        .map(Cow::into_owned)
+                        .unwrap_or_else(|| host.to_ascii_lowercase());
                     hosted.push((host, index));
                 }
                 None => hostless.push(index),
@@ -352,7 +363,7 @@ mod tests {
             let Some(once) = normalise_host(input) else {
                 panic!("{input:?} rejected");
             };
-            assert_eq!(normalise_host(&once).as_deref(), Some(once.as_str()));
+            assert_eq!(normalise_host(&once).as_deref(), Some(&*once));
         }
     }
 

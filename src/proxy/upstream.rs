@@ -261,9 +261,17 @@ impl Upstreams {
                 },
             }
         }
-        // Boxed: the connect future holds a whole TLS connection while it handshakes, and
-        // would otherwise make every request's future (moved by hyper per request) that big.
-        let mut held = Box::pin(origin.connect()).await?;
+        // Boxed: a new connection's future holds a whole TLS connection while it handshakes,
+        // and would otherwise make every request's future (which hyper moves) that much bigger.
+        Box::pin(Self::send_fresh(affinity, origin, req)).await
+    }
+
+    async fn send_fresh(
+        affinity: &Affinity,
+        origin: &Arc<Origin>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let mut held = origin.connect().await?;
         let resp = held.sender.send_request(req).await?;
         affinity.keep(held);
         Ok(resp)
