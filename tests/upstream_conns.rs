@@ -198,3 +198,31 @@ async fn each_upstream_origin_keeps_its_own_connection() {
     assert_eq!((a.count(), b.count()), (3, 3));
     assert_eq!((a.connections(), b.connections()), (1, 1));
 }
+
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_whole_upstream_timeout() {
+    // The connection's requests share one timer (`Affinity::within`): one armed by an earlier
+    // request fires during a later one, which must then keep waiting for its own deadline.
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(|c| c.proxy.upstream_timeout = Duration::from_millis(1000))
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    let mut c = Client::connect(&gw).await;
+    // A arms the timer for its start + 1 s; B starts 0.6 s later and needs 0.7 s, so the
+    // timer fires 0.4 s into B.
+    assert_eq!(c.get("/sd/delay/600", &secret).await.0, 200);
+    let (status, body) = c.get("/sd/delay/700", &secret).await;
+    assert_eq!(status, 200, "{body}");
+    // And a request that never gets an answer still ends at its own deadline.
+    let started = std::time::Instant::now();
+    let (status, body) = c.get("/sd/hang", &secret).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("gateway_timeout"), "{body}");
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(up.connections(), 1);
+}

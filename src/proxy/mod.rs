@@ -303,22 +303,23 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
         let sent = Instant::now();
-        let forward = async {
-            if affine {
-                self.upstream
-                    .send(&conn.upstream, route.origin, upstream_req)
-                    .await
-            } else {
-                self.upstream.send_pooled(upstream_req).await
-            }
+        let limit = self.cfg.upstream_timeout;
+        let answer = if affine {
+            let send = self
+                .upstream
+                .send(&conn.upstream, route.origin, upstream_req);
+            conn.upstream.within(sent, limit, send).await
+        } else {
+            let send = self.upstream.send_pooled(upstream_req);
+            tokio::time::timeout(limit, send).await.ok()
         };
-        let mut resp = match tokio::time::timeout(self.cfg.upstream_timeout, forward).await {
-            Err(_) => return Err(ProxyError::GatewayTimeout),
-            Ok(Err(e)) => {
+        let mut resp = match answer {
+            None => return Err(ProxyError::GatewayTimeout),
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, route = %route.label, "upstream request failed");
                 return Err(ProxyError::BadGateway);
             }
-            Ok(Ok(r)) => r,
+            Some(Ok(r)) => r,
         };
         self.metrics.upstream(route.index, sent.elapsed());
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

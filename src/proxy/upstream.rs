@@ -18,14 +18,17 @@
 //! task and is skipped. A request that was not written because its reused connection closed
 //! under it is sent on the next connection; a request that was written is never replayed.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::config::RouteConfig;
@@ -122,6 +125,8 @@ impl Origin {
 #[derive(Default)]
 pub struct Affinity {
     held: Mutex<Vec<Held>>,
+    /// The `upstream_timeout` timer of this connection's requests (see [`Affinity::within`]).
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl std::fmt::Debug for Affinity {
@@ -133,6 +138,41 @@ impl std::fmt::Debug for Affinity {
 }
 
 impl Affinity {
+    /// Runs `fut` for at most `limit` from `started`; `None` if the time ran out first.
+    ///
+    /// For the requests of one HTTP/1 connection, which run one after another: instead of a
+    /// timer registered and removed per request (a `tokio::time::timeout`), the connection
+    /// keeps one armed timer. Each request's deadline is later than those before it, so a
+    /// timer armed by an earlier request can only fire early: the request then moves it to
+    /// its own deadline. With steady traffic the timer moves about once per `limit`, not once
+    /// per request; a firing with no request in flight wakes the connection once, harmlessly.
+    pub async fn within<F: Future>(
+        &self,
+        started: std::time::Instant,
+        limit: Duration,
+        fut: F,
+    ) -> Option<F::Output> {
+        let deadline = tokio::time::Instant::from_std(started) + limit;
+        let mut fut = std::pin::pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let mut timer = lock(&self.timer);
+            let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            loop {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                sleep.as_mut().reset(deadline);
+            }
+        })
+        .await
+    }
+
     fn take(&self, origin: &Arc<Origin>) -> Option<Held> {
         let mut held = lock(&self.held);
         let i = held.iter().position(|h| Arc::ptr_eq(&h.origin, origin))?;
