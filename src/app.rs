@@ -166,6 +166,11 @@ impl Gateway {
             clock: clock.clone(),
             lifecycle: config.lifecycle,
             audit_retention: config.audit.retention,
+            margin: if store.health().is_some() {
+                crate::lifecycle::shared_store_margin(config.usage.flush_interval)
+            } else {
+                std::time::Duration::ZERO
+            },
         });
         // Persist the policy once before serving, so the store starts consistent.
         if let Err(e) = sweeper.sweep_once().await {

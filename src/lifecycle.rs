@@ -7,6 +7,13 @@
 //! the flush). The store re-evaluates the conditions on the rows themselves in one
 //! transaction, so a repeat, or another instance sweeping at the same time, changes nothing
 //! twice; each change gets its audit row (actor `idle-policy`) in that transaction.
+//!
+//! With a store shared by several instances, a use on another instance reaches the store only
+//! with that instance's next usage flush, which this one cannot see or wait for. So a shared
+//! store is swept [`shared_store_margin`] after the policy's instant: a token used at the last
+//! moment elsewhere is neither deactivated nor (irreversibly) deleted on the strength of a
+//! record that is behind. Requests still see the exact policy: the proxy and the admin API
+//! decide the effective status at request time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +21,7 @@ use std::time::Duration;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
 use crate::state::TokenIndex;
-use crate::store::{Store, StoreResult, SweepOutcome};
+use crate::store::{Store, StoreResult, SweepCutoffs, SweepOutcome};
 use crate::usage::UsageRecorder;
 
 pub struct Sweeper {
@@ -24,6 +31,18 @@ pub struct Sweeper {
     pub clock: SharedClock,
     pub lifecycle: LifecycleConfig,
     pub audit_retention: Duration,
+    /// How long after the policy's instant a token is swept: [`shared_store_margin`] with a
+    /// shared store, zero with the embedded one (this instance's own flush, run first, and
+    /// its memory see every use).
+    pub margin: Duration,
+}
+
+/// The sweep's margin with a store shared by instances that flush usage every
+/// `flush_interval`: two intervals (a flush may start just before a use and take a while)
+/// plus 10 s for a slow or retried store write. Assumes every instance has the same
+/// `usage.flush_interval`.
+pub fn shared_store_margin(flush_interval: Duration) -> Duration {
+    flush_interval.saturating_mul(2) + Duration::from_secs(10)
 }
 
 impl Sweeper {
@@ -33,18 +52,16 @@ impl Sweeper {
         // store or (if it raced the flush) in memory, where `used_since` finds it.
         let now = self.clock.now();
         self.usage.flush(self.store.as_ref()).await?;
-        let inactive_before = now.minus(self.lifecycle.inactive_after);
-        let keep = self.index.used_since(inactive_before);
-        let out = self
-            .store
-            .sweep(
-                inactive_before,
-                now.minus(self.lifecycle.delete_after),
-                now.minus(self.audit_retention),
-                now,
-                &keep,
-            )
-            .await?;
+        let at = SweepCutoffs {
+            now,
+            inactive_before: now.minus(self.lifecycle.inactive_after + self.margin),
+            delete_before: now.minus(self.lifecycle.delete_after + self.margin),
+            audit_before: now.minus(self.audit_retention),
+            inactive_after_ms: i64::try_from(self.lifecycle.inactive_after.as_millis())
+                .unwrap_or(i64::MAX),
+        };
+        let keep = self.index.used_since(at.inactive_before);
+        let out = self.store.sweep(at, &keep).await?;
         for (id, _) in &out.deactivated {
             self.index.refresh(self.store.as_ref(), id).await?;
         }

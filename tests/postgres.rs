@@ -283,6 +283,39 @@ async fn sweeps_of_both_instances_at_once_change_each_token_once() {
     }
 }
 
+#[tokio::test]
+async fn a_use_not_yet_flushed_by_another_instance_keeps_its_token_from_the_sweep() {
+    let Some(url) =
+        postgres_url("a_use_not_yet_flushed_by_another_instance_keeps_its_token_from_the_sweep")
+    else {
+        return;
+    };
+    // B flushes usage once an hour: its use stays in its memory while A sweeps.
+    let (a, b, _up, _schema) = pair(&url, |c| {
+        c.usage.flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (secret, _) = a.create_token("last-minute", &[SD]).await;
+    a.clock.advance(DAY * 30 - Duration::from_secs(1));
+    until_answer(&b, &secret, 200, None, PROPAGATION).await;
+    // One second later the store's record (no use) says the token lapsed; B's use says not.
+    a.clock.advance(Duration::from_secs(2));
+    let out = a.gateway().sweeper.sweep_once().await.expect("sweep on A");
+    assert!(out.deactivated.is_empty(), "{out:?}");
+    // Long enough after for the sweep to trust the store: B's use has been flushed by then.
+    let g = b.gateway();
+    g.usage.flush(g.store.as_ref()).await.expect("flush on B");
+    a.clock.advance(Duration::from_secs(3 * 3600));
+    let out = a.gateway().sweeper.sweep_once().await.expect("sweep on A");
+    assert!(out.deactivated.is_empty(), "{out:?}");
+    b.get("/sd/x", Some(&secret)).await.expect(200, None);
+    // Without uses, the token lapses at the policy's instant plus the margin.
+    a.clock.advance(DAY * 30);
+    let out = a.gateway().sweeper.sweep_once().await.expect("sweep on A");
+    let names: Vec<&str> = out.deactivated.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["last-minute"], "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_survives_a_killed_listener_connection() {
     let Some(url) = postgres_url("propagation_survives_a_killed_listener_connection") else {

@@ -152,6 +152,22 @@ pub struct AuditEntry {
 /// The actor of changes made by the idle policy.
 pub const IDLE_POLICY_ACTOR: &str = "idle-policy";
 
+/// When a lifecycle sweep runs and what it changes (see [`Store::sweep`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepCutoffs {
+    /// The sweep's time; its audit rows carry it.
+    pub now: Timestamp,
+    /// Active tokens idle since this instant or earlier become inactive (reason idle).
+    pub inactive_before: Timestamp,
+    /// Tokens idle since this instant or earlier are deleted.
+    pub delete_before: Timestamp,
+    /// Audit rows older than this are pruned.
+    pub audit_before: Timestamp,
+    /// `lifecycle.inactive_after` in ms: a token deactivated as idle records `deactivated_at`
+    /// = its idle start + this, the instant it lapsed, however late the sweep ran.
+    pub inactive_after_ms: i64,
+}
+
 /// What the lifecycle sweep changed (ids and names, for logs and cache invalidation).
 #[derive(Debug, Clone, Default)]
 pub struct SweepOutcome {
@@ -277,21 +293,14 @@ pub trait Store: Send + Sync + 'static {
     /// to `max_ips` unblocked records, least recently used first. Deltas of tokens that no
     /// longer exist are dropped.
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()>;
-    /// Persists the idle policy at `now`: active tokens idle since `inactive_before` or
-    /// earlier become inactive (reason idle); tokens idle since `delete_before` are deleted;
+    /// Persists the idle policy at `at.now`: active tokens idle since `at.inactive_before` or
+    /// earlier become inactive (reason idle); tokens idle since `at.delete_before` are deleted;
     /// each change gets an audit row (actor `idle-policy`) in the same transaction. Audit rows
-    /// older than `audit_before` are pruned.
+    /// older than `at.audit_before` are pruned.
     ///
     /// `keep` lists token ids this instance knows were used recently (in memory, possibly not
     /// flushed yet): they are left alone whatever the store says.
-    async fn sweep(
-        &self,
-        inactive_before: Timestamp,
-        delete_before: Timestamp,
-        audit_before: Timestamp,
-        now: Timestamp,
-        keep: &[String],
-    ) -> StoreResult<SweepOutcome>;
+    async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> StoreResult<SweepOutcome>;
     /// Audit rows, newest first, optionally for one token (by case-folded name), at most `limit`.
     async fn list_audit(
         &self,

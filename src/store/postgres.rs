@@ -702,14 +702,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn sweep(
-        &self,
-        inactive_before: Timestamp,
-        delete_before: Timestamp,
-        audit_before: Timestamp,
-        now: Timestamp,
-        keep: &[String],
-    ) -> Result<SweepOutcome, Fail> {
+    async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> Result<SweepOutcome, Fail> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // Take the generation lock first (the order every token change uses); a concurrent
@@ -731,12 +724,12 @@ impl Inner {
                     "DELETE FROM tokens WHERE {IDLE_START} <= $1 AND NOT (id = ANY($2))
                      RETURNING id, name"
                 ),
-                &[&delete_before.0, &keep],
+                &[&at.delete_before.0, &keep],
             )
             .await?,
         )?;
         // deactivated_at = the instant the token lapsed (idle start + inactive_after).
-        let lapse = now.0 - inactive_before.0;
+        let lapse = at.inactive_after_ms;
         out.deactivated = pairs(
             tx.query(
                 &format!(
@@ -745,12 +738,12 @@ impl Inner {
                      WHERE status = 'active' AND {IDLE_START} <= $1 AND NOT (id = ANY($3))
                      RETURNING id, name"
                 ),
-                &[&inactive_before.0, &lapse, &keep],
+                &[&at.inactive_before.0, &lapse, &keep],
             )
             .await?,
         )?;
         let entry = |action: &str, id: &str, name: &str| AuditEntry {
-            at: now,
+            at: at.now,
             actor: IDLE_POLICY_ACTOR.to_string(),
             source_ip: None,
             action: action.to_string(),
@@ -778,7 +771,7 @@ impl Inner {
             notify(&tx, &self.channel, generation, &ids).await?;
         }
         let pruned = tx
-            .execute("DELETE FROM audit WHERE at < $1", &[&audit_before.0])
+            .execute("DELETE FROM audit WHERE at < $1", &[&at.audit_before.0])
             .await?;
         out.pruned = usize::try_from(pruned).unwrap_or(usize::MAX);
         tx.commit().await?;
@@ -1027,17 +1020,9 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn sweep(
-        &self,
-        inactive_before: Timestamp,
-        delete_before: Timestamp,
-        audit_before: Timestamp,
-        now: Timestamp,
-        keep: &[String],
-    ) -> StoreResult<SweepOutcome> {
+    async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> StoreResult<SweepOutcome> {
         self.run(keep.to_vec(), move |i, keep| async move {
-            i.sweep(inactive_before, delete_before, audit_before, now, &keep)
-                .await
+            i.sweep(at, &keep).await
         })
         .await
     }

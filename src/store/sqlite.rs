@@ -665,14 +665,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn sweep(
-        &self,
-        inactive_before: Timestamp,
-        delete_before: Timestamp,
-        audit_before: Timestamp,
-        now: Timestamp,
-        keep: &[String],
-    ) -> StoreResult<SweepOutcome> {
+    async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> StoreResult<SweepOutcome> {
         let keep = serde_json::Value::from(keep.to_vec()).to_string();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
@@ -685,7 +678,7 @@ impl Store for SqliteStore {
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
-                    .query_map(params![delete_before.0, keep], |r| {
+                    .query_map(params![at.delete_before.0, keep], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(unavailable)?;
@@ -696,7 +689,7 @@ impl Store for SqliteStore {
             {
                 // deactivated_at = the instant the token lapsed (idle start + inactive_after),
                 // not the sweep's time: the record reads the same however late the sweep ran.
-                let lapse = now.0 - inactive_before.0;
+                let lapse = at.inactive_after_ms;
                 let mut stmt = tx
                     .prepare(&format!(
                         "UPDATE tokens SET status = 'inactive', inactive_reason = 'idle',
@@ -706,7 +699,7 @@ impl Store for SqliteStore {
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
-                    .query_map(params![inactive_before.0, lapse, keep], |r| {
+                    .query_map(params![at.inactive_before.0, lapse, keep], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(unavailable)?;
@@ -716,7 +709,7 @@ impl Store for SqliteStore {
             }
             // Same transaction: no idle change without its audit row.
             let entry = |action: &str, id: &str, name: &str| AuditEntry {
-                at: now,
+                at: at.now,
                 actor: IDLE_POLICY_ACTOR.to_string(),
                 source_ip: None,
                 action: action.to_string(),
@@ -734,7 +727,7 @@ impl Store for SqliteStore {
                 write_audit(&tx, a)?;
             }
             out.pruned = tx
-                .execute("DELETE FROM audit WHERE at < ?1", [audit_before.0])
+                .execute("DELETE FROM audit WHERE at < ?1", [at.audit_before.0])
                 .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(out)
