@@ -13,7 +13,7 @@
 #
 #   benches/scale_load.sh                 # ROUNDS=5 DURATION=5s
 #
-# Rounds interleave the variants; the tables show medians. The gateway is pinned to CPU 0,
+# Rounds interleave the variants, in alternating order; the tables show medians. The gateway is pinned to CPU 0,
 # wrk and the upstream (nginx, one worker) to CPU 1, as in proxy-compare.sh. Needs wrk, nginx,
 # curl, bc, python3. Loopback only; stops by itself.
 set -euo pipefail
@@ -145,17 +145,27 @@ field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -a ONE TENK BASE FLOOD FLOODN
-for r in $(seq "$ROUNDS"); do
-  one=$(run_ips 1)
-  tenk=$(run_ips 10000)
-  # Baseline: all connections valid; measured: VALID_CONNS of them.
+run_base() { # -> RESULT line of the valid connections, all FLOOD_CONNS others valid too
   taskset -c 1 wrk -t1 -c"$FLOOD_CONNS" -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$URL" >/dev/null &
-  base=$(run_valid "$VALID_CONNS")
+  run_valid "$VALID_CONNS"
   wait $!
-  # Flood: FLOOD_CONNS connections of unknown secrets + the same valid ones.
+}
+run_flood() { # -> RESULT line of the valid connections, FLOOD_CONNS others flooding
   taskset -c 1 wrk -t1 -c"$FLOOD_CONNS" -d"$DURATION" -s "$WORK/flood.lua" "$URL" >"$WORK/flood.out" &
-  flood=$(run_valid "$VALID_CONNS")
+  run_valid "$VALID_CONNS"
   wait $!
+}
+for r in $(seq "$ROUNDS"); do
+  # Each pair runs in alternating order (odd rounds A then B, even rounds B then A), so that
+  # whatever a run leaves behind (usage still to flush, limiter entries, WAL to checkpoint)
+  # weighs on both variants alike.
+  if ((r % 2)); then
+    one=$(run_ips 1); tenk=$(run_ips 10000)
+    base=$(run_base); flood=$(run_flood)
+  else
+    tenk=$(run_ips 10000); one=$(run_ips 1)
+    flood=$(run_flood); base=$(run_base)
+  fi
   fl=$(grep '^FLOOD' "$WORK/flood.out")
   bad=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$fl")
   fl="$fl invalid_share=$(echo "scale=3; $bad / ($bad + $(field requests "$flood"))" | bc)"
