@@ -162,11 +162,13 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // stderr, with the access log batched (see `logsink`).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logsink::MakeSinkWriter(&crate::logsink::STDERR))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    crate::logsink::flush_on_panic();
 }
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C).

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod error;
 pub mod lifecycle;
 pub mod limiter;
+pub mod logsink;
 pub mod metrics;
 pub mod net;
 pub mod policy;

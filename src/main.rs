@@ -11,7 +11,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     // clap exits 2 on a usage error (0 for --help / --version) by itself.
     let args = Cli::parse();
-    std::process::exit(match try_main(args) {
+    let result = try_main(args);
+    // Batched access-log lines go out before the exit (and before the error line).
+    tokengate::logsink::STDERR.flush();
+    std::process::exit(match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tokengate: {e:#}");
