@@ -42,7 +42,9 @@ pub struct Sweeper {
 /// plus 10 s for a slow or retried store write. Assumes every instance has the same
 /// `usage.flush_interval`.
 pub fn shared_store_margin(flush_interval: Duration) -> Duration {
-    flush_interval.saturating_mul(2) + Duration::from_secs(10)
+    flush_interval
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(10))
 }
 
 impl Sweeper {
@@ -54,8 +56,8 @@ impl Sweeper {
         self.usage.flush(self.store.as_ref()).await?;
         let at = SweepCutoffs {
             now,
-            inactive_before: now.minus(self.lifecycle.inactive_after + self.margin),
-            delete_before: now.minus(self.lifecycle.delete_after + self.margin),
+            inactive_before: now.minus(self.lifecycle.inactive_after.saturating_add(self.margin)),
+            delete_before: now.minus(self.lifecycle.delete_after.saturating_add(self.margin)),
             audit_before: now.minus(self.audit_retention),
             inactive_after_ms: i64::try_from(self.lifecycle.inactive_after.as_millis())
                 .unwrap_or(i64::MAX),

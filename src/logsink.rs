@@ -106,13 +106,26 @@ impl<W: Write + Send + 'static> LogSink<W> {
     }
 }
 
+/// Unwritten bytes kept for a later attempt when the output refuses them (a full
+/// non-blocking pipe); beyond this they are dropped rather than kept forever.
+const KEEP_UNWRITTEN: usize = 1024 * 1024;
+
 fn write_out<W: Write>(buf: &mut Vec<u8>, out: &mut W) {
-    if buf.is_empty() {
-        return;
+    let mut written = 0;
+    while written < buf.len() {
+        match out.write(&buf[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
-    // Nowhere to report a failed log write; the lines are dropped rather than kept forever.
-    let _ = out.write_all(buf).and_then(|()| out.flush());
-    buf.clear();
+    let _ = out.flush();
+    buf.drain(..written);
+    if buf.len() > KEEP_UNWRITTEN {
+        // Nowhere to report a failed log write.
+        buf.clear();
+    }
 }
 
 /// The `tracing` writer for a sink: batches the access log, writes everything else through.
@@ -234,6 +247,41 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(text(&out), "later\n");
+    }
+
+    /// Accepts at most `room` bytes, then refuses with `WouldBlock` (a full pipe).
+    struct Full {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = b.len().min(self.room);
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= n;
+            self.got.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_an_output_refuses_are_kept_for_the_next_write() {
+        let mut out = Full {
+            got: Vec::new(),
+            room: 4,
+        };
+        let mut buf = b"one\ntwo\n".to_vec();
+        write_out(&mut buf, &mut out);
+        assert_eq!((&out.got[..], &buf[..]), (&b"one\n"[..], &b"two\n"[..]));
+        out.room = 100;
+        write_out(&mut buf, &mut out);
+        assert_eq!((&out.got[..], buf.len()), (&b"one\ntwo\n"[..], 0));
     }
 
     #[test]

@@ -226,3 +226,71 @@ async fn each_request_on_a_connection_gets_its_whole_upstream_timeout() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(up.connections(), 1);
 }
+
+/// A keep-alive upstream whose responses arrive in two parts: the head with half the body,
+/// and the rest 20 ms later, so a response is still being read when the gateway already has
+/// its head. Returns its address and the count of connections it accepted.
+async fn split_body_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    pending.drain(..end);
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nok";
+                    if s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if s.write_all(b"!!").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_client_using_more_origins_than_it_keeps_still_reuses_connections() {
+    // Six origins, one client connection (which keeps at most four): going round them twice
+    // must not open a second connection to any of them, although each response is still
+    // arriving when the next origin's connection is put aside.
+    let mut ups = Vec::new();
+    for _ in 0..6 {
+        ups.push(split_body_upstream().await);
+    }
+    let mut builder = TestGateway::builder();
+    for (i, (addr, _)) in ups.iter().enumerate() {
+        builder = builder.route(&format!("/u{i}/"), Access::SECURITY_DIRECTOR, *addr);
+    }
+    let gw = builder.start().await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    let mut c = Client::connect(&gw).await;
+    for _ in 0..2 {
+        for i in 0..ups.len() {
+            let (status, body) = c.get(&format!("/u{i}/x"), &secret).await;
+            assert_eq!((status, body.as_str()), (200, "ok!!"));
+        }
+    }
+    let conns: Vec<usize> = ups
+        .iter()
+        .map(|(_, n)| n.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(conns, vec![1; 6]);
+}

@@ -12,6 +12,9 @@
 //! HTTP/2 clients (many requests in flight on one connection) and protocol upgrades use the
 //! pooled client instead ([`Upstreams::send_pooled`]).
 //!
+//! A client connection that uses more than [`MAX_AFFINE`] origins keeps the most recently
+//! used ones; the least recently used goes back to its origin's idle list.
+//!
 //! Bounds: one upstream connection per origin per downstream connection, at most
 //! [`MAX_AFFINE`] origins per downstream connection; at most [`MAX_IDLE`] idle connections
 //! per origin, none older than [`IDLE_TIMEOUT`]. A connection the upstream closed ends its
@@ -152,7 +155,11 @@ impl Affinity {
         limit: Duration,
         fut: F,
     ) -> Option<F::Output> {
-        let deadline = tokio::time::Instant::from_std(started) + limit;
+        let start = tokio::time::Instant::from_std(started);
+        // A limit too large to add is as good as none (about 30 years).
+        let deadline = start
+            .checked_add(limit)
+            .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 86_400));
         let mut fut = std::pin::pin!(fut);
         poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -176,16 +183,20 @@ impl Affinity {
     fn take(&self, origin: &Arc<Origin>) -> Option<Held> {
         let mut held = lock(&self.held);
         let i = held.iter().position(|h| Arc::ptr_eq(&h.origin, origin))?;
-        Some(held.swap_remove(i))
+        Some(held.remove(i))
     }
 
+    /// Keeps the connection just used (its response body may still be arriving). When the
+    /// connection already holds [`MAX_AFFINE`], the least recently used one goes to its
+    /// origin's idle list instead: its last response finished before this request began (a
+    /// client connection's HTTP/1 requests run one after another), so it is ready for reuse.
     fn keep(&self, h: Held) {
         let mut held = lock(&self.held);
-        if held.len() < MAX_AFFINE {
-            held.push(h);
-        } else {
-            drop(held);
-            h.origin.release(h.sender);
+        let evicted = (held.len() >= MAX_AFFINE).then(|| held.remove(0));
+        held.push(h);
+        drop(held);
+        if let Some(old) = evicted {
+            old.origin.release(old.sender);
         }
     }
 }
