@@ -91,13 +91,19 @@ impl Origin {
             // finish or close that connection.
             return;
         }
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
-        Self::trim(&mut idle);
+        // The list is in release order, oldest first: drop the expired ones from its front
+        // (one clock read, not one per entry: a client connecting per request releases a
+        // connection per request). Closed ones are skipped by `checkout`, and removed here
+        // only when the list is full, and by the reaper.
+        let expired = idle.partition_point(|i| now.duration_since(i.since) >= IDLE_TIMEOUT);
+        idle.drain(..expired);
+        if idle.len() >= MAX_IDLE {
+            Self::trim(&mut idle);
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                since: Instant::now(),
-                sender,
-            });
+            idle.push(Idle { since: now, sender });
         }
     }
 
