@@ -7,8 +7,10 @@
 //!   new connections while live ones keep theirs. A reload that fails (a missing file, a key
 //!   that does not match) keeps the current configuration and logs why.
 //! - [`Reloader`] polls the files' contents every few seconds and reloads on SIGHUP.
-//! - [`UpstreamClients`]: one pooled hyper client per distinct route TLS setting (routes
-//!   without TLS settings share one), chosen per request by the upstream's `host:port`.
+//! - [`UpstreamClients`]: per distinct route TLS setting (routes without TLS settings share
+//!   one), a connector and a pooled hyper client built on it, chosen by the upstream's
+//!   `host:port`. `proxy::upstream` opens its connection-affine connections with the
+//!   connector and uses the pooled client for HTTP/2 clients and upgrades.
 //!
 //! Error messages name the config key and the file (`proxy.tls.cert: cannot read "x.pem":
 //! ...`); they never contain key material.

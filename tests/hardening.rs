@@ -102,17 +102,30 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
         held.push(s);
     }
     // A third connection is accepted by the kernel but not served while both are held.
-    let mut third = TcpStream::connect(gw.proxy).await.unwrap();
-    let req = format!("GET /sd/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n");
-    third.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = [0u8; 512];
-    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
-    assert!(early.is_err(), "served beyond max_connections");
+    let third = waiting_request(&gw, &secret, "served beyond max_connections").await;
     // Free a slot: the waiting connection is served.
     drop(held.pop());
-    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+    answered_200(third, "served once a slot is free").await;
+}
+
+/// Sends a request on a new connection and checks that it is not answered within 0.5 s (it
+/// waits for a connection slot); returns the connection.
+async fn waiting_request(gw: &TestGateway, secret: &str, served_early: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let req = format!("GET /sd/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let early = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(early.is_err(), "{served_early}");
+    s
+}
+
+/// The request waiting on `s` is answered 200 within 10 s.
+async fn answered_200(mut s: TcpStream, what: &str) {
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
-        .expect("served once a slot is free")
+        .expect(what)
         .unwrap();
     assert!(
         String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
@@ -133,26 +146,15 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
     let head = read_head(&mut tunnel).await;
     assert_eq!(raw_status(&head), 101, "{head}");
     // The tunnel holds the only slot: a second connection is not served while it is open.
-    let mut second = TcpStream::connect(gw.proxy).await.unwrap();
-    let req = format!("GET /sd/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n");
-    second.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = [0u8; 512];
-    let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
-    assert!(
-        early.is_err(),
-        "served beyond max_connections while a tunnel was open"
-    );
+    let second = waiting_request(
+        &gw,
+        &secret,
+        "served beyond max_connections while a tunnel was open",
+    )
+    .await;
     // Closing the tunnel frees the slot.
     drop(tunnel);
-    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
-        .await
-        .expect("served once the tunnel closed")
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    answered_200(second, "served once the tunnel closed").await;
 }
 
 #[tokio::test]

@@ -35,6 +35,10 @@ async fn gateway() -> (Upstream, TestGateway, String) {
         .start()
         .await;
     let (secret, _) = gw.create_token("t", &["security-director"]).await;
+    // Healthy before the fault: a use is served, recorded, and the store is ready.
+    gw.get("/sd/before", Some(&secret)).await.expect(200, None);
+    readyz(&gw).await.expect(200, None);
+    assert_eq!(requests_from_loopback(&gw, "t").await, 1);
     (up, gw, secret)
 }
 
@@ -76,9 +80,6 @@ async fn requests_from_loopback(gw: &TestGateway, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_locked_by_another_process_fails_writes_clearly_and_recovers() {
     let (up, gw, secret) = gateway().await;
-    gw.get("/sd/before", Some(&secret)).await.expect(200, None);
-    readyz(&gw).await.expect(200, None);
-    assert_eq!(requests_from_loopback(&gw, "t").await, 1);
 
     // The fault: another connection takes the write lock and keeps it (in WAL mode readers
     // go on; every writer waits for the busy timeout, then fails with SQLITE_BUSY).
@@ -217,9 +218,6 @@ fn repair(path: &std::path::Path, saved: Saved) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_damaged_while_running_is_refused_clearly_and_recovers_once_repaired() {
     let (up, gw, secret) = gateway().await;
-    gw.get("/sd/before", Some(&secret)).await.expect(200, None);
-    readyz(&gw).await.expect(200, None);
-    assert_eq!(requests_from_loopback(&gw, "t").await, 1);
 
     // The fault: pages of every table and index overwritten (SQLITE_CORRUPT on each read).
     let path = db_path(&gw);
