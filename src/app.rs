@@ -199,10 +199,13 @@ impl Gateway {
             h2_max_header_list_size: u32::try_from(p.max_header_bytes * 2).unwrap_or(u32::MAX),
             idle_timeout: p.idle_timeout,
             max_connections: p.max_connections,
+            max_connections_per_ip: p.max_connections_per_ip,
+            per_ip_exempt: p.trusted_proxies.clone(),
             shutdown_grace: p.shutdown_grace,
         };
         let admin_opts = ServerOptions {
             max_connections: 1024,
+            max_connections_per_ip: 0,
             ..opts.clone()
         };
         let proxy_handle = proxy.clone();

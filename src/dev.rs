@@ -37,6 +37,8 @@ pub async fn spawn_echo(
         h2_max_header_list_size: 64 * 1024,
         idle_timeout: std::time::Duration::from_secs(60),
         max_connections: 1024,
+        max_connections_per_ip: 0,
+        per_ip_exempt: Vec::new(),
         shutdown_grace: std::time::Duration::from_secs(1),
     };
     tokio::spawn(server::serve(

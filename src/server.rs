@@ -13,10 +13,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 
@@ -51,6 +51,10 @@ pub struct ServerOptions {
     pub h2_max_header_list_size: u32,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one client IP may hold at once (0 = no cap); peers in
+    /// `per_ip_exempt` (trusted proxies, which carry many clients) have no cap.
+    pub max_connections_per_ip: usize,
+    pub per_ip_exempt: Vec<ipnet::IpNet>,
     pub shutdown_grace: Duration,
 }
 
@@ -65,7 +69,7 @@ pub struct ConnInfo {
     /// This connection's place under `max_connections`. A protocol upgrade hands the socket
     /// to a tunnel task that outlives the connection task; the tunnel keeps a clone, so the
     /// slot is free only when the socket really closes.
-    pub slot: Arc<OwnedSemaphorePermit>,
+    pub slot: Arc<ConnSlot>,
     /// The upstream connections this connection's requests are forwarded on (proxy only).
     pub upstream: Arc<crate::proxy::upstream::Affinity>,
 }
@@ -80,7 +84,7 @@ pub async fn serve<F, Fut, B>(
 ) where
     F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -99,7 +103,7 @@ pub async fn serve_tls<F, Fut, B>(
 ) where
     F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -107,7 +111,11 @@ pub async fn serve_tls<F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // hyper's own timer starts when it begins to read a head, which is at accept and
+        // again right after every response: it would cut keep-alive idle time down to the
+        // header timeout, and never times a connection still in the HTTP/1-or-2 sniff. The
+        // connection's `Watchdog` times heads (from accept, then from a head's first byte).
+        .header_read_timeout(None)
         .max_buf_size(opts.max_buf_size)
         .keep_alive(true);
     builder
@@ -121,6 +129,7 @@ pub async fn serve_tls<F, Fut, B>(
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(opts.max_connections));
+    let per_ip = PerIp::default();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -141,21 +150,42 @@ pub async fn serve_tls<F, Fut, B>(
             },
             _ = shutdown.changed() => break,
         };
+        let ip = crate::net::canonical_ip(peer.ip());
+        let share = if opts.max_connections_per_ip == 0
+            || opts.per_ip_exempt.iter().any(|n| n.contains(&ip))
+        {
+            None
+        } else {
+            match per_ip.take(ip, opts.max_connections_per_ip) {
+                Some(share) => Some(share),
+                None => {
+                    // Closed at once, unread: one address cannot hold the listener's every
+                    // slot and keep other clients out.
+                    tracing::debug!(%peer, "refusing a connection: max_connections_per_ip reached");
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let activity = Arc::new(AtomicI64::new(0));
+        let watch = Arc::new(ConnWatch::new());
         let io = IdleIo {
             inner: stream,
-            activity: activity.clone(),
+            watch: watch.clone(),
         };
         // The acceptor is taken now: a reload after this point applies to the next connection.
         let acceptor = tls.as_ref().map(|t| (t.acceptor(), t.client_auth()));
         let handshake_timeout = opts.header_read_timeout;
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let idle = opts.idle_timeout;
-        let slot = Arc::new(permit);
+        let slot = Arc::new(ConnSlot {
+            _permit: permit,
+            _share: share,
+        });
+        let conn_watch = watch.clone();
         let task = tokio::spawn(async move {
+            // Wakes the watchdog when this task ends, however it ends.
+            let _ended = WakeOnDrop(conn_watch.clone());
             let (io, subject) = match acceptor {
                 None => (MaybeTls::Plain(io), None),
                 Some((acceptor, client_auth)) => {
@@ -190,8 +220,15 @@ pub async fn serve_tls<F, Fut, B>(
                 if let Some(s) = &subject {
                     req.extensions_mut().insert(s.clone());
                 }
+                let guard = InFlight::start(&conn_watch, req.version() >= http::Version::HTTP_2);
                 let fut = handler(info.clone(), req);
-                async move { Ok::<_, Infallible>(fut.await) }
+                async move {
+                    let resp = fut.await;
+                    Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                        inner,
+                        _guard: guard,
+                    }))
+                }
             });
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -200,9 +237,15 @@ pub async fn serve_tls<F, Fut, B>(
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
-        // The idle timeout runs beside the connection, not inside it: polling a timer next to
+        // The timeouts run beside the connection, not inside it: polling a timer next to
         // the connection future would cost a timer poll on every wake-up of every request.
-        tokio::spawn(idle_watch(task.abort_handle(), activity, idle, peer));
+        tokio::spawn(watchdog(
+            task.abort_handle(),
+            watch,
+            opts.header_read_timeout,
+            opts.idle_timeout,
+            peer,
+        ));
     }
     drop(listener);
     if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
@@ -213,25 +256,253 @@ pub async fn serve_tls<F, Fut, B>(
     }
 }
 
-/// Resolves once the connection has seen no byte in either direction for `idle`.
-/// A request waiting on a slow upstream is not idle traffic-wise, but upstream_timeout is
-/// normally far below idle_timeout; a long-lived stream with no bytes for `idle` is closed.
-async fn idle_watch(conn: AbortHandle, activity: Arc<AtomicI64>, idle: Duration, peer: SocketAddr) {
-    let mut seen = -1;
+/// A connection's place under the listener's limits: one of `max_connections`, and one of
+/// its client IP's `max_connections_per_ip`. Released when the last holder drops it (the
+/// connection task, or the tunnel of an upgraded connection).
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    _share: Option<IpShare>,
+}
+
+impl std::fmt::Debug for ConnSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnSlot")
+    }
+}
+
+/// Open connections per client IP (only IPs with at least one are present).
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+impl PerIp {
+    /// A share for `ip` unless it already holds `cap` connections.
+    fn take(&self, ip: std::net::IpAddr, cap: usize) -> Option<IpShare> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpShare {
+            ip,
+            counts: self.clone(),
+        })
+    }
+}
+
+struct IpShare {
+    ip: std::net::IpAddr,
+    counts: PerIp,
+}
+
+impl Drop for IpShare {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// "No head in progress" in [`ConnWatch::head_started_ms`].
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection's [`watchdog`] knows of it: kept by its IO (bytes moved, the first byte
+/// of a head) and by its requests (received, answered). Atomics only; the request path
+/// touches it twice per request and the IO once per read.
+pub(crate) struct ConnWatch {
+    /// When the connection was accepted.
+    start: Instant,
+    /// Bumped by every read or write that moved bytes.
+    activity: AtomicU64,
+    /// Request heads received so far.
+    requests: AtomicU64,
+    /// Requests whose response is not yet written out (or that were abandoned).
+    in_flight: AtomicU64,
+    /// An idle HTTP/1 connection waiting for the first byte of its next head.
+    awaiting_head: AtomicBool,
+    /// Milliseconds after `start` at which the head in progress got its first byte
+    /// (HTTP/1, after the first request), or [`NO_HEAD`].
+    head_started_ms: AtomicU64,
+    /// Milliseconds after `start` at which the connection last had no request in flight.
+    idle_since_ms: AtomicU64,
+    /// Woken when the connection goes idle, a head begins, or the connection task ends.
+    wake: Notify,
+}
+
+impl ConnWatch {
+    fn new() -> ConnWatch {
+        ConnWatch {
+            start: Instant::now(),
+            activity: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            awaiting_head: AtomicBool::new(false),
+            head_started_ms: AtomicU64::new(NO_HEAD),
+            idle_since_ms: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// Called by the IO for every read that returned bytes.
+    fn read_bytes(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        if self.awaiting_head.load(Ordering::Relaxed)
+            && self.awaiting_head.swap(false, Ordering::Relaxed)
+        {
+            self.head_started_ms.store(self.millis(), Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// One request of a connection, from its head until its response is written out (it moves
+/// into the response body) or it is abandoned.
+struct InFlight {
+    watch: Arc<ConnWatch>,
+    http2: bool,
+}
+
+impl InFlight {
+    fn start(watch: &Arc<ConnWatch>, http2: bool) -> InFlight {
+        watch.requests.fetch_add(1, Ordering::Relaxed);
+        watch.in_flight.fetch_add(1, Ordering::Relaxed);
+        watch.awaiting_head.store(false, Ordering::Relaxed);
+        watch.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
+        InFlight {
+            watch: watch.clone(),
+            http2,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let w = &self.watch;
+        if w.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            w.idle_since_ms.store(w.millis(), Ordering::Relaxed);
+            // An HTTP/2 connection's frames between requests (PING, SETTINGS) are not a
+            // head: it stays idle until a stream begins.
+            w.awaiting_head.store(!self.http2, Ordering::Relaxed);
+            w.wake.notify_one();
+        }
+    }
+}
+
+struct WakeOnDrop(Arc<ConnWatch>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.wake.notify_one();
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when it is dropped (written out,
+/// or abandoned with the connection).
+pub struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Closes the connection when it overstays (nginx's `client_header_timeout` and
+/// `keepalive_timeout`):
+/// - the first request's head (TLS handshake and the HTTP/2 preface included) must be whole
+///   within `head` of accept, so a connection that sends nothing, or only a preface, is
+///   closed then;
+/// - between requests a connection may be idle for `idle`; once the next HTTP/1 head has
+///   begun (its first byte), it must be whole within `head` of that byte;
+/// - while a request is in flight, a connection on which no byte moved for `idle` (a
+///   stalled body, a silent stream) is closed.
+async fn watchdog(
+    conn: AbortHandle,
+    w: Arc<ConnWatch>,
+    head: Duration,
+    idle: Duration,
+    peer: SocketAddr,
+) {
+    let far = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + FAR_FUTURE);
+    let mut quiet = (w.activity.load(Ordering::Relaxed), Instant::now());
     loop {
-        tokio::time::sleep(idle).await;
         if conn.is_finished() {
             return;
         }
-        let now = activity.load(Ordering::Relaxed);
-        if now == seen {
-            tracing::debug!(%peer, "closing idle connection");
+        let (deadline, why) = if w.requests.load(Ordering::Relaxed) == 0 {
+            (
+                far(w.start, head),
+                "no request head within header_read_timeout",
+            )
+        } else if w.in_flight.load(Ordering::Relaxed) > 0 {
+            let a = w.activity.load(Ordering::Relaxed);
+            if a != quiet.0 {
+                quiet = (a, Instant::now());
+            }
+            (far(quiet.1, idle), "no byte moved within idle_timeout")
+        } else {
+            match w.head_started_ms.load(Ordering::Relaxed) {
+                NO_HEAD => (
+                    far(w.at(w.idle_since_ms.load(Ordering::Relaxed)), idle),
+                    "idle for idle_timeout",
+                ),
+                begun => (
+                    far(w.at(begun), head),
+                    "request head not whole within header_read_timeout",
+                ),
+            }
+        };
+        if Instant::now() >= deadline {
+            tracing::debug!(%peer, "closing the connection: {why}");
             conn.abort();
             return;
         }
-        seen = now;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = w.wake.notified() => {}
+        }
+        // Whatever changed meanwhile, the next round reads afresh; an unchanged state whose
+        // deadline passed closes the connection.
     }
 }
+
+/// A bound too large to add to an instant is as good as none (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// A connection's IO: plain, or TLS over it. (The idle counter sits below TLS, so it counts
 /// the bytes on the wire.)
@@ -294,16 +565,16 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
-/// Wraps a connection's IO to count activity for the idle timeout.
+/// Wraps a connection's IO to report its bytes to the connection's [`ConnWatch`].
 struct IdleIo {
     inner: TcpStream,
-    activity: Arc<AtomicI64>,
+    watch: Arc<ConnWatch>,
 }
 
 impl IdleIo {
     fn bump(&self) {
-        // A counter, not a time: idle_watch only needs to know whether anything happened.
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        // A counter, not a time: the watchdog only needs to know whether anything happened.
+        self.watch.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -317,7 +588,7 @@ impl AsyncRead for IdleIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.bump();
+            this.watch.read_bytes();
         }
         r
     }
