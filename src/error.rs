@@ -21,6 +21,14 @@ macro_rules! json_body {
 pub enum ProxyError {
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// 400 `invalid_request` for a message whose framing cannot be trusted (no `Host` on
+    /// HTTP/1.1, a malformed chunked body): the connection is closed after the answer.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// 501 `not_implemented`: a transfer coding other than `chunked`, or `TRACE`. The
+    /// connection is closed after the answer (the body's framing is unknown).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("too many failed authentications")]
@@ -48,7 +56,8 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidRequest(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -65,7 +74,8 @@ impl ProxyError {
     /// The SPEC's `error` code.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::InvalidRequest(_) | ProxyError::Malformed(_) => "invalid_request",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::TooManyFailures { .. } => "too_many_failures",
             ProxyError::MissingToken => "missing_token",
@@ -82,8 +92,10 @@ impl ProxyError {
 
     fn body(&self) -> Bytes {
         let s: &'static str = match self {
-            ProxyError::InvalidRequest(reason) => {
-                let v = serde_json::json!({"error": "invalid_request", "message": reason});
+            ProxyError::InvalidRequest(reason)
+            | ProxyError::Malformed(reason)
+            | ProxyError::NotImplemented(reason) => {
+                let v = serde_json::json!({"error": self.code(), "message": reason});
                 return Bytes::from(v.to_string());
             }
             ProxyError::HeadersTooLarge => {
@@ -125,6 +137,15 @@ impl ProxyError {
         Bytes::from_static(s.as_bytes())
     }
 
+    /// Whether the connection must close after this answer (HTTP/1: the rest of the
+    /// client's message cannot be told from the next one).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Malformed(_) | ProxyError::NotImplemented(_)
+        )
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(Either::Left(Full::new(self.body())));
         *resp.status_mut() = self.status();
@@ -160,6 +181,8 @@ mod tests {
     fn bodies_are_valid_json_with_the_code() {
         let all = [
             ProxyError::InvalidRequest("x \"quoted\""),
+            ProxyError::Malformed("no Host"),
+            ProxyError::NotImplemented("TRACE"),
             ProxyError::HeadersTooLarge,
             ProxyError::TooManyFailures {
                 retry_after_secs: 3,

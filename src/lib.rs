@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod clock;

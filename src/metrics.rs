@@ -32,8 +32,9 @@ const STATUS_SLOTS: usize = 500;
 
 /// The refusal codes counted in `tokengate_auth_refusals_total` (every proxy refusal that is
 /// the gateway's decision; upstream failures are in the per-status request counts).
-pub const REFUSALS: [&str; 10] = [
+pub const REFUSALS: [&str; 11] = [
     "invalid_request",
+    "not_implemented",
     "headers_too_large",
     "too_many_failures",
     "missing_token",
@@ -361,6 +362,15 @@ mod tests {
         assert_eq!(m.routes[1].statuses[304].load(Ordering::Relaxed), 1);
         m.refusal("invalid_token");
         m.refusal("bad_gateway");
-        assert_eq!(m.refusals[4].load(Ordering::Relaxed), 1);
+        let i = REFUSALS.iter().position(|c| *c == "invalid_token").unwrap();
+        assert_eq!(m.refusals[i].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            m.refusals
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            1,
+            "codes outside REFUSALS are not counted"
+        );
     }
 }

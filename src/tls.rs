@@ -20,9 +20,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use http::{Request, Uri};
-use hyper::body::{Body, Incoming};
+use http::uri::Scheme;
+use http::Request;
+use hyper::body::Body;
 use hyper_rustls::{
     DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
 };
@@ -37,7 +37,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{check_upstream_tls, ConfigError, RouteConfig, ServerTlsConfig, UpstreamTls};
+use crate::body::ClientBody;
+use crate::config::{ConfigError, RouteConfig, ServerTlsConfig, UpstreamTls};
 
 /// How often the certificate files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -486,7 +487,7 @@ fn https_connector(
     HttpsConnector::new(http, tls, false, resolver)
 }
 
-type UpstreamClient = Client<UpstreamConnector, Incoming>;
+type UpstreamClient = Client<UpstreamConnector, ClientBody>;
 
 /// One TLS setting's pooled client and the connector it was built with (the proxy opens its
 /// connection-affine upstream connections with the connector: see `proxy::upstream`).
@@ -505,78 +506,67 @@ impl UpstreamTarget {
     }
 }
 
-/// The proxy's upstream clients: one per distinct route TLS setting. Requests to `http://`
-/// upstreams and to `https://` upstreams without TLS settings share the default client;
-/// an `https://` request whose `host:port` has its own settings goes to that one's client
-/// (config validation guarantees one setting per `host:port`, so pools never mix them).
+/// The proxy's upstream clients: one per distinct route TLS setting, chosen by route (not
+/// by `host:port`), so two routes to one origin with different settings (a private CA and the
+/// platform roots, different client certificates) each get connections made with their own.
+/// Requests to `http://` upstreams and to `https://` upstreams without TLS settings share the
+/// default client (index 0).
 pub struct UpstreamClients {
-    default: UpstreamTarget,
-    special: Box<[(Authority, UpstreamTarget)]>,
+    targets: Box<[UpstreamTarget]>,
+    of_route: Box<[usize]>,
 }
 
 impl UpstreamClients {
     pub fn build(routes: &[RouteConfig], connect_timeout: Duration) -> anyhow::Result<Self> {
-        if let Err((i, message)) = check_upstream_tls(routes) {
-            return Err(invalid(&format!("routes[{i}].upstream"), message).into());
-        }
-        let https = |r: &&RouteConfig| r.upstream.scheme() == Some(&Scheme::HTTPS);
+        let https = |r: &RouteConfig| r.upstream.scheme() == Some(&Scheme::HTTPS);
         // The platform store is read only when an https route relies on it.
-        let default_roots = if routes.iter().filter(https).any(|r| r.tls.ca_file.is_none()) {
+        let default_roots = if routes.iter().any(|r| https(r) && r.tls.ca_file.is_none()) {
             platform_roots()
         } else {
             RootCertStore::empty()
         };
-        let default = UpstreamTarget::new(https_connector(
+        let mut targets = vec![UpstreamTarget::new(https_connector(
             client_config(default_roots.clone(), None)
                 .map_err(|e| anyhow::anyhow!("building the upstream TLS client: {e}"))?,
             None,
             Some(connect_timeout),
-        ));
-        let mut by_setting: HashMap<&UpstreamTls, UpstreamTarget> = HashMap::new();
-        let mut special = Vec::new();
-        for (i, r) in routes.iter().enumerate().filter(|(_, r)| https(r)) {
-            if r.tls == UpstreamTls::default() {
+        ))];
+        let mut by_setting: HashMap<&UpstreamTls, usize> = HashMap::new();
+        let mut of_route = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            if !https(r) || r.tls == UpstreamTls::default() {
+                of_route.push(0);
                 continue;
             }
-            let client = match by_setting.get(&r.tls) {
-                Some(c) => c.clone(),
+            let t = match by_setting.get(&r.tls) {
+                Some(&t) => t,
                 None => {
-                    let c = upstream_client(i, &r.tls, &default_roots, connect_timeout)?;
-                    by_setting.insert(&r.tls, c.clone());
-                    c
+                    targets.push(upstream_client(i, &r.tls, &default_roots, connect_timeout)?);
+                    by_setting.insert(&r.tls, targets.len() - 1);
+                    targets.len() - 1
                 }
             };
-            if let Some(authority) = r.upstream.authority() {
-                if !special.iter().any(|(a, _)| a == authority) {
-                    special.push((authority.clone(), client));
-                }
-            }
+            of_route.push(t);
         }
         Ok(UpstreamClients {
-            default,
-            special: special.into_boxed_slice(),
+            targets: targets.into_boxed_slice(),
+            of_route: of_route.into_boxed_slice(),
         })
     }
 
-    /// Sends `req` with the pooled client for its URI's scheme and `host:port`.
-    pub fn request(&self, req: Request<Incoming>) -> ResponseFuture {
-        self.pick(req.uri()).pooled.request(req)
+    /// Sends `req` (absolute URI) with the pooled client of route `route`'s TLS setting.
+    pub fn request(&self, route: usize, req: Request<ClientBody>) -> ResponseFuture {
+        self.targets[self.of_route[route]].pooled.request(req)
     }
 
-    /// The connector for `uri`'s scheme and `host:port` (its TLS settings).
-    pub fn connector(&self, uri: &Uri) -> &UpstreamConnector {
-        &self.pick(uri).connector
+    /// Which TLS setting route `route` uses (routes with equal settings share one).
+    pub fn setting_of(&self, route: usize) -> usize {
+        self.of_route[route]
     }
 
-    fn pick(&self, uri: &Uri) -> &UpstreamTarget {
-        if !self.special.is_empty() && uri.scheme() == Some(&Scheme::HTTPS) {
-            if let Some(authority) = uri.authority() {
-                if let Some((_, c)) = self.special.iter().find(|(a, _)| a == authority) {
-                    return c;
-                }
-            }
-        }
-        &self.default
+    /// The connector of route `route`'s TLS setting.
+    pub fn connector(&self, route: usize) -> &UpstreamConnector {
+        &self.targets[self.of_route[route]].connector
     }
 }
 

@@ -1096,3 +1096,37 @@ async fn a_plain_gateway_still_serves_plain_http() {
     gw.get("/sd/x", Some(&secret)).await.expect(200, None);
     assert_eq!(up.last().headers["x-forwarded-proto"], "http");
 }
+
+/// Issue 15 item 15: two routes to one `host:port` with different TLS settings start, and
+/// each gets the connections its own settings describe (never one made with the other's).
+#[tokio::test]
+async fn two_routes_to_one_origin_keep_their_own_tls_settings() {
+    let ca = Ca::new("Backend Root");
+    let backend = tls_upstream(&ca.server(&["localhost"]), None).await;
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = write(files.path(), "ca.pem", &ca.pem());
+    let url: http::Uri = format!("https://localhost:{}", backend.port())
+        .parse()
+        .unwrap();
+    let url2 = url.clone();
+    let gw = TestGateway::builder()
+        .route_with("/private/", Access::SECURITY_DIRECTOR, backend, |r| {
+            r.upstream = url;
+            r.tls.ca_file = Some(ca_file);
+        })
+        // The same origin with the platform's roots, which do not know the private CA.
+        .route_with("/platform/", Access::SECURITY_DIRECTOR, backend, |r| {
+            r.upstream = url2;
+        })
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("two-settings", &[SD]).await;
+    // Alternating on one keep-alive client: a connection verified with the private CA must
+    // never carry a request of the platform-roots route.
+    for _ in 0..3 {
+        gw.get("/private/x", Some(&secret)).await.expect(200, None);
+        gw.get("/platform/x", Some(&secret))
+            .await
+            .expect(502, Some("bad_gateway"));
+    }
+}

@@ -7,8 +7,8 @@
 //! header the gateway sets.
 
 use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
 
@@ -96,6 +96,26 @@ pub fn upgrade_request(method: &http::Method, headers: &HeaderMap) -> Option<Hea
         .as_bytes()
         .eq_ignore_ascii_case(b"websocket")
         .then(|| upgrade.clone())
+}
+
+/// Joins an HTTP/2 request's `cookie` crumbs into one `cookie` line with `; ` (RFC 9113
+/// §8.2.3), for an HTTP/1 upstream. Nothing to do (and nothing allocated) for one or none.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Every crumb was a valid value, and `; ` is too.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
+    }
 }
 
 /// Removes every `x-tokengate-*` header a client sent, and the underscore spellings of the

@@ -62,6 +62,27 @@ pub struct Upstream {
     strip_prefix: bool,
     preserve_host: bool,
     forward_authorization: bool,
+    /// Rate-limited warnings about this route's upstream failures.
+    failures: upstream::FailureLog,
+}
+
+impl Upstream {
+    /// Says once (at most once a second per route, with the count of those not said) why a
+    /// request to this route's upstream got a 502 or 504. Names the upstream by `host:port`
+    /// only: no user info, no request header, no credential.
+    fn failed(&self, cause: &str, error: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.failures.due() {
+            tracing::warn!(
+                route = %self.label,
+                upstream = %format_args!("{}://{}:{}", self.scheme, self.authority.host(),
+                    self.authority.port_u16().unwrap_or(if self.scheme == Scheme::HTTPS { 443 } else { 80 })),
+                cause,
+                error = %error,
+                suppressed,
+                "upstream request failed"
+            );
+        }
+    }
 }
 
 /// Everything the proxy pipeline reads. Built once at start-up, shared by all connections.
@@ -125,6 +146,7 @@ impl Proxy {
                     strip_prefix: r.strip_prefix,
                     preserve_host: r.preserve_host,
                     forward_authorization: r.forward_authorization,
+                    failures: upstream::FailureLog::default(),
                 }
             })
             .collect();
@@ -158,12 +180,19 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
+        let version = req.version();
         let mut ctx = Ctx::default();
         let resp = match self.pipeline(&conn, req, &mut ctx).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.refusal(e.code());
-                e.into_response()
+                let close = e.closes_connection() && version < Version::HTTP_2;
+                let mut r = e.into_response();
+                if close {
+                    r.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
             }
         };
         let latency = started.elapsed();
@@ -255,8 +284,10 @@ impl Proxy {
 
         // 12-13. Forward: an HTTP/1 client's requests on its connection's own upstream
         // connection; HTTP/2 clients and upgrades through the pooled client.
-        let http1 = req.version() < Version::HTTP_2;
-        let upgrade = if http1 {
+        let client_version = req.version();
+        let http1 = client_version < Version::HTTP_2;
+        // Upgrade is an HTTP/1.1 mechanism: an HTTP/1.0 request's is ignored (RFC 9110 §7.8).
+        let upgrade = if client_version == Version::HTTP_11 {
             headers::upgrade_request(req.method(), req.headers())
         } else {
             None
@@ -264,13 +295,17 @@ impl Proxy {
         let affine = http1 && upgrade.is_none();
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        if !http1 {
+            // HTTP/2 may split `cookie` into crumbs; HTTP/1 wants one line (RFC 9113 §8.2.3).
+            headers::join_cookies(&mut parts.headers);
+        }
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
         let identity = token.identity();
         headers::prepare_request(
             &mut parts.headers,
@@ -301,7 +336,7 @@ impl Proxy {
             parts.uri = absolute_uri(route, target)?;
         }
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body);
+        let upstream_req = Request::from_parts(parts, crate::body::ClientBody::new(body));
         let sent = Instant::now();
         let limit = self.cfg.upstream_timeout;
         let answer = if affine {
@@ -310,13 +345,22 @@ impl Proxy {
                 .send(&conn.upstream, route.origin, upstream_req);
             conn.upstream.within(sent, limit, send).await
         } else {
-            let send = self.upstream.send_pooled(upstream_req);
+            let send = self.upstream.send_pooled(route.index, upstream_req);
             tokio::time::timeout(limit, send).await.ok()
         };
         let mut resp = match answer {
-            None => return Err(ProxyError::GatewayTimeout),
+            None => {
+                route.failed("timeout", &"no response head within upstream_timeout");
+                return Err(ProxyError::GatewayTimeout);
+            }
             Some(Err(e)) => {
-                tracing::debug!(error = %e, route = %route.label, "upstream request failed");
+                if crate::body::client_body_failed(&*e) {
+                    // The client's own body broke its framing (a bad chunk size): its fault,
+                    // and no response head was sent yet.
+                    tracing::debug!(error = %e, route = %route.label, "malformed request body");
+                    return Err(ProxyError::Malformed("the request body is malformed"));
+                }
+                route.failed(upstream::cause(&*e), &upstream::Chain(&*e));
                 return Err(ProxyError::BadGateway);
             }
             Some(Ok(r)) => r,
@@ -324,7 +368,20 @@ impl Proxy {
         self.metrics.upstream(route.index, sent.elapsed());
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let resp_upgrade = if switching {
-            resp.headers().get(http::header::UPGRADE).cloned()
+            // A 101 answers only the upgrade the client asked for.
+            let agreed = resp.headers().get(http::header::UPGRADE).filter(|v| {
+                upgrade
+                    .as_ref()
+                    .is_some_and(|u| v.as_bytes().eq_ignore_ascii_case(u.as_bytes()))
+            });
+            let Some(agreed) = agreed.cloned() else {
+                route.failed(
+                    "protocol",
+                    &"101 Switching Protocols to a request that asked no such upgrade",
+                );
+                return Err(ProxyError::BadGateway);
+            };
+            Some(agreed)
         } else {
             None
         };
@@ -343,7 +400,15 @@ impl Proxy {
             tokio::spawn(tunnel(client_side, upstream_side, watch));
         }
         let (mut rparts, rbody) = resp.into_parts();
+        if rparts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            // hyper decoded the body by its Transfer-Encoding; a Content-Length beside it is
+            // stale and would truncate the re-framed body (RFC 9112 §6.3).
+            rparts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut rparts.headers, resp_upgrade);
+        // The client is answered in its own protocol, whatever the upstream spoke (an
+        // HTTP/1.0 upstream must not turn a keep-alive client's connection into one-shot).
+        rparts.version = client_version;
         Ok(Response::from_parts(rparts, Either::Right(rbody)))
     }
 
@@ -500,7 +565,7 @@ struct TunnelWatch {
     idle: Duration,
     /// The client connection's place under `proxy.max_connections`, held while the tunnel
     /// is open (the connection task that took it ends at the upgrade).
-    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Arc<crate::server::ConnSlot>,
 }
 
 impl TunnelWatch {
@@ -569,6 +634,14 @@ fn check_form(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), Pr
     if req.method() == Method::CONNECT {
         return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
     }
+    if req.method() == Method::TRACE {
+        // TRACE echoes the request, credentials and gateway headers included, and the
+        // gateway cannot honour Max-Forwards for an upstream chain it does not see.
+        return Err(ProxyError::NotImplemented("TRACE is not supported"));
+    }
+    if req.version() < Version::HTTP_2 {
+        check_transfer_coding(req.headers())?;
+    }
     if !req.uri().path().starts_with('/') {
         return Err(ProxyError::InvalidRequest(
             "the request target must be an absolute path",
@@ -592,13 +665,36 @@ fn check_form(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), Pr
     Ok(())
 }
 
+/// An HTTP/1 request's `Transfer-Encoding` must be `chunked` alone (hyper has refused the
+/// shapes it cannot frame): any other coding would reach the upstream silently dropped.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for v in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let other = v
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+        if other {
+            return Err(ProxyError::NotImplemented(
+                "only the chunked transfer coding is supported",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
-/// both present and different → 400.
+/// both present and different → 400. HTTP/1.1 requires `Host` (RFC 9112 §3.2).
 fn request_host(req: &Request<Incoming>) -> Result<Option<Cow<'_, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::InvalidRequest("more than one Host header"));
+    }
+    if header.is_none() && req.version() == Version::HTTP_11 {
+        return Err(ProxyError::Malformed(
+            "an HTTP/1.1 request needs a Host header",
+        ));
     }
     let from_header = match header {
         None => None,

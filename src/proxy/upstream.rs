@@ -34,6 +34,7 @@ use hyper::client::conn::http1;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use crate::body::ClientBody;
 use crate::config::RouteConfig;
 use crate::tls::{UpstreamClients, UpstreamConnector};
 
@@ -47,7 +48,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One upstream `scheme://host:port`: its connector (TLS settings) and its idle connections.
+/// One upstream `scheme://host:port` with one TLS setting: its connector and its idle
+/// connections. (Two routes to one `host:port` with different TLS settings are two origins:
+/// a connection made with one route's certificates never serves the other's requests.)
 pub struct Origin {
     /// `scheme://authority/`, what the connector dials.
     uri: Uri,
@@ -57,13 +60,13 @@ pub struct Origin {
 
 struct Idle {
     since: Instant,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ClientBody>,
 }
 
 /// A connection in a downstream connection's hands.
 struct Held {
     origin: Arc<Origin>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ClientBody>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,7 +88,7 @@ impl Origin {
         None
     }
 
-    fn release(&self, sender: http1::SendRequest<Incoming>) {
+    fn release(&self, sender: http1::SendRequest<ClientBody>) {
         if !sender.is_ready() {
             // Closed, or a response body still in flight: dropping the sender lets hyper
             // finish or close that connection.
@@ -229,10 +232,11 @@ impl Upstreams {
         connect_timeout: Duration,
     ) -> anyhow::Result<(Upstreams, Vec<usize>)> {
         let pooled = UpstreamClients::build(routes, connect_timeout)?;
-        let mut keys: Vec<(Scheme, Authority)> = Vec::new();
+        let mut keys: Vec<(Scheme, Authority, usize)> = Vec::new();
         let mut origins = Vec::new();
         let mut of_route = Vec::with_capacity(routes.len());
-        for r in routes {
+        for (route, r) in routes.iter().enumerate() {
+            let setting = pooled.setting_of(route);
             let scheme = r.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
             let authority = r
                 .upstream
@@ -241,7 +245,7 @@ impl Upstreams {
                 .ok_or_else(|| anyhow::anyhow!("an upstream URL without host"))?;
             let i = match keys
                 .iter()
-                .position(|k| *k == (scheme.clone(), authority.clone()))
+                .position(|k| k.0 == scheme && k.1 == authority && k.2 == setting)
             {
                 Some(i) => i,
                 None => {
@@ -251,11 +255,11 @@ impl Upstreams {
                         .path_and_query("/")
                         .build()?;
                     origins.push(Arc::new(Origin {
-                        connector: pooled.connector(&uri).clone(),
+                        connector: pooled.connector(route).clone(),
                         uri,
                         idle: Mutex::new(Vec::new()),
                     }));
-                    keys.push((scheme, authority));
+                    keys.push((scheme, authority, setting));
                     keys.len() - 1
                 }
             };
@@ -299,7 +303,7 @@ impl Upstreams {
         &self,
         affinity: &Affinity,
         origin: usize,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let origin = &self.origins[origin];
         while let Some(mut held) = affinity.take(origin).or_else(|| origin.checkout()) {
@@ -326,7 +330,7 @@ impl Upstreams {
     async fn send_fresh(
         affinity: &Affinity,
         origin: &Arc<Origin>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let mut held = origin.connect().await?;
         let resp = held.sender.send_request(req).await?;
@@ -334,16 +338,102 @@ impl Upstreams {
         Ok(resp)
     }
 
-    /// Sends `req` (absolute URI) with the pooled client.
+    /// Sends `req` (absolute URI) with the pooled client of route `route`'s TLS setting.
     pub async fn send_pooled(
         &self,
-        req: Request<Incoming>,
+        route: usize,
+        req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, BoxError> {
-        Ok(self.pooled.request(req).await?)
+        Ok(self.pooled.request(route, req).await?)
     }
 
     /// Idle connections per origin (for tests).
     pub fn idle_counts(&self) -> Vec<usize> {
         self.origins.iter().map(|o| lock(&o.idle).len()).collect()
+    }
+}
+
+/// Rate-limits the warning a route logs when its upstream fails: at most one a second, the
+/// next one saying how many were not logged meanwhile.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    /// Milliseconds since [`log_epoch`] of the last warning (0: none yet).
+    last_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+fn log_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl FailureLog {
+    /// `Some(failures not logged since the last warning)` when a warning is due now.
+    pub fn due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(log_epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.last_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000
+            || self
+                .last_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
+    }
+}
+
+/// A short name for why an upstream request failed: `connection refused`, `connection
+/// reset`, `tls`, `connect timeout`, `closed before answering`, `malformed response`, or
+/// `error`.
+pub fn cause(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut next = Some(e);
+    let mut found = "error";
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => return "connection refused",
+                ConnectionReset | ConnectionAborted | BrokenPipe => return "connection reset",
+                TimedOut => return "connect timeout",
+                _ => {}
+            }
+            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                return "tls";
+            }
+        }
+        if err.is::<rustls::Error>() {
+            return "tls";
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                found = "closed before answering";
+            } else if h.is_parse() {
+                found = "malformed response";
+            } else if h.is_timeout() {
+                found = "timeout";
+            }
+        }
+        next = err.source();
+    }
+    found
+}
+
+/// An error and its sources, `: `-joined (hyper's and hyper-util's errors name the cause
+/// only in their sources).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }

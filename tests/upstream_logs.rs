@@ -1,0 +1,89 @@
+//! A 502 or 504 names its cause once at `warn` (issue 15 item 14): which route, which
+//! upstream (`scheme://host:port` only), why; rate-limited per route; never a credential.
+//! Its own binary: it installs the process's global log subscriber.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokengate::token::Access;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn warnings(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("upstream request failed"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_failure_is_logged_once_with_its_cause() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let refused = refused_addr().await;
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/down/", Access::SECURITY_DIRECTOR, refused)
+        .route("/slow/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(|c| c.proxy.upstream_timeout = Duration::from_millis(300))
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("t", &["security-director"]).await;
+
+    for _ in 0..5 {
+        gw.get("/down/x", Some(&secret))
+            .await
+            .expect(502, Some("bad_gateway"));
+    }
+    let lines = capture.warnings();
+    assert_eq!(
+        lines.len(),
+        1,
+        "five failures within a second are one warning: {lines:#?}"
+    );
+    let line = &lines[0];
+    for part in [
+        "route=/down/",
+        &format!("upstream=http://127.0.0.1:{}", refused.port()),
+        "cause=\"connection refused\"",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+
+    gw.get("/slow/hang", Some(&secret))
+        .await
+        .expect(504, Some("gateway_timeout"));
+    let lines = capture.warnings();
+    let slow = lines
+        .iter()
+        .find(|l| l.contains("route=/slow/"))
+        .unwrap_or_else(|| panic!("no warning for the 504: {lines:#?}"));
+    assert!(slow.contains("cause=\"timeout\""), "{slow}");
+
+    let all = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(!all.contains(&secret), "a secret reached the log");
+}
