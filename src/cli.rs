@@ -4,6 +4,8 @@
 //! Exit codes: 0 success; 1 with one line on stderr when the API refuses or cannot be
 //! reached (or start-up fails); 2 on a usage error (clap's own exit code).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -215,19 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
-                print_table(
-                    &["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"],
-                    rows.iter().map(|e| {
-                        vec![
-                            s(e, "at"),
-                            s(e, "actor"),
-                            s(e, "source_ip"),
-                            s(e, "action"),
-                            s(e, "token"),
-                            e.get("details").map(|d| d.to_string()).unwrap_or_default(),
-                        ]
-                    }),
-                );
+                print_table(&AUDIT_HEADER, rows.iter().map(audit_row));
             }
             Ok(())
         }
@@ -296,8 +286,41 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// Whether `c` is escaped on the terminal: every C0 and C1 control and DEL (Unicode `Cc`:
+/// escape sequences, carriage returns, NULs, the 8-bit CSI U+009B), the line and paragraph
+/// separators, and the bidirectional embeddings, overrides and isolates, which reorder what
+/// follows them on the line. Everything else, ordinary Unicode included, prints as it is.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` as the CLI prints it: each character of [`needs_escape`] as a Rust-style `\u{..}`
+/// escape (ESC is `\u{1b}`, CR `\u{d}`, NUL `\u{0}`), so data from the API (descriptions,
+/// audit actors and details) can never drive the operator's terminal. The web console needs
+/// no such step: it puts API data on the page as text only (`--json` output: [`json_text`]).
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Field `k` of `v` as a terminal-safe cell: strings through [`printable`], `-` for null or
+/// missing, arrays of strings comma-joined.
 fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
+    let raw = match v.get(k) {
         Some(Value::String(x)) => x.clone(),
         Some(Value::Null) | None => "-".into(),
         Some(Value::Array(a)) => a
@@ -306,14 +329,40 @@ fn s(v: &Value, k: &str) -> String {
             .collect::<Vec<_>>()
             .join(","),
         Some(other) => other.to_string(),
-    }
+    };
+    printable(&raw).into_owned()
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    println!("{}", json_text(v));
+}
+
+/// `v` as pretty JSON in which no character of [`needs_escape`] is raw: serde escapes the C0
+/// controls; DEL, C1 and the bidi controls (which can only be inside strings, as JSON's own
+/// syntax is ASCII) become `\uXXXX` escapes, so the text still parses to the same value.
+fn json_text(v: &Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    if !text.chars().any(|c| c != '\n' && needs_escape(c)) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c != '\n' && needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    print!("{}", table(header, rows));
+}
+
+/// A table: the header, then one line per row; every column but the last padded to its
+/// widest cell. Cells are already [`printable`].
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let rows: Vec<Vec<String>> = rows.collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -321,7 +370,8 @@ fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut text = String::new();
+    let mut line = |cells: Vec<String>| {
         let mut out = String::new();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -330,12 +380,30 @@ fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
                 out.push_str(&format!("{c:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r);
     }
+    text
+}
+
+const AUDIT_HEADER: [&str; 6] = ["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"];
+
+fn audit_row(e: &Value) -> Vec<String> {
+    vec![
+        s(e, "at"),
+        s(e, "actor"),
+        s(e, "source_ip"),
+        s(e, "action"),
+        s(e, "token"),
+        // JSON text: its escapes cover C0 controls but leave DEL and C1 raw.
+        e.get("details")
+            .map(|d| printable(&d.to_string()).into_owned())
+            .unwrap_or_default(),
+    ]
 }
 
 fn token_row(t: &Value) -> Vec<String> {
@@ -343,7 +411,7 @@ fn token_row(t: &Value) -> Vec<String> {
         s(t, "status").as_str(),
         t.get("inactive_reason").and_then(Value::as_str),
     ) {
-        ("inactive", Some(r)) => format!("inactive ({r})"),
+        ("inactive", Some(r)) => format!("inactive ({})", printable(r)),
         (st, _) => st.to_string(),
     };
     vec![
@@ -366,6 +434,12 @@ const TOKEN_HEADER: [&str; 6] = [
 ];
 
 fn print_token(t: &Value) {
+    print!("{}", token_text(t));
+}
+
+/// One token as `key: value` lines.
+fn token_text(t: &Value) -> String {
+    let mut out = String::new();
     for k in [
         "name",
         "id",
@@ -380,8 +454,9 @@ fn print_token(t: &Value) {
         "inactive_at",
         "delete_at",
     ] {
-        println!("{:<16} {}", format!("{k}:"), s(t, k));
+        let _ = writeln!(out, "{:<16} {}", format!("{k}:"), s(t, k));
     }
+    out
 }
 
 fn print_secret(t: &Value) {
@@ -491,7 +566,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None)
                 .await?;
             if !g.json {
-                println!("deleted {name}");
+                println!("deleted {}", printable(&name));
                 return Ok(());
             }
             json!({"deleted": name})
@@ -593,7 +668,9 @@ async fn ip_cmd(g: &Global, cmd: IpCmd) -> anyhow::Result<()> {
             ],
             rows.iter().map(|r| {
                 let blocked = match r.get("blocked_by").and_then(Value::as_str) {
-                    Some(b) if b != s(r, "ip") => format!("yes (by {b})"),
+                    Some(b) if printable(b) != s(r, "ip") => {
+                        format!("yes (by {})", printable(b))
+                    }
                     Some(_) => "yes".into(),
                     None => "no".into(),
                 };
@@ -609,4 +686,110 @@ async fn ip_cmd(g: &Global, cmd: IpCmd) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Control characters a description may hold, and how the CLI shows them.
+    const HOSTILE: &str = "red \u{1b}[31mALERT\r\u{0}\u{7f}\u{9b}2J\u{85}\u{202e}txt.exe\tend\n";
+    const SHOWN: &str =
+        r"red \u{1b}[31mALERT\u{d}\u{0}\u{7f}\u{9b}2J\u{85}\u{202e}txt.exe\u{9}end\u{a}";
+
+    /// No character of `text` reaches the terminal as a control (C0, DEL, C1) or a bidi
+    /// override, except the line breaks.
+    #[track_caller]
+    fn assert_terminal_safe(text: &str) {
+        for (i, c) in text.char_indices() {
+            assert!(
+                c == '\n' || !(c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)),
+                "raw {c:?} at byte {i} of {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn printable_escapes_c0_c1_del_and_bidi_controls() {
+        assert_eq!(printable(HOSTILE), SHOWN);
+        for c in (0u32..0x20).chain(0x7f..0xa0) {
+            let c = char::from_u32(c).unwrap();
+            assert_eq!(
+                printable(&c.to_string()),
+                format!("\\u{{{:x}}}", u32::from(c))
+            );
+        }
+        assert_eq!(
+            printable("\u{2028}\u{2029}\u{2066}"),
+            r"\u{2028}\u{2029}\u{2066}"
+        );
+    }
+
+    #[test]
+    fn json_output_escapes_every_control_and_still_parses_to_the_same_value() {
+        let v = json!({"tokens": [{"description": HOSTILE, "name": "Überwachung 🦀"}]});
+        let text = json_text(&v);
+        assert_terminal_safe(&text);
+        assert!(
+            text.contains(r"\u001b[31mALERT\r\u0000\u007f\u009b2J\u0085\u202e"),
+            "{text}"
+        );
+        assert!(text.contains("Überwachung 🦀"), "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn printable_keeps_ordinary_text_and_unicode_as_is() {
+        for ok in [
+            "nightly feed",
+            "Überwachung – 日本語 🦀",
+            r"C:\feeds",
+            "x\u{200d}y",
+            "",
+        ] {
+            assert!(matches!(printable(ok), Cow::Borrowed(_)), "{ok:?}");
+            assert_eq!(printable(ok), ok);
+        }
+    }
+
+    #[test]
+    fn token_show_list_and_audit_print_control_characters_escaped() {
+        let t = json!({
+            "name": "feed",
+            "id": "0b6c",
+            "description": HOSTILE,
+            "access": ["security-director"],
+            "status": "inactive",
+            "inactive_reason": "idle\u{1b}]0;pwned\u{7}",
+            "created_at": "2024-01-01T00:00:00Z",
+        });
+        let shown = token_text(&t);
+        assert_terminal_safe(&shown);
+        assert!(
+            shown.contains(&format!("description:     {SHOWN}\n")),
+            "{shown}"
+        );
+
+        let list = table(&TOKEN_HEADER, std::iter::once(token_row(&t)));
+        assert_terminal_safe(&list);
+        assert!(list.contains(SHOWN), "{list}");
+        assert!(
+            list.contains(r"inactive (idle\u{1b}]0;pwned\u{7})"),
+            "{list}"
+        );
+
+        // Audit details are JSON text, whose own escapes leave DEL and C1 raw.
+        let e = json!({
+            "at": "2024-01-01T00:00:00Z",
+            "actor": "CN=ops\u{1b}[2J",
+            "source_ip": "127.0.0.1",
+            "action": "create",
+            "token": "feed",
+            "details": {"description": HOSTILE},
+        });
+        let audit = table(&AUDIT_HEADER, std::iter::once(audit_row(&e)));
+        assert_terminal_safe(&audit);
+        assert!(audit.contains(r"CN=ops\u{1b}[2J"), "{audit}");
+        assert!(audit.contains(r"\u{7f}\u{9b}2J\u{85}"), "{audit}");
+    }
 }

@@ -17,7 +17,8 @@ fn main() {
     std::process::exit(match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("tokengate: {e:#}");
+            // The error may quote text from the API (a refused value): printed escaped too.
+            eprintln!("tokengate: {}", cli::printable(&format!("{e:#}")));
             cli::exit_code(&e)
         }
     });

@@ -336,7 +336,7 @@ pub(crate) struct ConnWatch {
     head_started_ms: AtomicU64,
     /// Milliseconds after `start` at which the connection last had no request in flight.
     idle_since_ms: AtomicU64,
-    /// Woken when the connection goes idle, a head begins, or the connection task ends.
+    /// Woken when the connection task ends.
     wake: Notify,
 }
 
@@ -368,14 +368,14 @@ impl ConnWatch {
         if self.awaiting_head.load(Ordering::Relaxed)
             && self.awaiting_head.swap(false, Ordering::Relaxed)
         {
+            // No wake-up: the watchdog looks within `header_read_timeout` anyway.
             self.head_started_ms.store(self.millis(), Ordering::Relaxed);
-            self.wake.notify_one();
         }
     }
 }
 
 /// One request of a connection, from its head until its response is written out (it moves
-/// into the response body) or it is abandoned.
+/// into the response body) or it is abandoned. Atomics and one clock read; no wake-up.
 struct InFlight {
     watch: Arc<ConnWatch>,
     http2: bool,
@@ -402,7 +402,6 @@ impl Drop for InFlight {
             // An HTTP/2 connection's frames between requests (PING, SETTINGS) are not a
             // head: it stays idle until a stream begins.
             w.awaiting_head.store(!self.http2, Ordering::Relaxed);
-            w.wake.notify_one();
         }
     }
 }
@@ -492,8 +491,16 @@ async fn watchdog(
             conn.abort();
             return;
         }
+        // After the first request, look again within `head` at the latest: a head that
+        // begins meanwhile is then seen in time to be cut off at its own deadline, without a
+        // wake-up per request (the request path only stores atomics).
+        let wake = if w.requests.load(Ordering::Relaxed) == 0 {
+            deadline
+        } else {
+            deadline.min(far(Instant::now(), head))
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = w.wake.notified() => {}
         }
         // Whatever changed meanwhile, the next round reads afresh; an unchanged state whose

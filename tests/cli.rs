@@ -27,6 +27,17 @@ struct Out {
     stderr: String,
 }
 
+impl std::fmt::Debug for Out {
+    /// Like `Display`, with stdout and stderr quoted, so control characters show as escapes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited {:?}\n--- stdout ---\n{:?}\n--- stderr ---\n{:?}",
+            self.cmd, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
 impl std::fmt::Display for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -361,6 +372,67 @@ async fn token_deactivate_activate_regenerate_and_delete() {
         .await
         .expect(401, Some("invalid_token"));
     cli.run(&["token", "delete", "b"]).await.refused();
+}
+
+/// The characters of `text` that would reach a terminal as controls (line breaks aside).
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| c != '\n' && (c.is_control() || matches!(c, '\u{202a}'..='\u{202e}')))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_of_a_description_are_printed_escaped() {
+    let gw = TestGateway::builder().start().await;
+    // ESC (a colour), CR (overwrites the line), NUL, DEL, the 8-bit CSI and a bidi override.
+    let description = "nightly \u{1b}[31mfeed\r\u{0}\u{7f}\u{9b}2J\u{202e}end";
+    let escaped = r"nightly \u{1b}[31mfeed\u{d}\u{0}\u{7f}\u{9b}2J\u{202e}end";
+    gw.admin(
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "feed", "access": [SD], "description": description})),
+    )
+    .await
+    .expect(201, None);
+    assert_eq!(show(&gw, "feed").await["description"], description);
+    let cli = Cli::new(&gw);
+
+    for args in [
+        &["token", "show", "feed"][..],
+        &["token", "list"][..],
+        &["token", "deactivate", "feed"][..],
+        &["token", "update", "feed", "--access", TPF][..],
+        &["audit"][..],
+        &["audit", "feed"][..],
+    ] {
+        let o = cli.run(args).await;
+        o.ok();
+        assert_eq!(raw_controls(&o.stdout), [], "raw control characters: {o:?}");
+        // The audit log shows the description inside JSON details, with JSON's escapes.
+        let shown = if args[0] == "audit" {
+            r"nightly \u001b[31mfeed\r\u0000\u{7f}\u{9b}2J\u{202e}end"
+        } else {
+            escaped
+        };
+        assert!(o.stdout.contains(shown), "{shown} not in: {o:?}");
+    }
+
+    // --json stays the API's JSON: valid, and the description exactly as stored.
+    for args in [
+        &["--json", "token", "show", "feed"][..],
+        &["--json", "token", "list"][..],
+    ] {
+        let o = cli.run(args).await;
+        o.ok();
+        assert_eq!(raw_controls(&o.stdout), [], "raw control characters: {o:?}");
+        let v = o.json();
+        let t = if args[2] == "list" {
+            &v["tokens"][0]
+        } else {
+            &v
+        };
+        assert_eq!(t["description"], description, "{o}");
+    }
 }
 
 // === ip commands ===

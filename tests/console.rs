@@ -3,7 +3,8 @@
 //! ephemeral ports.
 //!
 //! The browser tests skip, with a printed reason, when `/usr/bin/chromium` or
-//! `/usr/bin/chromedriver` is missing; `.ci/run` installs both. With `TOKENGATE_SCREENSHOTS=1`
+//! `/usr/bin/chromedriver` is missing, and fail instead when `TOKENGATE_TEST_REQUIRE` names
+//! `chromium` (see `support::skip`); `.ci/run` installs both and requires them. With `TOKENGATE_SCREENSHOTS=1`
 //! they also write `docs/console-list.png` and `docs/console-token.png`.
 //!
 //! The WebDriver client is a few dozen lines over the hyper client the other tests use: the
@@ -59,21 +60,18 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// Prints past the test harness's output capture, so a skip is visible in `cargo test`.
-fn note(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
 impl Browser {
     /// Starts chromedriver on an ephemeral port and opens a headless Chromium session, or
-    /// returns `None` (after printing why) when no browser is installed.
+    /// returns `None` after [`skip`]ping `test` when no browser is installed (which fails the
+    /// test instead when `TOKENGATE_TEST_REQUIRE` names `chromium`).
     async fn start(test: &str) -> Option<Browser> {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(bin).exists() {
-                note(&format!(
-                    "SKIPPED console::{test}: {bin} is not installed \
-                     (apt-get install chromium chromium-driver)"
-                ));
+                skip(
+                    "chromium",
+                    test,
+                    &format!("{bin} is not installed (apt-get install chromium chromium-driver)"),
+                );
                 return None;
             }
         }

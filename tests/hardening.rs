@@ -6,7 +6,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use tokengate::token::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,22 +26,9 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     .map(|_| start.elapsed())
 }
 
-async fn gateway(
-    f: impl FnOnce(&mut tokengate::config::Config),
-) -> (Upstream, TestGateway, String) {
-    let up = Upstream::start().await;
-    let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .configure(f)
-        .start()
-        .await;
-    let (secret, _) = gw.create_token("t", &["security-director"]).await;
-    (up, gw, secret)
-}
-
 #[tokio::test]
 async fn a_slowloris_head_is_cut_off_by_the_header_read_timeout() {
-    let (up, gw, secret) = gateway(|c| {
+    let (up, gw, secret) = gateway_with_token(|c| {
         c.proxy.header_read_timeout = Duration::from_millis(300);
         c.proxy.idle_timeout = Duration::from_secs(60);
     })
@@ -64,7 +50,7 @@ async fn a_slowloris_head_is_cut_off_by_the_header_read_timeout() {
 
 #[tokio::test]
 async fn a_stalled_body_is_cut_off_by_the_idle_timeout() {
-    let (_up, gw, secret) = gateway(|c| {
+    let (_up, gw, secret) = gateway_with_token(|c| {
         c.proxy.idle_timeout = Duration::from_millis(500);
         c.proxy.upstream_timeout = Duration::from_secs(30);
     })
@@ -87,7 +73,7 @@ async fn a_stalled_body_is_cut_off_by_the_idle_timeout() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
-    let (_up, gw, secret) = gateway(|c| c.proxy.max_connections = 2).await;
+    let (_up, gw, secret) = gateway_with_token(|c| c.proxy.max_connections = 2).await;
     // Two keep-alive connections hold both slots (the test client's pool holds one more
     // connection to the admin listener, which has its own cap).
     let mut held = Vec::new();
@@ -136,7 +122,7 @@ async fn answered_200(mut s: TcpStream, what: &str) {
 
 #[tokio::test]
 async fn an_open_tunnel_keeps_its_connection_slot() {
-    let (_up, gw, secret) = gateway(|c| c.proxy.max_connections = 1).await;
+    let (_up, gw, secret) = gateway_with_token(|c| c.proxy.max_connections = 1).await;
     // A WebSocket tunnel: the connection task ends at the upgrade, the socket does not.
     let mut tunnel = TcpStream::connect(gw.proxy).await.unwrap();
     let upgrade = format!(
@@ -159,7 +145,7 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
 
 #[tokio::test]
 async fn invalid_header_bytes_and_smuggling_shapes_are_refused() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let auth = format!("Authorization: Bearer {secret}\r\n");
     for bad in [
         // Control byte in a header value, space before the colon, obs-fold continuation.

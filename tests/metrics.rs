@@ -30,12 +30,44 @@ fn find<'a>(s: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a Sa
         .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
 }
 
+/// The value of the series `name{labels}`, which must exist: a missing series fails the test
+/// (naming it and listing the series there are), so a renamed metric or label cannot pass as
+/// a zero.
+#[track_caller]
 fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     match find(s, name, labels).map(|x| &x.value) {
         Some(Value::Counter(v)) | Some(Value::Gauge(v)) | Some(Value::Untyped(v)) => *v,
         Some(other) => panic!("{name}: unexpected {other:?}"),
-        None => 0.0,
+        None => panic!(
+            "no series {} in the scrape; it has:\n{}",
+            series(name, labels.iter().map(|(k, v)| (*k, *v))),
+            existing(s).join("\n")
+        ),
     }
+}
+
+/// `name{k="v",...}`, labels sorted.
+fn series<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut l: Vec<String> = labels.map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    l.sort();
+    format!("{name}{{{}}}", l.join(","))
+}
+
+/// Every series of the scrape (histograms once, by name and labels).
+fn existing(s: &Scrape) -> Vec<String> {
+    let mut all: Vec<String> = s
+        .samples
+        .iter()
+        .map(|x| {
+            series(
+                &x.metric,
+                x.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+        })
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 #[tokio::test]

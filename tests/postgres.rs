@@ -4,7 +4,8 @@
 //! of the server is handled as SPEC §2 row 6 and §4 say.
 //!
 //! Every test reads `TOKENGATE_TEST_POSTGRES_URL` and skips, saying why, when it is unset; it
-//! fails when it is set but unreachable. Each test works on a fresh schema (dropped at the
+//! fails when it is set but unreachable, or unset while `TOKENGATE_TEST_REQUIRE` names
+//! `postgres` (see `support::skip`). Each test works on a fresh schema (dropped at the
 //! end); the outage test runs a private cluster of its own (initdb + pg_ctl, ephemeral port)
 //! and never touches the shared server. Behaviour that must match SQLite is in
 //! `tests/store_suite.rs`.

@@ -33,19 +33,6 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<(Duration, 
     .map(|_| (start.elapsed(), String::from_utf8_lossy(&got).into_owned()))
 }
 
-async fn gateway(
-    f: impl FnOnce(&mut tokengate::config::Config),
-) -> (Upstream, TestGateway, String) {
-    let up = Upstream::start().await;
-    let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .configure(f)
-        .start()
-        .await;
-    let (secret, _) = gw.create_token("t", &["security-director"]).await;
-    (up, gw, secret)
-}
-
 /// Reads one response with a `content-length` body from a keep-alive connection.
 async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
     let head = read_head(s).await;
@@ -81,7 +68,7 @@ fn timing(c: &mut tokengate::config::Config) {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_header_timeout_from_accept() {
-    let (up, gw, secret) = gateway(timing).await;
+    let (up, gw, secret) = gateway_with_token(timing).await;
     let mut s = TcpStream::connect(gw.proxy).await.unwrap();
     let (took, _) = closed_within(&mut s, Duration::from_secs(10))
         .await
@@ -112,7 +99,7 @@ async fn a_silent_connection_is_closed_at_the_header_timeout_from_accept() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_waits_idle_timeout_then_times_the_next_head() {
-    let (up, gw, secret) = gateway(timing).await;
+    let (up, gw, secret) = gateway_with_token(timing).await;
     let mut s = TcpStream::connect(gw.proxy).await.unwrap();
     s.write_all(get("/sd/one", &secret).as_bytes())
         .await
@@ -302,7 +289,7 @@ async fn h2_get(
 
 #[tokio::test]
 async fn a_malformed_chunked_request_body_is_the_clients_400() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let cases: [(&str, String); 5] = [
         (
             "size overflow",
@@ -338,7 +325,7 @@ async fn a_malformed_chunked_request_body_is_the_clients_400() {
 
 #[tokio::test]
 async fn http11_without_host_unknown_codings_and_trace_are_refused_with_json() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let cases = [
         (
             "HTTP/1.1 without Host",
@@ -395,7 +382,7 @@ async fn http11_without_host_unknown_codings_and_trace_are_refused_with_json() {
 
 #[tokio::test]
 async fn hypers_own_parse_errors_close_the_connection_and_reach_no_upstream() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases = [
         (
@@ -449,7 +436,7 @@ async fn an_unsolicited_101_is_a_502() {
 
 #[tokio::test]
 async fn upgrade_on_http10_is_ignored() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let answer = raw(
         gw.proxy,
         format!("GET /sd/echo HTTP/1.0\r\nHost: a\r\nAuthorization: Bearer {secret}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").as_bytes(),
@@ -468,7 +455,7 @@ async fn upgrade_on_http10_is_ignored() {
 
 #[tokio::test]
 async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_line() {
-    let (up, gw, secret) = gateway(|_| {}).await;
+    let (up, gw, secret) = gateway_with_token(|_| {}).await;
     let (status, _) = h2_get(
         gw.proxy,
         "/sd/c",
@@ -511,7 +498,7 @@ async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn one_client_ip_cannot_take_every_connection_slot() {
-    let (_up, gw, secret) = gateway(|c| {
+    let (_up, gw, secret) = gateway_with_token(|c| {
         c.proxy.max_connections = 3;
         c.proxy.max_connections_per_ip = 2;
         c.proxy.header_read_timeout = Duration::from_secs(30);

@@ -1,7 +1,8 @@
 //! One behavioural suite, two stores: every scenario here runs against the embedded SQLite
 //! store (`sqlite::*`) and against PostgreSQL (`postgres::*`, each test on a fresh schema),
 //! so the two can never drift apart. The PostgreSQL variants read `TOKENGATE_TEST_POSTGRES_URL`
-//! and skip, saying why, when it is unset (they fail when it is set but unreachable).
+//! and skip, saying why, when it is unset (they fail when it is set but unreachable, or unset
+//! while `TOKENGATE_TEST_REQUIRE` names `postgres`: see `support::skip`).
 //! Multi-instance and outage scenarios are in `tests/postgres.rs`.
 
 mod support;

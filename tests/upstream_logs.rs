@@ -4,29 +4,18 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
 use tokengate::token::Access;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+trait Warnings {
+    fn warnings(&self) -> Vec<String>;
 }
 
-impl Capture {
+impl Warnings for LogCapture {
     fn warnings(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
+        self.text()
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("upstream request failed"))
             .map(str::to_string)
@@ -36,7 +25,7 @@ impl Capture {
 
 #[tokio::test]
 async fn an_upstream_failure_is_logged_once_with_its_cause() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let writer = capture.clone();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
@@ -84,6 +73,6 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
         .unwrap_or_else(|| panic!("no warning for the 504: {lines:#?}"));
     assert!(slow.contains("cause=\"timeout\""), "{slow}");
 
-    let all = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let all = capture.text();
     assert!(!all.contains(&secret), "a secret reached the log");
 }

@@ -531,18 +531,92 @@ impl TestGateway {
     }
 }
 
+// === skipped tests ===
+
+/// Names the requirements (`postgres`, `chromium`, ...) whose tests must run: with one named
+/// here, a test that would skip for want of it fails instead (`.ci/run` sets
+/// `postgres,chromium`).
+pub const REQUIRE_ENV: &str = "TOKENGATE_TEST_REQUIRE";
+/// A file each skip appends a line to: requirement, suite, test and reason, tab-separated.
+pub const SKIP_LOG_ENV: &str = "TOKENGATE_TEST_SKIP_LOG";
+
+/// Prints past the test harness's output capture (`eprintln!` is captured; a direct write to
+/// the stderr handle is not), so a line is visible in a plain `cargo test`.
+pub fn note(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// Whether `requirement` is named in [`REQUIRE_ENV`] (a comma-separated list).
+pub fn required(requirement: &str) -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| {
+        v.split(',')
+            .any(|r| r.trim().eq_ignore_ascii_case(requirement))
+    })
+}
+
+/// The one way a test skips because something outside Rust (`requirement`: `postgres`,
+/// `chromium`, ...) is missing; the caller returns right after. When [`REQUIRE_ENV`] names
+/// the requirement this panics instead, failing the test. Otherwise it prints the reason past
+/// the output capture and appends `requirement<TAB>suite<TAB>test<TAB>reason` to the file
+/// [`SKIP_LOG_ENV`] names, if any.
+#[track_caller]
+pub fn skip(requirement: &str, test: &str, reason: &str) {
+    // Each test binary compiles this module itself: this is its crate, e.g. `store_suite`.
+    let suite = env!("CARGO_CRATE_NAME");
+    if required(requirement) {
+        panic!(
+            "{REQUIRE_ENV} names {requirement} but {suite}::{test} cannot run: {reason} \
+             (unset {REQUIRE_ENV} or leave {requirement} out of it to skip instead)"
+        );
+    }
+    note(&format!(
+        "SKIPPED {suite}::{test} (needs {requirement}): {reason}"
+    ));
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV).filter(|p| !p.is_empty()) {
+        let field = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+        let line = format!(
+            "{}\t{}\t{}\t{}\n",
+            field(requirement),
+            field(suite),
+            field(test),
+            field(reason)
+        );
+        // One append of one short line: lines of tests running at once do not interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "cannot append to {SKIP_LOG_ENV} {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
+}
+
 // === PostgreSQL ===
 
 /// The variable naming the PostgreSQL server of the tests (`.ci/run` sets it).
 pub const POSTGRES_ENV: &str = "TOKENGATE_TEST_POSTGRES_URL";
 
-/// The test server's URL, or `None` after printing why `test` is skipped. A set but
-/// unreachable server is not a skip: creating the schema then fails the test.
+/// The test server's URL, or `None` after [`skip`]ping `test` (which fails instead when
+/// `TOKENGATE_TEST_REQUIRE` names `postgres`). A set but unreachable server is not a skip:
+/// creating the schema then fails the test.
+#[track_caller]
 pub fn postgres_url(test: &str) -> Option<String> {
     match std::env::var(POSTGRES_ENV) {
         Ok(u) if !u.trim().is_empty() => Some(u),
         _ => {
-            eprintln!("skipping {test}: {POSTGRES_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)");
+            skip(
+                "postgres",
+                test,
+                &format!(
+                    "{POSTGRES_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
+                ),
+            );
             None
         }
     }
@@ -863,4 +937,42 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
         buf.push(byte[0]);
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+// === shared fixtures ===
+
+/// A gateway with one route `/sd/` (security-director) to a fresh [`Upstream`], configured by
+/// `f`, and the secret of a token `t` that may use it.
+pub async fn gateway_with_token(
+    f: impl FnOnce(&mut tokengate::config::Config),
+) -> (Upstream, TestGateway, String) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(f)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("t", &["security-director"]).await;
+    (up, gw, secret)
+}
+
+/// Log output captured in memory: give a clone to `tracing_subscriber::fmt().with_writer`.
+#[derive(Clone, Default)]
+pub struct LogCapture(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Everything captured so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
