@@ -6,17 +6,17 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokengate::clock::Timestamp;
+use tokengate::model::{Status, TokenId, TokenRecord, TokenWithBlocks};
 use tokengate::proxy::path::normalise;
 use tokengate::proxy::route::RouteTable;
 use tokengate::state::TokenIndex;
-use tokengate::store::{Status, TokenRecord, TokenWithBlocks};
 use tokengate::token::{parse_bearer, Access, Secret, SecretHash};
 use tokengate::usage::UsageRecorder;
 
 fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
     TokenWithBlocks {
         token: TokenRecord {
-            id: format!("00000000-0000-4000-8000-{i:012}"),
+            id: TokenId::parse_stored(&format!("00000000-0000-4000-8000-{i:012}")).unwrap(),
             name: format!("token-{i}"),
             description: None,
             access: Access::SECURITY_DIRECTOR,
@@ -72,7 +72,7 @@ fn tokens(c: &mut Criterion) {
 
 fn usage(c: &mut Criterion) {
     let rec = UsageRecorder::new(10_000);
-    let id = uuid::Uuid::from_u128(1);
+    let id = TokenId::from_uuid(uuid::Uuid::from_u128(1));
     let one: IpAddr = "192.0.2.1".parse().unwrap();
     let many: Vec<IpAddr> = (0..10_000u32)
         .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod lifecycle;
 pub mod limiter;
 pub mod logsink;
 pub mod metrics;
+pub mod model;
 pub mod net;
 pub mod policy;
 pub mod proxy;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
+use crate::model::TokenId;
 use crate::state::TokenIndex;
 use crate::store::{Store, StoreResult, SweepCutoffs, SweepOutcome};
 use crate::usage::UsageRecorder;
@@ -64,13 +65,18 @@ impl Sweeper {
         };
         let keep = self.index.used_since(at.inactive_before);
         let out = self.store.sweep(at, &keep).await?;
-        for (id, _) in &out.deactivated {
+        let ids = |v: &[(String, String)]| -> Vec<TokenId> {
+            v.iter()
+                .filter_map(|(id, _)| TokenId::parse_stored(id))
+                .collect()
+        };
+        for id in ids(&out.deactivated) {
             self.index.refresh(self.store.as_ref(), id).await?;
         }
-        for (id, _) in &out.deleted {
+        for id in ids(&out.deleted) {
             self.index.forget(id).await;
         }
-        out.audit.iter().for_each(crate::admin::emit);
+        out.audit.iter().for_each(crate::audit::emit);
         if out.pruned > 0 {
             tracing::info!(
                 pruned = out.pruned,

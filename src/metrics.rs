@@ -278,8 +278,7 @@ impl Collector for Scrape {
             let now = self.clock.now();
             let (mut active, mut inactive) = (0i64, 0i64);
             for t in self.index.snapshot() {
-                let since = policy::idle_start(t.created_at, t.activated_at, t.last_used_at());
-                match policy::effective(t.status, t.inactive_reason, since, now, &self.lifecycle) {
+                match policy::status_at(t.standing(), now, &self.lifecycle) {
                     Effective::Active => active += 1,
                     Effective::Inactive(_) => inactive += 1,
                     Effective::Deleted => {}

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use crate::clock::Timestamp;
 use crate::config::LifecycleConfig;
+use crate::model::{InactiveReason, Status, TokenRecord};
 use crate::net::BlockEntry;
-use crate::store::{InactiveReason, Status};
 
 /// The latest of creation, (re)activation and last use: the idle clock starts here.
 pub fn idle_start(
@@ -51,6 +51,54 @@ pub fn effective(
             Effective::Inactive(InactiveReason::Idle)
         }
         Status::Active => Effective::Active,
+    }
+}
+
+/// What a token's effective status depends on: its stored status and reason, and the three
+/// instants its idle clock starts from.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    pub status: Status,
+    pub reason: Option<InactiveReason>,
+    pub created_at: Timestamp,
+    pub activated_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl Standing {
+    /// A stored token's, with `last_used_at` the latest use known (the store's, or a newer
+    /// one this instance has not flushed yet).
+    pub fn of_record(rec: &TokenRecord, last_used_at: Option<Timestamp>) -> Standing {
+        Standing {
+            status: rec.status,
+            reason: rec.inactive_reason,
+            created_at: rec.created_at,
+            activated_at: rec.activated_at,
+            last_used_at,
+        }
+    }
+
+    /// When the idle clock started.
+    pub fn idle_since(&self) -> Timestamp {
+        idle_start(self.created_at, self.activated_at, self.last_used_at)
+    }
+}
+
+/// The one computation of a token's effective status at `now` (proxy, tunnels, admin API,
+/// metrics all ask this).
+pub fn status_at(s: Standing, now: Timestamp, lc: &LifecycleConfig) -> Effective {
+    effective(s.status, s.reason, s.idle_since(), now, lc)
+}
+
+impl Effective {
+    /// The status and reason the API reports. A deleted token is never shown (callers
+    /// answer 404); should one slip through, it reads as idle.
+    pub fn reported(self) -> (Status, Option<InactiveReason>) {
+        match self {
+            Effective::Active => (Status::Active, None),
+            Effective::Inactive(r) => (Status::Inactive, Some(r)),
+            Effective::Deleted => (Status::Inactive, Some(InactiveReason::Idle)),
+        }
     }
 }
 

@@ -22,20 +22,18 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use http::HeaderValue;
-use uuid::Uuid;
 
 use crate::clock::Timestamp;
+use crate::model::{InactiveReason, Status, TokenId, TokenRecord, TokenWithBlocks};
 use crate::net::BlockEntry;
-use crate::store::{
-    ChangeSink, InactiveReason, Status, Store, StoreResult, TokenRecord, TokenWithBlocks,
-};
+use crate::store::{ChangeSink, Store, StoreResult};
 use crate::token::{Access, SecretHash};
 
 /// What the proxy needs to know about one token.
 #[derive(Debug)]
 pub struct TokenState {
     pub hash: SecretHash,
-    pub id: Uuid,
+    pub id: TokenId,
     pub name: Box<str>,
     pub blocks: Box<[BlockEntry]>,
     pub created_at: Timestamp,
@@ -72,21 +70,10 @@ pub fn access_header(a: Access) -> HeaderValue {
     }
 }
 
-/// A stored id as the index keeps it. Ids are UUIDs in their lower-case hyphenated form
-/// (the admin API creates them so); anything else can only come from an edited database.
-pub fn parse_id(s: &str) -> Option<Uuid> {
-    let id = Uuid::try_parse(s).ok()?;
-    let mut buf = Uuid::encode_buffer();
-    (id.hyphenated().encode_lower(&mut buf) == s).then_some(id)
-}
-
 impl TokenState {
     fn from_record(t: TokenWithBlocks) -> Option<TokenState> {
         let r: TokenRecord = t.token;
-        let Some(id) = parse_id(&r.id) else {
-            tracing::error!(id = %r.id, "a stored token id is not a canonical UUID; token ignored (refused)");
-            return None;
-        };
+        let id = r.id;
         Some(TokenState {
             hash: r.secret_hash,
             id,
@@ -110,8 +97,8 @@ impl TokenState {
             // header value; fall back to a placeholder rather than panic on an edited database.
             let name =
                 HeaderValue::from_str(&self.name).unwrap_or(HeaderValue::from_static("invalid"));
-            let mut buf = Uuid::encode_buffer();
-            let id = HeaderValue::from_str(self.id.hyphenated().encode_lower(&mut buf))
+            let mut buf = [0u8; 36];
+            let id = HeaderValue::from_str(self.id.encode(&mut buf))
                 .unwrap_or(HeaderValue::from_static("invalid"));
             Box::new(Identity { name, id })
         })
@@ -119,7 +106,18 @@ impl TokenState {
 
     /// The id as the store spells it.
     pub fn id_string(&self) -> String {
-        self.id.hyphenated().to_string()
+        self.id.to_string()
+    }
+
+    /// What its effective status depends on (see [`crate::policy::status_at`]).
+    pub fn standing(&self) -> crate::policy::Standing {
+        crate::policy::Standing {
+            status: self.status,
+            reason: self.inactive_reason,
+            created_at: self.created_at,
+            activated_at: self.activated_at,
+            last_used_at: self.last_used_at(),
+        }
     }
 
     /// The latest use known here, if any.
@@ -254,7 +252,7 @@ impl TokenIndex {
     async fn stream_from(
         &self,
         store: &dyn Store,
-        mut seen: impl FnMut(Uuid),
+        mut seen: impl FnMut(TokenId),
     ) -> StoreResult<usize> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TokenWithBlocks>>(2);
         let mut n = 0;
@@ -276,7 +274,7 @@ impl TokenIndex {
         h.prefix()
     }
 
-    fn id_key(&self, id: &Uuid) -> u64 {
+    fn id_key(&self, id: &TokenId) -> u64 {
         self.id_hasher.hash_one(id)
     }
 
@@ -285,12 +283,13 @@ impl TokenIndex {
         self.by_hash.find(Self::hash_key(hash), |t| t.hash == *hash)
     }
 
-    /// By stored id (admin views, tests).
+    /// By id spelled as stored (tests).
     pub fn get_by_id(&self, id: &str) -> Option<Arc<TokenState>> {
-        self.get_by_uuid(parse_id(id)?)
+        self.by_id(TokenId::parse_stored(id)?)
     }
 
-    pub fn get_by_uuid(&self, id: Uuid) -> Option<Arc<TokenState>> {
+    /// By id (admin views, open tunnels).
+    pub fn by_id(&self, id: TokenId) -> Option<Arc<TokenState>> {
         self.by_id.find(self.id_key(&id), |t| t.id == id)
     }
 
@@ -304,7 +303,7 @@ impl TokenIndex {
                 ids.push(t.id);
             }
         });
-        ids.iter().map(|id| id.hyphenated().to_string()).collect()
+        ids.iter().map(TokenId::to_string).collect()
     }
 
     /// Every token's state (metrics, the sweep). A snapshot: entries change concurrently.
@@ -324,7 +323,7 @@ impl TokenIndex {
 
     /// Adds or replaces one token (start-up load, refresh; benches seed with it). Returns
     /// its id, or `None` if the record was refused (an id that is not a UUID).
-    pub fn upsert(&self, t: TokenWithBlocks) -> Option<Uuid> {
+    pub fn upsert(&self, t: TokenWithBlocks) -> Option<TokenId> {
         let state = Arc::new(TokenState::from_record(t)?);
         let id = state.id;
         let idk = self.id_key(&id);
@@ -363,7 +362,7 @@ impl TokenIndex {
         Some(id)
     }
 
-    fn remove(&self, id: Uuid) {
+    fn remove(&self, id: TokenId) {
         if let Some(t) = self.by_id.remove(self.id_key(&id), |x| x.id == id) {
             self.by_hash
                 .remove(Self::hash_key(&t.hash), |x| std::ptr::eq(x, &*t));
@@ -372,27 +371,21 @@ impl TokenIndex {
 
     /// Re-reads one token from the store and replaces (or drops) its entry. Called after
     /// every committed mutation, before the admin API answers: the very next request sees it.
-    pub async fn refresh(&self, store: &dyn Store, id: &str) -> StoreResult<()> {
+    pub async fn refresh(&self, store: &dyn Store, id: TokenId) -> StoreResult<()> {
         let _serial = self.refresh_lock.lock().await;
         match store.token_by_id(id).await? {
             Some(t) => {
                 self.upsert(t);
             }
-            None => {
-                if let Some(id) = parse_id(id) {
-                    self.remove(id);
-                }
-            }
+            None => self.remove(id),
         }
         Ok(())
     }
 
     /// Drops a token from memory without a store read (after a delete).
-    pub async fn forget(&self, id: &str) {
+    pub async fn forget(&self, id: TokenId) {
         let _serial = self.refresh_lock.lock().await;
-        if let Some(id) = parse_id(id) {
-            self.remove(id);
-        }
+        self.remove(id);
     }
 
     /// Re-reads every token and drops the ones the store no longer has (a shared store after
@@ -428,7 +421,8 @@ pub struct IndexFollower {
 #[async_trait::async_trait]
 impl ChangeSink for IndexFollower {
     async fn tokens_changed(&self, ids: &[String]) -> StoreResult<()> {
-        for id in ids {
+        // An id that is not one the gateway writes names no token of the index.
+        for id in ids.iter().filter_map(|id| TokenId::parse_stored(id)) {
             self.index.refresh(self.store.as_ref(), id).await?;
         }
         Ok(())
@@ -448,7 +442,7 @@ mod tests {
     fn record(id: &str, name: &str, hash: SecretHash) -> TokenWithBlocks {
         TokenWithBlocks {
             token: TokenRecord {
-                id: id.to_string(),
+                id: TokenId::parse_stored(id).expect("a canonical id"),
                 name: name.to_string(),
                 description: None,
                 access: Access::SECURITY_DIRECTOR,
@@ -473,17 +467,6 @@ mod tests {
             let a = Access::from_bits(bits);
             assert_eq!(access_header(a), a.joined().as_str());
         }
-    }
-
-    #[test]
-    fn only_canonical_uuids_are_ids() {
-        assert!(parse_id(ID).is_some());
-        assert!(parse_id(&ID.to_uppercase()).is_none());
-        assert!(parse_id(&ID.replace('-', "")).is_none());
-        assert!(parse_id("t1").is_none());
-        let index = TokenIndex::default();
-        assert_eq!(index.upsert(record("t1", "a", SecretHash::of(b"a"))), None);
-        assert!(index.is_empty());
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use uuid::Uuid;
 
 use crate::clock::Timestamp;
-use crate::store::{Store, StoreResult, UsageDelta};
+use crate::model::{TokenId, UsageDelta};
+use crate::store::{Store, StoreResult};
 
 /// Distinct (token, IP) pairs held between flushes at most.
 pub const MAX_PENDING: usize = 1_000_000;
@@ -42,7 +42,7 @@ impl Counters {
 }
 
 pub struct UsageRecorder {
-    pending: DashMap<(Uuid, IpAddr), Counters>,
+    pending: DashMap<(TokenId, IpAddr), Counters>,
     dropped: AtomicU64,
     flush_errors: AtomicU64,
     max_ips_per_token: usize,
@@ -59,7 +59,7 @@ impl UsageRecorder {
     }
 
     /// Records a forwarded request.
-    pub fn record_use(&self, token_id: Uuid, ip: IpAddr, now: Timestamp) {
+    pub fn record_use(&self, token_id: TokenId, ip: IpAddr, now: Timestamp) {
         self.update(token_id, ip, |c| {
             c.requests += 1;
             if c.first_used == 0 {
@@ -70,11 +70,11 @@ impl UsageRecorder {
     }
 
     /// Records a request refused because the IP is blocked for this token.
-    pub fn record_denied(&self, token_id: Uuid, ip: IpAddr) {
+    pub fn record_denied(&self, token_id: TokenId, ip: IpAddr) {
         self.update(token_id, ip, |c| c.denied += 1);
     }
 
-    fn update(&self, token_id: Uuid, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
+    fn update(&self, token_id: TokenId, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
         let key = (token_id, ip);
         if let Some(mut c) = self.pending.get_mut(&key) {
             f(&mut c);
@@ -105,7 +105,7 @@ impl UsageRecorder {
     /// Writes everything pending to the store. On failure the batch is merged back and the
     /// error returned; the next flush retries it.
     pub async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
-        let mut taken: Vec<((Uuid, IpAddr), Counters)> = Vec::new();
+        let mut taken: Vec<((TokenId, IpAddr), Counters)> = Vec::new();
         self.pending.retain(|k, v| {
             taken.push((*k, *v));
             false
@@ -116,7 +116,7 @@ impl UsageRecorder {
         let batch: Vec<UsageDelta> = taken
             .iter()
             .map(|((id, ip), c)| UsageDelta {
-                token_id: id.to_string(),
+                token_id: *id,
                 ip: *ip,
                 requests: c.requests,
                 denied: c.denied,
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn aggregates_per_token_and_ip() {
         let u = UsageRecorder::new(10);
-        let t = Uuid::from_u128(1);
+        let t = TokenId::from_uuid(uuid::Uuid::from_u128(1));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         u.record_use(t, ip, Timestamp(10));
         u.record_use(t, ip, Timestamp(20));

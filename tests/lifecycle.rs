@@ -15,10 +15,11 @@ use support::*;
 use tokengate::clock::{Clock, ManualClock, Timestamp};
 use tokengate::config::Config;
 use tokengate::lifecycle::Sweeper;
+use tokengate::model::{InactiveReason, Status, TokenId};
 use tokengate::policy::{self, Effective};
 use tokengate::state::TokenIndex;
 use tokengate::store::sqlite::SqliteStore;
-use tokengate::store::{InactiveReason, Status, Store, SweepOutcome};
+use tokengate::store::{Store, SweepOutcome};
 use tokengate::token::Access;
 use tokengate::usage::UsageRecorder;
 
@@ -118,6 +119,11 @@ fn names(list: &[(String, String)]) -> Vec<&str> {
     v
 }
 
+/// A token id as the admin API spells it.
+fn tid(id: &str) -> TokenId {
+    TokenId::parse_stored(id).expect("a canonical token id")
+}
+
 /// The stored status, reason and `last_used_at` of a token (None if the row is gone).
 async fn stored(
     gw: &TestGateway,
@@ -125,7 +131,7 @@ async fn stored(
 ) -> Option<(Status, Option<InactiveReason>, Option<Timestamp>)> {
     gw.gateway()
         .store
-        .token_by_id(id)
+        .token_by_id(tid(id))
         .await
         .expect("store readable")
         .map(|t| {
@@ -457,7 +463,7 @@ async fn refused_requests_never_refresh_the_idle_clock() {
     let out = sweep(&gw).await;
     assert_eq!(names(&out.deleted), ["refused"], "{out:?}");
     assert!(stored(&gw, &id).await.is_none());
-    let left = gw.gateway().store.list_ips(&id).await.unwrap();
+    let left = gw.gateway().store.list_ips(tid(&id)).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(up.count(), 0, "nothing was ever forwarded");
 }
@@ -536,7 +542,7 @@ async fn tokens_are_deleted_at_exactly_90_days_and_their_names_are_free() {
         .await
         .expect(401, Some("invalid_token"));
     assert!(stored(&gw, &reused_id).await.is_none());
-    let left = gw.gateway().store.list_ips(&reused_id).await.unwrap();
+    let left = gw.gateway().store.list_ips(tid(&reused_id)).await.unwrap();
     assert!(left.is_empty(), "old IP records survive: {left:?}");
 
     // The sweep removes the other one, with its IP records.
@@ -545,7 +551,7 @@ async fn tokens_are_deleted_at_exactly_90_days_and_their_names_are_free() {
     assert_eq!(out.deleted[0].0, doomed_id);
     assert!(out.deactivated.is_empty(), "{out:?}");
     assert!(stored(&gw, &doomed_id).await.is_none());
-    let left = gw.gateway().store.list_ips(&doomed_id).await.unwrap();
+    let left = gw.gateway().store.list_ips(tid(&doomed_id)).await.unwrap();
     assert!(left.is_empty(), "old IP records survive: {left:?}");
 
     gw.restart().await;
@@ -779,7 +785,7 @@ async fn assert_population_swept(gw: &TestGateway, ids: &BTreeMap<String, String
         let row = stored(gw, id).await;
         if name.starts_with("old-") {
             assert!(row.is_none(), "{name} not deleted");
-            let left = gw.gateway().store.list_ips(id).await.unwrap();
+            let left = gw.gateway().store.list_ips(tid(id)).await.unwrap();
             assert!(left.is_empty(), "{name}: {left:?}");
         } else if name.starts_with("mid-") {
             assert_eq!(

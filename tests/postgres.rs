@@ -476,7 +476,7 @@ async fn a_store_outage_serves_cached_tokens_for_the_grace_then_recovers() {
         g.usage.flush(g.store.as_ref()).await.expect("flush");
     }
     let store = a.gateway().store.clone();
-    let before = store.list_ips(&id).await.expect("ips")[0].requests;
+    let before = store.list_ips(id.parse().unwrap()).await.expect("ips")[0].requests;
 
     cluster.stop_server();
     for gw in [&a, &closed] {
@@ -537,7 +537,12 @@ async fn a_store_outage_serves_cached_tokens_for_the_grace_then_recovers() {
         .expect(401, Some("invalid_token"));
     // 3 uses during the outage and 1 after it on A, 1 after it on the other instance.
     eventually("buffered usage written", RECOVERY, || async {
-        let n = store.list_ips(&id).await.ok()?.first()?.requests;
+        let n = store
+            .list_ips(id.parse().unwrap())
+            .await
+            .ok()?
+            .first()?
+            .requests;
         assert!(n <= before + 5, "usage counted twice: {n} > {before} + 5");
         (n == before + 5).then_some(())
     })

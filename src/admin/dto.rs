@@ -4,14 +4,16 @@
 
 use serde::Serialize;
 
+use crate::model::{InactiveReason, Status};
+
 #[derive(Debug, Serialize)]
 pub struct TokenDto {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
     pub access: Vec<&'static str>,
-    pub status: &'static str,
-    pub inactive_reason: Option<&'static str>,
+    pub status: Status,
+    pub inactive_reason: Option<InactiveReason>,
     pub created_at: String,
     pub activated_at: Option<String>,
     pub deactivated_at: Option<String>,

@@ -23,17 +23,19 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::audit;
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::LifecycleConfig;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Scrape;
+use crate::model::{
+    AuditAction, AuditEntry, InactiveReason, IpRecord, Status, TokenId, TokenRecord,
+};
 use crate::net::{self, BlockEntry};
-use crate::policy::{self, Effective};
+use crate::policy::{self, Effective, Standing};
 use crate::server::ConnInfo;
 use crate::state::TokenIndex;
-use crate::store::{
-    AuditEntry, InactiveReason, IpRecord, Status, Store, StoreError, TokenRecord, IDLE_POLICY_ACTOR,
-};
+use crate::store::{Store, StoreError};
 use crate::tls::ClientCertSubject;
 use crate::token::{self, Access, Secret};
 use crate::usage::UsageRecorder;
@@ -342,7 +344,7 @@ impl Admin {
     /// so the answer stays a success even if re-reading it fails; the token is then dropped
     /// from memory (refused here, fail closed) until a later refresh or reconciliation reads
     /// it back.
-    async fn apply(&self, id: &str) {
+    async fn apply(&self, id: TokenId) {
         if let Err(e) = self.index.refresh(self.store.as_ref(), id).await {
             tracing::warn!(error = %e, token_id = %id, "re-reading a committed change failed; refusing the token here until it is read back");
             self.index.forget(id).await;
@@ -394,26 +396,22 @@ impl Admin {
 
     /// The latest use known anywhere: the store's, or this instance's unflushed one.
     fn last_used(&self, rec: &TokenRecord) -> Option<Timestamp> {
-        let local = self.index.get_by_id(&rec.id).and_then(|t| t.last_used_at());
+        let local = self.index.by_id(rec.id).and_then(|t| t.last_used_at());
         rec.last_used_at.max(local)
     }
 
     fn effective(&self, rec: &TokenRecord, now: Timestamp) -> Effective {
-        let since = policy::idle_start(rec.created_at, rec.activated_at, self.last_used(rec));
-        policy::effective(rec.status, rec.inactive_reason, since, now, &self.lifecycle)
+        let standing = Standing::of_record(rec, self.last_used(rec));
+        policy::status_at(standing, now, &self.lifecycle)
     }
 
     fn dto(&self, rec: &TokenRecord, now: Timestamp) -> TokenDto {
         let last_used = self.last_used(rec);
-        let since = policy::idle_start(rec.created_at, rec.activated_at, last_used);
-        let (status, reason) = match self.effective(rec, now) {
-            Effective::Active => ("active", None),
-            Effective::Inactive(r) => ("inactive", Some(r.as_str())),
-            // Callers filter deleted tokens out; report them as idle if one slips through.
-            Effective::Deleted => ("inactive", Some(InactiveReason::Idle.as_str())),
-        };
+        let standing = Standing::of_record(rec, last_used);
+        let since = standing.idle_since();
+        let (status, reason) = policy::status_at(standing, now, &self.lifecycle).reported();
         TokenDto {
-            id: rec.id.clone(),
+            id: rec.id.to_string(),
             name: rec.name.clone(),
             description: rec.description.clone(),
             access: rec.access.names(),
@@ -423,7 +421,7 @@ impl Admin {
             activated_at: rec.activated_at.map(Timestamp::rfc3339),
             deactivated_at: rec.deactivated_at.map(Timestamp::rfc3339),
             last_used_at: last_used.map(Timestamp::rfc3339),
-            inactive_at: (status == "active")
+            inactive_at: (status == Status::Active)
                 .then(|| since.plus(self.lifecycle.inactive_after).rfc3339()),
             delete_at: Some(since.plus(self.lifecycle.delete_after).rfc3339()),
         }
@@ -447,7 +445,7 @@ impl Admin {
     }
 
     async fn list(&self, query: Option<&str>) -> AdminResult {
-        let mut status: Option<&'static str> = None;
+        let mut status: Option<Status> = None;
         let mut q: Option<String> = None;
         let mut limit = LIST_DEFAULT;
         let mut after: Option<String> = None;
@@ -457,8 +455,8 @@ impl Admin {
                 "status" | "limit" if v.is_empty() => {}
                 "status" => {
                     status = Some(match &*v {
-                        "active" => "active",
-                        "inactive" => "inactive",
+                        "active" => Status::Active,
+                        "inactive" => Status::Inactive,
                         _ => return Err(invalid("status", "status must be active or inactive")),
                     })
                 }
@@ -545,7 +543,7 @@ impl Admin {
         let now = self.now();
         let secret = Secret::generate();
         let rec = TokenRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: TokenId::generate(),
             name,
             description,
             access,
@@ -566,22 +564,23 @@ impl Admin {
             .await?
         {
             if self.effective(&old, now) == Effective::Deleted {
-                let gone = idle_entry(now, "delete", &old);
-                match self.store.delete_token(&old.id, Some(&gone)).await {
-                    Ok(()) | Err(StoreError::NotFound) => self.index.forget(&old.id).await,
+                let gone =
+                    audit::by_idle_policy(now, AuditAction::Delete, &old.id.to_string(), &old.name);
+                match self.store.delete_token(old.id, Some(&gone)).await {
+                    Ok(()) | Err(StoreError::NotFound) => self.index.forget(old.id).await,
                     Err(e) => return Err(e.into()),
                 }
             }
         }
         let entry = actor.entry(
             now,
-            "create",
+            AuditAction::Create,
             &rec,
             serde_json::json!({"description": rec.description, "access": rec.access.names()}),
         );
         self.store.insert_token(&rec, &entry).await?;
-        self.apply(&rec.id).await;
-        emit(&entry);
+        self.apply(rec.id).await;
+        audit::emit(&entry);
         let dto = self.dto(&rec, now);
         Ok(json_response(
             StatusCode::CREATED,
@@ -598,7 +597,7 @@ impl Admin {
         let description = parse_description(obj.get("description"))?;
         let access = obj.get("access").map(parse_access).transpose()?;
         let rec = self
-            .mutate_one(actor, "update", name, |rec| {
+            .mutate_one(actor, AuditAction::Update, name, |rec| {
                 let mut changes = Map::new();
                 if let Some(d) = &description {
                     changes.insert(
@@ -622,18 +621,18 @@ impl Admin {
 
     async fn delete(&self, actor: &Actor, name: &str) -> AdminResult {
         let rec = self.find(name).await?;
-        let entry = actor.entry(self.now(), "delete", &rec, serde_json::json!({}));
-        self.store.delete_token(&rec.id, Some(&entry)).await?;
+        let entry = actor.entry(self.now(), AuditAction::Delete, &rec, serde_json::json!({}));
+        self.store.delete_token(rec.id, Some(&entry)).await?;
         // Committed: forget it before answering, so the next request is refused.
-        self.index.forget(&rec.id).await;
-        emit(&entry);
+        self.index.forget(rec.id).await;
+        audit::emit(&entry);
         Ok(empty_response(StatusCode::NO_CONTENT))
     }
 
     async fn regenerate(&self, actor: &Actor, name: &str) -> AdminResult {
         let mut secret = None;
         let rec = self
-            .mutate_one(actor, "regenerate", name, |rec| {
+            .mutate_one(actor, AuditAction::Regenerate, name, |rec| {
                 let s = Secret::generate();
                 rec.secret_hash = s.hash();
                 secret = Some(s);
@@ -656,7 +655,7 @@ impl Admin {
     async fn mutate_one(
         &self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         name: &str,
         mut change: impl FnMut(&mut TokenRecord) -> Option<Value>,
     ) -> Result<TokenRecord, AdminError> {
@@ -672,8 +671,8 @@ impl Admin {
                 .await
             {
                 Ok(()) => {
-                    self.apply(&rec.id).await;
-                    emit(&entry);
+                    self.apply(rec.id).await;
+                    audit::emit(&entry);
                     rec.version += 1;
                     return Ok(rec);
                 }
@@ -706,7 +705,7 @@ impl Admin {
             let mut entries: Vec<AuditEntry> = Vec::new();
             let mut seen = HashSet::new();
             for rec in &records {
-                if !seen.insert(rec.id.clone()) {
+                if !seen.insert(rec.id) {
                     continue;
                 }
                 let mut r = rec.clone();
@@ -731,7 +730,11 @@ impl Admin {
                         Effective::Inactive(r) => ("inactive", Some(r.as_str())),
                         Effective::Deleted => ("deleted", None),
                     };
-                    let action = if activate { "activate" } else { "deactivate" };
+                    let action = if activate {
+                        AuditAction::Activate
+                    } else {
+                        AuditAction::Deactivate
+                    };
                     let details =
                         serde_json::json!({"previous_status": status, "previous_reason": reason});
                     entries.push(actor.entry(now, action, &r, details));
@@ -744,10 +747,10 @@ impl Admin {
                 Err(e) => return Err(e.into()),
             }
             for r in &mut changed {
-                self.apply(&r.id).await;
+                self.apply(r.id).await;
                 r.version += 1;
             }
-            entries.iter().for_each(emit);
+            entries.iter().for_each(audit::emit);
             let tokens = records
                 .iter()
                 .map(|rec| {
@@ -764,10 +767,10 @@ impl Admin {
 
     async fn ips(&self, name: &str) -> AdminResult {
         let rec = self.find(name).await?;
-        Ok(json_response(StatusCode::OK, &self.ip_list(&rec.id).await?))
+        Ok(json_response(StatusCode::OK, &self.ip_list(rec.id).await?))
     }
 
-    async fn ip_list(&self, token_id: &str) -> Result<IpList, AdminError> {
+    async fn ip_list(&self, token_id: TokenId) -> Result<IpList, AdminError> {
         // Write pending usage first, so the list includes requests made a moment ago.
         if let Err(e) = self.usage.flush(self.store.as_ref()).await {
             tracing::warn!(error = %e, "usage flush before listing IPs failed");
@@ -790,16 +793,20 @@ impl Admin {
         let listed: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
         let entry = actor.entry(
             self.now(),
-            if block { "block" } else { "unblock" },
+            if block {
+                AuditAction::Block
+            } else {
+                AuditAction::Unblock
+            },
             &rec,
             serde_json::json!({ "ips": listed }),
         );
         if block {
             self.store
-                .block(&rec.id, &entries, self.now(), &entry)
+                .block(rec.id, &entries, self.now(), &entry)
                 .await?;
         } else {
-            let current = self.store.list_ips(&rec.id).await?;
+            let current = self.store.list_ips(rec.id).await?;
             let exact: Vec<BlockEntry> = current
                 .iter()
                 .filter(|r| r.blocked_at.is_some())
@@ -822,12 +829,12 @@ impl Admin {
                     });
                 }
             }
-            self.store.unblock(&rec.id, &entries, &entry).await?;
+            self.store.unblock(rec.id, &entries, &entry).await?;
         }
         // Committed: refresh the index so the very next request sees the block list.
-        self.apply(&rec.id).await;
-        emit(&entry);
-        Ok(json_response(StatusCode::OK, &self.ip_list(&rec.id).await?))
+        self.apply(rec.id).await;
+        audit::emit(&entry);
+        Ok(json_response(StatusCode::OK, &self.ip_list(rec.id).await?))
     }
 }
 
@@ -867,7 +874,7 @@ impl Admin {
                 at: a.at.rfc3339(),
                 actor: a.actor,
                 source_ip: a.source_ip,
-                action: a.action,
+                action: a.action.to_string(),
                 token: a.token,
                 token_id: a.token_id,
                 details: a.details,
@@ -884,44 +891,15 @@ struct Actor {
 }
 
 impl Actor {
-    fn entry(&self, at: Timestamp, action: &str, rec: &TokenRecord, details: Value) -> AuditEntry {
-        AuditEntry {
-            at,
-            actor: self.name.clone(),
-            source_ip: Some(self.source_ip.to_string()),
-            action: action.to_string(),
-            token: rec.name.clone(),
-            token_id: rec.id.clone(),
-            details,
-        }
+    fn entry(
+        &self,
+        at: Timestamp,
+        action: AuditAction,
+        rec: &TokenRecord,
+        details: Value,
+    ) -> AuditEntry {
+        audit::by_admin(&self.name, self.source_ip, at, action, rec, details)
     }
-}
-
-/// The audit row of a change the idle policy makes outside the sweep (a lapsed token removed
-/// so that its name can be reused).
-fn idle_entry(at: Timestamp, action: &str, rec: &TokenRecord) -> AuditEntry {
-    AuditEntry {
-        at,
-        actor: IDLE_POLICY_ACTOR.to_string(),
-        source_ip: None,
-        action: action.to_string(),
-        token: rec.name.clone(),
-        token_id: rec.id.clone(),
-        details: serde_json::json!({"reason": "idle"}),
-    }
-}
-
-/// The tracing event of an audit entry (after its transaction committed).
-pub fn emit(a: &AuditEntry) {
-    tracing::info!(
-        target: "tokengate::audit",
-        actor = %a.actor,
-        source_ip = a.source_ip.as_deref().unwrap_or("-"),
-        action = %a.action,
-        token = %a.token,
-        token_id = %a.token_id,
-        details = %a.details,
-    );
 }
 
 fn not_found_path() -> Response<Full<Bytes>> {

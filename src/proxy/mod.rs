@@ -29,11 +29,12 @@ use crate::config::{Config, LifecycleConfig, ProxyConfig};
 use crate::error::{ProxyBody, ProxyError};
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
+use crate::model::Status;
 use crate::net;
 use crate::policy::{self, Effective};
 use crate::server::ConnInfo;
 use crate::state::{TokenIndex, TokenState};
-use crate::store::{Status, Store};
+use crate::store::Store;
 use crate::token::{self, Access};
 use crate::usage::UsageRecorder;
 
@@ -418,14 +419,7 @@ impl Proxy {
     }
 
     fn status_at(&self, token: &TokenState, now: Timestamp) -> Effective {
-        let since = policy::idle_start(token.created_at, token.activated_at, token.last_used_at());
-        policy::effective(
-            token.status,
-            token.inactive_reason,
-            since,
-            now,
-            &self.lifecycle,
-        )
+        policy::status_at(token.standing(), now, &self.lifecycle)
     }
 
     /// Raises the token's last use to the store's `last_used_at` (uses recorded by other
@@ -452,8 +446,7 @@ impl Proxy {
         {
             return Ok(self.status_at(token, now));
         }
-        let read =
-            tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(&token.id_string())).await;
+        let read = tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(token.id)).await;
         match read {
             Ok(Ok(Some(t))) => {
                 if let Some(used) = t.token.last_used_at {
@@ -559,7 +552,7 @@ struct TunnelWatch {
     index: Arc<TokenIndex>,
     clock: SharedClock,
     lifecycle: LifecycleConfig,
-    token_id: uuid::Uuid,
+    token_id: crate::model::TokenId,
     client_ip: IpAddr,
     access: Access,
     idle: Duration,
@@ -570,17 +563,10 @@ struct TunnelWatch {
 
 impl TunnelWatch {
     fn still_allowed(&self) -> bool {
-        let Some(t) = self.index.get_by_uuid(self.token_id) else {
+        let Some(t) = self.index.by_id(self.token_id) else {
             return false;
         };
-        let since = policy::idle_start(t.created_at, t.activated_at, t.last_used_at());
-        policy::effective(
-            t.status,
-            t.inactive_reason,
-            since,
-            self.clock.now(),
-            &self.lifecycle,
-        ) == Effective::Active
+        policy::status_at(t.standing(), self.clock.now(), &self.lifecycle) == Effective::Active
             && policy::blocked_by(&t.blocks, self.client_ip).is_none()
             && t.access.contains(self.access)
     }

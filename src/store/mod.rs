@@ -9,9 +9,9 @@
 //! through [`StoreHealth`] and streams other instances' changes to a [`ChangeSink`]).
 
 pub mod postgres;
+mod sql_types;
 pub mod sqlite;
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Timestamp;
+use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
 use crate::net::BlockEntry;
-use crate::token::{Access, SecretHash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,122 +35,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Active,
-    Inactive,
-}
-
-impl Status {
-    /// From its stored form; anything but `active` reads as inactive (fail closed).
-    pub fn from_db(s: &str) -> Status {
-        if s == "active" {
-            Status::Active
-        } else {
-            Status::Inactive
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Inactive => "inactive",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InactiveReason {
-    Admin,
-    Idle,
-}
-
-impl InactiveReason {
-    /// From its stored form (`None` for null or an unknown value).
-    pub fn from_db(s: Option<&str>) -> Option<InactiveReason> {
-        match s {
-            Some("admin") => Some(InactiveReason::Admin),
-            Some("idle") => Some(InactiveReason::Idle),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InactiveReason::Admin => "admin",
-            InactiveReason::Idle => "idle",
-        }
-    }
-}
-
-/// One token as stored. `version` increases with every admin write (optimistic concurrency:
-/// [`Store::save_token`] only succeeds against the version it read).
-#[derive(Debug, Clone)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub access: Access,
-    pub secret_hash: SecretHash,
-    pub status: Status,
-    pub inactive_reason: Option<InactiveReason>,
-    pub created_at: Timestamp,
-    pub activated_at: Option<Timestamp>,
-    pub deactivated_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
-    pub version: i64,
-}
-
-/// A token with its block entries: everything the proxy needs to decide a request.
-#[derive(Debug, Clone)]
-pub struct TokenWithBlocks {
-    pub token: TokenRecord,
-    pub blocks: Vec<BlockEntry>,
-}
-
-/// A usage or block row for one token and one IP (or one CIDR block entry).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpRecord {
-    /// The canonical IP, or the CIDR of a network block entry.
-    pub entry: BlockEntry,
-    pub first_used_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
-    pub requests: u64,
-    pub denied: u64,
-    /// Set when this row is itself a block entry.
-    pub blocked_at: Option<Timestamp>,
-}
-
-/// Usage gathered in memory since the last flush, for one token and one client IP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageDelta {
-    pub token_id: String,
-    pub ip: IpAddr,
-    pub requests: u64,
-    pub denied: u64,
-    /// First and last forwarded use in this batch (`None` if only denied requests).
-    pub first_used_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
-}
-
-/// One audit row (SPEC §8): written in the same transaction as the change it records.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditEntry {
-    pub at: Timestamp,
-    /// `admin-key`, a client-certificate subject, or `idle-policy`.
-    pub actor: String,
-    pub source_ip: Option<String>,
-    /// `create`, `update`, `activate`, `deactivate`, `regenerate`, `delete`, `block`, `unblock`.
-    pub action: String,
-    pub token: String,
-    pub token_id: String,
-    /// A JSON object; never a secret.
-    pub details: serde_json::Value,
-}
-
-/// The actor of changes made by the idle policy.
-pub const IDLE_POLICY_ACTOR: &str = "idle-policy";
 
 /// When a lifecycle sweep runs and what it changes (see [`Store::sweep`]).
 #[derive(Debug, Clone, Copy)]
@@ -250,7 +134,7 @@ pub trait Store: Send + Sync + 'static {
     /// never sit in memory as store records all at once. A batch may be sent again if the
     /// read is retried (applying a batch is idempotent). Stops with an error if `sink` closes.
     async fn load_all(&self, sink: TokenSink) -> StoreResult<()>;
-    async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>>;
+    async fn token_by_id(&self, id: TokenId) -> StoreResult<Option<TokenWithBlocks>>;
     /// Lookup by the case-folded name.
     async fn token_by_name(&self, name_key: &str) -> StoreResult<Option<TokenRecord>>;
     /// Tokens whose name key is `> after` and contains `q` (both already case-folded),
@@ -271,12 +155,12 @@ pub trait Store: Send + Sync + 'static {
     async fn save_tokens(&self, tokens: &[TokenRecord], audit: &[AuditEntry]) -> StoreResult<()>;
     /// Deletes a token and its IP records, writing `audit` in the same transaction.
     /// `NotFound` if it did not exist.
-    async fn delete_token(&self, id: &str, audit: Option<&AuditEntry>) -> StoreResult<()>;
-    async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>>;
+    async fn delete_token(&self, id: TokenId, audit: Option<&AuditEntry>) -> StoreResult<()>;
+    async fn list_ips(&self, token_id: TokenId) -> StoreResult<Vec<IpRecord>>;
     /// Adds block entries (idempotent: an existing entry keeps its `blocked_at`).
     async fn block(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         now: Timestamp,
         audit: &AuditEntry,
@@ -284,7 +168,7 @@ pub trait Store: Send + Sync + 'static {
     /// Removes exact block entries (idempotent).
     async fn unblock(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         audit: &AuditEntry,
     ) -> StoreResult<()>;

@@ -37,8 +37,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
 
 use super::*;
+use crate::audit;
 use crate::clock::SharedClock;
+use crate::model::{InactiveReason, Status, TokenId};
 use crate::state::LOAD_BATCH;
+use crate::token::{Access, SecretHash};
 
 /// Versioned migrations, applied in order at open, all in one transaction under the
 /// migration lock. `name_key` and `entry` use the "C" collation so that ordering and paging
@@ -481,7 +484,7 @@ impl Inner {
             return Err(e.into());
         }
         write_audit(&tx, audit).await?;
-        notify(&tx, &self.channel, generation, &[&t.id]).await?;
+        notify(&tx, &self.channel, generation, &[&t.id.to_string()]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -492,7 +495,8 @@ impl Inner {
         let generation = bump(&tx).await?;
         // Row locks in id order, as the usage flush takes them: no deadlock between the two.
         let mut ordered: Vec<&TokenRecord> = tokens.iter().collect();
-        ordered.sort_by(|a, b| a.id.cmp(&b.id));
+        // Row locks in id order (the text order of canonical ids is the same).
+        ordered.sort_by_key(|t| t.id);
         for t in &ordered {
             let access = i16::from(t.access.bits());
             let hash = t.secret_hash.as_bytes().to_vec();
@@ -517,17 +521,20 @@ impl Inner {
                 .await?;
             if n == 0 {
                 // Dropping `tx` rolls back the rows already written (and the generation).
-                return Err(Fail::Store(if token_exists(&tx, &t.id).await? {
-                    StoreError::Conflict("version")
-                } else {
-                    StoreError::NotFound
-                }));
+                return Err(Fail::Store(
+                    if token_exists(&tx, &t.id.to_string()).await? {
+                        StoreError::Conflict("version")
+                    } else {
+                        StoreError::NotFound
+                    },
+                ));
             }
         }
         for a in audit {
             write_audit(&tx, a).await?;
         }
-        let ids: Vec<&str> = ordered.iter().map(|t| t.id.as_str()).collect();
+        let ids: Vec<String> = ordered.iter().map(|t| t.id.to_string()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         notify(&tx, &self.channel, generation, &ids).await?;
         tx.commit().await?;
         Ok(())
@@ -607,10 +614,10 @@ impl Inner {
     /// no notification: see [`PostgresStore::follow`].
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> Result<(), Fail> {
         // One row per (token, canonical IP), in key order (the order row locks are taken in).
-        let mut merged: BTreeMap<(&str, String), Merged> = BTreeMap::new();
+        let mut merged: BTreeMap<(String, String), Merged> = BTreeMap::new();
         for d in batch {
             let key = (
-                d.token_id.as_str(),
+                d.token_id.to_string(),
                 crate::net::canonical_ip(d.ip).to_string(),
             );
             let m = merged.entry(key).or_insert((0, 0, None, None));
@@ -626,7 +633,7 @@ impl Inner {
             }
         }
         let ids: Vec<&str> = {
-            let mut v: Vec<&str> = merged.keys().map(|(id, _)| *id).collect();
+            let mut v: Vec<&str> = merged.keys().map(|(id, _)| id.as_str()).collect();
             v.dedup();
             v
         };
@@ -647,17 +654,17 @@ impl Inner {
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut raise: BTreeMap<&str, i64> = BTreeMap::new();
         for ((id, entry), (r, d, f, l)) in &merged {
-            if !live.contains(*id) {
+            if !live.contains(id.as_str()) {
                 continue;
             }
-            t_ids.push(*id);
+            t_ids.push(id.as_str());
             entries.push(entry.as_str());
             reqs.push(*r);
             dens.push(*d);
             firsts.push(*f);
             lasts.push(*l);
             if let Some(l) = l {
-                let e = raise.entry(*id).or_insert(*l);
+                let e = raise.entry(id.as_str()).or_insert(*l);
                 *e = (*e).max(*l);
             }
         }
@@ -742,21 +749,7 @@ impl Inner {
             )
             .await?,
         )?;
-        let entry = |action: &str, id: &str, name: &str| AuditEntry {
-            at: at.now,
-            actor: IDLE_POLICY_ACTOR.to_string(),
-            source_ip: None,
-            action: action.to_string(),
-            token: name.to_string(),
-            token_id: id.to_string(),
-            details: serde_json::json!({"reason": "idle"}),
-        };
-        for (id, name) in &out.deleted {
-            out.audit.push(entry("delete", id, name));
-        }
-        for (id, name) in &out.deactivated {
-            out.audit.push(entry("deactivate", id, name));
-        }
+        out.audit = audit::of_sweep(at.now, &out.deleted, &out.deactivated);
         for a in &out.audit {
             write_audit(&tx, a).await?;
         }
@@ -871,7 +864,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>> {
+    async fn token_by_id(&self, id: TokenId) -> StoreResult<Option<TokenWithBlocks>> {
         self.run(id.to_string(), |i, id| async move {
             let c = i.client().await?;
             let row = c
@@ -947,14 +940,14 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn delete_token(&self, id: &str, audit: Option<&AuditEntry>) -> StoreResult<()> {
+    async fn delete_token(&self, id: TokenId, audit: Option<&AuditEntry>) -> StoreResult<()> {
         self.run((id.to_string(), audit.cloned()), |i, a| async move {
             i.delete_token(&a.0, a.1.as_ref()).await
         })
         .await
     }
 
-    async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>> {
+    async fn list_ips(&self, token_id: TokenId) -> StoreResult<Vec<IpRecord>> {
         self.run(token_id.to_string(), |i, id| async move {
             let c = i.client().await?;
             let rows = c
@@ -983,7 +976,7 @@ impl Store for PostgresStore {
 
     async fn block(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         now: Timestamp,
         audit: &AuditEntry,
@@ -998,7 +991,7 @@ impl Store for PostgresStore {
 
     async fn unblock(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         audit: &AuditEntry,
     ) -> StoreResult<()> {

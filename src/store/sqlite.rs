@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::*;
+use crate::audit;
+use crate::model::{InactiveReason, Status, TokenId};
 use crate::state::LOAD_BATCH;
+use crate::token::{Access, SecretHash};
 
 /// Versioned migrations, applied in order at open, each in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -354,7 +357,7 @@ impl Store for SqliteStore {
             let mut batch = Vec::with_capacity(LOAD_BATCH);
             for r in rows {
                 let token = r.map_err(unavailable)?;
-                let b = blocks.remove(&token.id).unwrap_or_default();
+                let b = blocks.remove(&token.id.to_string()).unwrap_or_default();
                 batch.push(TokenWithBlocks { token, blocks: b });
                 if batch.len() == LOAD_BATCH {
                     // On a blocking thread: waits while the index applies the previous batch.
@@ -370,7 +373,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn token_by_id(&self, id: &str) -> StoreResult<Option<TokenWithBlocks>> {
+    async fn token_by_id(&self, id: TokenId) -> StoreResult<Option<TokenWithBlocks>> {
         let id = id.to_string();
         self.run(move |conn| {
             let token = conn
@@ -522,7 +525,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_token(&self, id: &str, audit: Option<&AuditEntry>) -> StoreResult<()> {
+    async fn delete_token(&self, id: TokenId, audit: Option<&AuditEntry>) -> StoreResult<()> {
         let id = id.to_string();
         let audit = audit.cloned();
         self.run(move |conn| {
@@ -541,7 +544,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_ips(&self, token_id: &str) -> StoreResult<Vec<IpRecord>> {
+    async fn list_ips(&self, token_id: TokenId) -> StoreResult<Vec<IpRecord>> {
         let id = token_id.to_string();
         self.run(move |conn| {
             let mut stmt = conn
@@ -581,7 +584,7 @@ impl Store for SqliteStore {
 
     async fn block(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         now: Timestamp,
         audit: &AuditEntry,
@@ -617,7 +620,7 @@ impl Store for SqliteStore {
 
     async fn unblock(
         &self,
-        token_id: &str,
+        token_id: TokenId,
         entries: &[BlockEntry],
         audit: &AuditEntry,
     ) -> StoreResult<()> {
@@ -708,21 +711,7 @@ impl Store for SqliteStore {
                 }
             }
             // Same transaction: no idle change without its audit row.
-            let entry = |action: &str, id: &str, name: &str| AuditEntry {
-                at: at.now,
-                actor: IDLE_POLICY_ACTOR.to_string(),
-                source_ip: None,
-                action: action.to_string(),
-                token: name.to_string(),
-                token_id: id.to_string(),
-                details: serde_json::json!({"reason": "idle"}),
-            };
-            for (id, name) in &out.deleted {
-                out.audit.push(entry("delete", id, name));
-            }
-            for (id, name) in &out.deactivated {
-                out.audit.push(entry("deactivate", id, name));
-            }
+            out.audit = audit::of_sweep(at.now, &out.deleted, &out.deactivated);
             for a in &out.audit {
                 write_audit(&tx, a)?;
             }
@@ -835,15 +824,15 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
     // Per token: does it still exist (usage of a token deleted since is dropped), and its
     // latest use in this batch. One lookup per token, not one per (token, IP) row: a batch
     // from 10 000 client IPs of one token is 10 000 upserts and one existence check.
-    let mut touched: HashMap<&str, (bool, Option<i64>)> = HashMap::new();
+    let mut touched: HashMap<TokenId, (bool, Option<i64>)> = HashMap::new();
     {
         let mut exists = tx
             .prepare_cached("SELECT 1 FROM tokens WHERE id = ?1")
             .map_err(unavailable)?;
         for d in batch {
-            if !touched.contains_key(d.token_id.as_str()) {
+            if let std::collections::hash_map::Entry::Vacant(e) = touched.entry(d.token_id) {
                 let found = exists.exists([&d.token_id]).map_err(unavailable)?;
-                touched.insert(d.token_id.as_str(), (found, None));
+                e.insert((found, None));
             }
         }
     }
@@ -863,7 +852,7 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
             .map_err(unavailable)?;
         let mut ip = IpText::default();
         for d in batch {
-            let Some((true, last)) = touched.get_mut(d.token_id.as_str()) else {
+            let Some((true, last)) = touched.get_mut(&d.token_id) else {
                 continue;
             };
             upsert
@@ -893,7 +882,7 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
     }
     for (id, (found, _)) in &touched {
         if *found {
-            trim_ips(&tx, id, max_ips)?;
+            trim_ips(&tx, &id.to_string(), max_ips)?;
         }
     }
     tx.commit().map_err(unavailable)

@@ -1,0 +1,80 @@
+//! Audit entries: the one place they are built (by the admin API, and by the idle policy in
+//! the sweep and in the admin API) and the tracing event each committed entry emits.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::model::{AuditAction, AuditEntry, TokenRecord};
+
+/// The actor of changes made by the idle policy.
+pub const IDLE_POLICY_ACTOR: &str = "idle-policy";
+
+/// A change an administrator (`actor`: `admin-key` or a client-certificate subject) made
+/// from `source_ip` to `token`.
+pub fn by_admin(
+    actor: &str,
+    source_ip: IpAddr,
+    at: Timestamp,
+    action: AuditAction,
+    token: &TokenRecord,
+    details: Value,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: actor.to_string(),
+        source_ip: Some(source_ip.to_string()),
+        action,
+        token: token.name.clone(),
+        token_id: token.id.to_string(),
+        details,
+    }
+}
+
+/// A change the idle policy made at `at` to token `token_id` named `name`.
+pub fn by_idle_policy(
+    at: Timestamp,
+    action: AuditAction,
+    token_id: &str,
+    name: &str,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: IDLE_POLICY_ACTOR.to_string(),
+        source_ip: None,
+        action,
+        token: name.to_string(),
+        token_id: token_id.to_string(),
+        details: serde_json::json!({"reason": "idle"}),
+    }
+}
+
+/// The entries of one sweep: a deletion per token in `deleted`, a deactivation per token in
+/// `deactivated` (`(id, name)` pairs), all at `at`.
+pub fn of_sweep(
+    at: Timestamp,
+    deleted: &[(String, String)],
+    deactivated: &[(String, String)],
+) -> Vec<AuditEntry> {
+    let del = deleted
+        .iter()
+        .map(|(id, name)| by_idle_policy(at, AuditAction::Delete, id, name));
+    let deact = deactivated
+        .iter()
+        .map(|(id, name)| by_idle_policy(at, AuditAction::Deactivate, id, name));
+    del.chain(deact).collect()
+}
+
+/// The tracing event of an audit entry (after its transaction committed).
+pub fn emit(a: &AuditEntry) {
+    tracing::info!(
+        target: "tokengate::audit",
+        actor = %a.actor,
+        source_ip = a.source_ip.as_deref().unwrap_or("-"),
+        action = %a.action,
+        token = %a.token,
+        token_id = %a.token_id,
+        details = %a.details,
+    );
+}

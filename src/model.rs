@@ -1,0 +1,260 @@
+//! The domain model: one type for each thing the gateway keeps (a token, its id, its status
+//! and why it is inactive, an IP record, a usage delta, an audit entry and its action), shared
+//! by the store, the in-memory index, the proxy, the admin API and the lifecycle sweep. No IO.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::clock::Timestamp;
+use crate::net::BlockEntry;
+use crate::token::{Access, SecretHash};
+
+/// A token's stable identifier: a UUID, spelled lower-case and hyphenated wherever it is
+/// stored or shown. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(Uuid);
+
+impl TokenId {
+    /// A fresh random id (UUID v4).
+    pub fn generate() -> TokenId {
+        TokenId(Uuid::new_v4())
+    }
+
+    pub fn from_uuid(id: Uuid) -> TokenId {
+        TokenId(id)
+    }
+
+    pub fn uuid(self) -> Uuid {
+        self.0
+    }
+
+    /// A stored id. Only the canonical form (lower-case, hyphenated: how the gateway writes
+    /// them) is accepted; anything else can only come from an edited database.
+    pub fn parse_stored(s: &str) -> Option<TokenId> {
+        let id = Uuid::try_parse(s).ok()?;
+        let mut buf = Uuid::encode_buffer();
+        (id.hyphenated().encode_lower(&mut buf) == s).then_some(TokenId(id))
+    }
+
+    /// Writes the canonical form into `buf` (no allocation).
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        let mut full = Uuid::encode_buffer();
+        let s = self.0.hyphenated().encode_lower(&mut full);
+        buf.copy_from_slice(s.as_bytes());
+        // The copied bytes are the ASCII of a hyphenated UUID.
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl FromStr for TokenId {
+    type Err = uuid::Error;
+
+    /// Any UUID spelling (the canonical form is what [`fmt::Display`] writes).
+    fn from_str(s: &str) -> Result<TokenId, uuid::Error> {
+        Uuid::try_parse(s).map(TokenId)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Inactive,
+}
+
+impl Status {
+    /// From its stored form; anything but `active` reads as inactive (fail closed).
+    pub fn from_db(s: &str) -> Status {
+        if s == "active" {
+            Status::Active
+        } else {
+            Status::Inactive
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InactiveReason {
+    Admin,
+    Idle,
+}
+
+impl InactiveReason {
+    /// From its stored form (`None` for null or an unknown value).
+    pub fn from_db(s: Option<&str>) -> Option<InactiveReason> {
+        match s {
+            Some("admin") => Some(InactiveReason::Admin),
+            Some("idle") => Some(InactiveReason::Idle),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InactiveReason::Admin => "admin",
+            InactiveReason::Idle => "idle",
+        }
+    }
+}
+
+/// One token as stored. `version` increases with every admin write (optimistic concurrency:
+/// [`Store::save_token`] only succeeds against the version it read).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    pub name: String,
+    pub description: Option<String>,
+    pub access: Access,
+    pub secret_hash: SecretHash,
+    pub status: Status,
+    pub inactive_reason: Option<InactiveReason>,
+    pub created_at: Timestamp,
+    pub activated_at: Option<Timestamp>,
+    pub deactivated_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+/// A token with its block entries: everything the proxy needs to decide a request.
+#[derive(Debug, Clone)]
+pub struct TokenWithBlocks {
+    pub token: TokenRecord,
+    pub blocks: Vec<BlockEntry>,
+}
+
+/// A usage or block row for one token and one IP (or one CIDR block entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRecord {
+    /// The canonical IP, or the CIDR of a network block entry.
+    pub entry: BlockEntry,
+    pub first_used_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub requests: u64,
+    pub denied: u64,
+    /// Set when this row is itself a block entry.
+    pub blocked_at: Option<Timestamp>,
+}
+
+/// Usage gathered in memory since the last flush, for one token and one client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub token_id: TokenId,
+    pub ip: IpAddr,
+    pub requests: u64,
+    pub denied: u64,
+    /// First and last forwarded use in this batch (`None` if only denied requests).
+    pub first_used_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// One audit row (SPEC §8): written in the same transaction as the change it records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    /// `admin-key`, a client-certificate subject, or `idle-policy`.
+    pub actor: String,
+    pub source_ip: Option<String>,
+    pub action: AuditAction,
+    pub token: String,
+    pub token_id: String,
+    /// A JSON object; never a secret.
+    pub details: serde_json::Value,
+}
+
+/// What an audit entry records (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Create,
+    Update,
+    Activate,
+    Deactivate,
+    Regenerate,
+    Delete,
+    Block,
+    Unblock,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 8] = [
+        AuditAction::Create,
+        AuditAction::Update,
+        AuditAction::Activate,
+        AuditAction::Deactivate,
+        AuditAction::Regenerate,
+        AuditAction::Delete,
+        AuditAction::Block,
+        AuditAction::Unblock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Update => "update",
+            AuditAction::Activate => "activate",
+            AuditAction::Deactivate => "deactivate",
+            AuditAction::Regenerate => "regenerate",
+            AuditAction::Delete => "delete",
+            AuditAction::Block => "block",
+            AuditAction::Unblock => "unblock",
+        }
+    }
+
+    /// From its stored form (`None` for a value this version does not write).
+    pub fn from_db(s: &str) -> Option<AuditAction> {
+        AuditAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_in_their_canonical_form_only() {
+        let id = TokenId::generate();
+        let s = id.to_string();
+        assert_eq!(TokenId::parse_stored(&s), Some(id));
+        assert_eq!(TokenId::parse_stored(&s.to_uppercase()), None);
+        assert_eq!(TokenId::parse_stored(&s.replace('-', "")), None);
+        assert_eq!(s.to_uppercase().parse::<TokenId>().ok(), Some(id));
+        let mut buf = [0u8; 36];
+        assert_eq!(id.encode(&mut buf), s);
+    }
+
+    #[test]
+    fn audit_actions_round_trip() {
+        for a in AuditAction::ALL {
+            assert_eq!(AuditAction::from_db(a.as_str()), Some(a));
+        }
+        assert_eq!(AuditAction::from_db("prune"), None);
+    }
+
+    #[test]
+    fn statuses_serialise_as_the_spec_spells_them() {
+        assert_eq!(serde_json::to_value(Status::Active).unwrap(), "active");
+        assert_eq!(serde_json::to_value(InactiveReason::Idle).unwrap(), "idle");
+    }
+}
