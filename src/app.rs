@@ -19,8 +19,8 @@ use crate::config::{Config, ConfigError, ServerTlsConfig, StoreUrl};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
 use crate::metrics::{Metrics, Scrape};
-use crate::proxy::Proxy;
-use crate::server::{self, ServerOptions};
+use crate::proxy::{Proxy, ProxyConn};
+use crate::server::{self, ConnInfo, ServerOptions};
 use crate::state::{IndexFollower, TokenIndex};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -214,14 +214,20 @@ impl Gateway {
                 proxy_listener,
                 opts,
                 proxy_tls.clone(),
-                move |c, r| proxy.clone().handle(c, r),
+                move |c| {
+                    let (proxy, conn) = (proxy.clone(), Arc::new(ProxyConn::new(c)));
+                    move |r| proxy.clone().handle(conn.clone(), r)
+                },
                 rx.clone(),
             )),
             tokio::spawn(server::serve_tls(
                 admin_listener,
                 admin_opts,
                 admin_tls.clone(),
-                move |c, r| admin.clone().handle(c, r),
+                move |c: ConnInfo| {
+                    let admin = admin.clone();
+                    move |r| admin.clone().handle(c.clone(), r)
+                },
                 rx.clone(),
             )),
         ];

@@ -44,7 +44,7 @@ pub async fn spawn_echo(
     tokio::spawn(server::serve(
         listener,
         opts,
-        move |_c: ConnInfo, req: Request<Incoming>| echo(service, req),
+        move |_c: ConnInfo| move |req: Request<Incoming>| echo(service, req),
         shutdown,
     ));
     Ok(addr)

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod counted;
 pub mod dev;
 pub mod error;
 pub mod lifecycle;

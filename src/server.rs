@@ -28,6 +28,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 
+use crate::counted::{Activity, Counted};
 use crate::tls::{ClientCertSubject, ServerTls};
 
 /// HTTP/2: streams a client may open and reset before the server has accepted them, per
@@ -70,38 +71,42 @@ pub struct ConnInfo {
     /// to a tunnel task that outlives the connection task; the tunnel keeps a clone, so the
     /// slot is free only when the socket really closes.
     pub slot: Arc<ConnSlot>,
-    /// The upstream connections this connection's requests are forwarded on (proxy only).
-    pub upstream: Arc<crate::proxy::upstream::Affinity>,
 }
 
 /// Serves `listener` (plain HTTP) until `shutdown` turns true, then stops accepting and waits
 /// up to `shutdown_grace` for open connections to finish their in-flight requests.
-pub async fn serve<F, Fut, B>(
+///
+/// `connect` is called once per connection with what the server knows of it, and returns
+/// that connection's request handler (so a listener can keep per-connection state, such as
+/// the proxy's upstream connections, without the server knowing of it).
+pub async fn serve<C, H, Fut, B>(
     listener: TcpListener,
     opts: ServerOptions,
-    handler: F,
+    connect: C,
     shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    C: Fn(ConnInfo) -> H + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_tls(listener, opts, None, handler, shutdown).await
+    serve_tls(listener, opts, None, connect, shutdown).await
 }
 
 /// [`serve`], over TLS when `tls` is set. With a client CA, the verified client
 /// certificate's subject is added to every request of the connection as a
 /// [`ClientCertSubject`] extension.
-pub async fn serve_tls<F, Fut, B>(
+pub async fn serve_tls<C, H, Fut, B>(
     listener: TcpListener,
     opts: ServerOptions,
     tls: Option<Arc<ServerTls>>,
-    handler: F,
+    connect: C,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    C: Fn(ConnInfo) -> H + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -128,6 +133,7 @@ pub async fn serve_tls<F, Fut, B>(
         .keep_alive_interval(None);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connect = Arc::new(connect);
     let permits = Arc::new(Semaphore::new(opts.max_connections));
     let per_ip = PerIp::default();
     loop {
@@ -167,11 +173,11 @@ pub async fn serve_tls<F, Fut, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let connect = connect.clone();
         let watch = Arc::new(ConnWatch::new());
         let io = IdleIo {
             inner: stream,
-            watch: watch.clone(),
+            activity: watch.clone(),
         };
         // The acceptor is taken now: a reload after this point applies to the next connection.
         let acceptor = tls.as_ref().map(|t| (t.acceptor(), t.client_auth()));
@@ -214,14 +220,14 @@ pub async fn serve_tls<F, Fut, B>(
                 tls: matches!(io, MaybeTls::Tls(_)),
                 peer_ip_header: ip_header(crate::net::canonical_ip(peer.ip())),
                 slot,
-                upstream: Arc::default(),
             };
+            let handler = connect(info);
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 if let Some(s) = &subject {
                     req.extensions_mut().insert(s.clone());
                 }
                 let guard = InFlight::start(&conn_watch, req.version() >= http::Version::HTTP_2);
-                let fut = handler(info.clone(), req);
+                let fut = handler(req);
                 async move {
                     let resp = fut.await;
                     Ok::<_, Infallible>(resp.map(|inner| Tracked {
@@ -572,68 +578,16 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
-/// Wraps a connection's IO to report its bytes to the connection's [`ConnWatch`].
-struct IdleIo {
-    inner: TcpStream,
-    watch: Arc<ConnWatch>,
-}
+/// A connection's IO, reporting its bytes to the connection's [`ConnWatch`].
+type IdleIo = Counted<TcpStream, Arc<ConnWatch>>;
 
-impl IdleIo {
-    fn bump(&self) {
+impl Activity for ConnWatch {
+    fn read(&self) {
+        self.read_bytes();
+    }
+    fn wrote(&self) {
         // A counter, not a time: the watchdog only needs to know whether anything happened.
-        self.watch.activity.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for IdleIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.watch.read_bytes();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for IdleIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.bump();
-        }
-        r
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.bump();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -93,6 +93,20 @@ pub enum SecretError {
     BadChecksum,
 }
 
+/// The credentials of one `Authorization` value with the `Bearer` scheme (SPEC §2): the
+/// scheme in any case, then one or more spaces or tabs, then the credentials (surrounding
+/// white space ignored). `None` for another scheme, no separator, or nothing after it. The
+/// one parser of both listeners (application tokens and the admin key).
+pub fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at(value.len().min(6));
+    if !scheme.eq_ignore_ascii_case(b"bearer")
+        || !rest.first().is_some_and(|&b| b == b' ' || b == b'\t')
+    {
+        return None;
+    }
+    Some(rest.trim_ascii()).filter(|c| !c.is_empty())
+}
+
 /// Checks the format and checksum of a presented secret and hashes it. Costs O(1) for any
 /// input: the length is checked first, so a huge header is refused without being read.
 pub fn parse_bearer(token: &[u8]) -> Result<SecretHash, SecretError> {
@@ -319,6 +333,22 @@ pub fn generate_admin_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_takes_spaces_or_tabs_in_any_case() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bEaReR \t abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer\tabc"), Some(&b"abc"[..]));
+        for refused in [
+            &b"Bearer"[..],
+            b"Bearer   ",
+            b"Bearerabc",
+            b"Basic abc",
+            b"",
+        ] {
+            assert_eq!(bearer_credentials(refused), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn generated_secrets_parse_and_differ() {

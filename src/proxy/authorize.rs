@@ -1,0 +1,361 @@
+//! The first phase of a proxied request: SPEC §2 rows 1-11, in that order, from memory.
+//! [`Proxy::authorize`] answers with an [`Authorized`] request or the [`ProxyError`] of the
+//! first check that failed; it reads only the request's head (never its body), so the same
+//! decision serves the proxy listener and a forward-auth check.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, Method, Request, Version};
+
+use super::headers::X_FORWARDED_FOR;
+use super::route::normalise_host;
+use super::{path, Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
+use crate::clock::Timestamp;
+use crate::error::ProxyError;
+use crate::model::Status;
+use crate::net;
+use crate::policy::{self, Effective};
+use crate::state::TokenState;
+use crate::token;
+
+/// A request every check let through (its use is already recorded).
+pub(crate) struct Authorized<'a> {
+    pub(crate) client_ip: IpAddr,
+    /// The TCP peer (canonical).
+    pub(crate) peer: IpAddr,
+    pub(crate) token: Arc<TokenState>,
+    pub(crate) route: &'a Upstream,
+    /// The normalised path when normalising changed it (else the request's own is).
+    normalised: Option<String>,
+    /// Bytes of the path that `strip_prefix` removes.
+    strip: usize,
+}
+
+impl Authorized<'_> {
+    /// The path the upstream receives: what routing saw, minus the prefix when stripped.
+    pub(crate) fn upstream_path<'p>(&'p self, request_path: &'p str) -> &'p str {
+        Self::rest(
+            self.normalised.as_deref().unwrap_or(request_path),
+            self.strip,
+        )
+    }
+
+    fn rest(path: &str, strip: usize) -> &str {
+        match path.get(strip..) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        }
+    }
+}
+
+impl Proxy {
+    /// SPEC §2 rows 1-11: decides whether the request may pass, from memory only (but for
+    /// the idle re-check of a shared store), and records the use when it may. Needs only the
+    /// request's head, so the forward-auth listener can ask it too.
+    pub(crate) async fn authorize<'a, B>(
+        &'a self,
+        peer: IpAddr,
+        req: &Request<B>,
+        ctx: &mut Ctx<'a>,
+    ) -> Result<Authorized<'a>, ProxyError> {
+        // Row 1. A request we can reason about at all.
+        check_form(req, self.cfg.max_header_bytes)?;
+        let host = request_host(req)?;
+        // The client IP comes from the TCP peer, or from X-Forwarded-For of a trusted peer.
+        let peer = net::canonical_ip(peer);
+        let client_ip = net::client_ip(
+            peer,
+            &self.cfg.trusted_proxies,
+            req.headers()
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        ctx.client_ip = Some(client_ip);
+        // Row 2. Brute-force limit: no lookup at all for an IP over it.
+        if let Some(retry_after_secs) = self.limiter.check(client_ip) {
+            return Err(ProxyError::TooManyFailures { retry_after_secs });
+        }
+        // Rows 3-6. The bearer token, and the token it names.
+        let presented = bearer(req.headers())?;
+        let token = self.authenticate(presented, client_ip)?;
+        ctx.token = Some(token.clone());
+        let now = self.clock.now();
+        let mut status = self.status_at(&token, now);
+        if token.status == Status::Active && status != Effective::Active {
+            // About to refuse a token as idle: another instance sharing the store may have
+            // used it since this one last looked. One store read, on this refusal path only.
+            // Boxed: a cold path, kept out of the size of every request's future.
+            status = Box::pin(self.recheck_idle(&token, now)).await?;
+        }
+        if status == Effective::Deleted {
+            // Idle past delete_after: gone, even before the sweep removes it.
+            self.limiter.record_failure(client_ip);
+            return Err(ProxyError::InvalidToken);
+        }
+        // Row 7. The path the router and the upstream will both see.
+        let path = path::normalise_cow(req.uri().path())
+            .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
+        // Row 8. Status, row 9. IP block (counted in the IP's record).
+        if status != Effective::Active {
+            return Err(ProxyError::TokenInactive);
+        }
+        if policy::blocked_by(&token.blocks, client_ip).is_some() {
+            self.usage.record_denied(token.id, client_ip);
+            return Err(ProxyError::IpBlocked);
+        }
+        // Row 10. Route, row 11. access.
+        let m = self
+            .routes
+            .find(host.as_deref(), &path)
+            .ok_or(ProxyError::NoRoute)?;
+        let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
+        ctx.route = Some(route);
+        if !token.access.contains(route.access) {
+            return Err(ProxyError::AccessDenied);
+        }
+        // Every check passed: this is a use, whatever the upstream answers.
+        token.touch(now);
+        self.usage.record_use(token.id, client_ip, now);
+        // `strip_prefix` removes the prefix's directory (the prefix without its trailing
+        // slash); what is left is the rest, or `/` for the directory itself.
+        let strip = if route.strip_prefix {
+            m.prefix.len() - 1
+        } else {
+            0
+        };
+        debug_assert_eq!(
+            Authorized::rest(&path, strip),
+            if route.strip_prefix { m.rest } else { &path }
+        );
+        let normalised = match path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        Ok(Authorized {
+            client_ip,
+            peer,
+            token,
+            route,
+            normalised,
+            strip,
+        })
+    }
+
+    fn status_at(&self, token: &TokenState, now: Timestamp) -> Effective {
+        policy::status_at(token.standing(), now, &self.lifecycle)
+    }
+
+    /// Raises the token's last use to the store's `last_used_at` (uses recorded by other
+    /// instances), then decides again. With the embedded store a failed read keeps memory's
+    /// answer (the refusal); with a shared store that cannot be reached the gateway cannot
+    /// tell, so it answers 503 `store_unavailable`.
+    async fn recheck_idle(
+        &self,
+        token: &TokenState,
+        now: Timestamp,
+    ) -> Result<Effective, ProxyError> {
+        let shared = self.store.health();
+        if shared.is_some_and(|h| !h.is_up()) {
+            return Err(ProxyError::StoreUnavailable);
+        }
+        // At most one store read per token per second: a client hammering with an idle
+        // token must not turn into a store query per request.
+        let last = token.rechecked_at.load(Ordering::Relaxed);
+        if now.0 - last < 1000
+            || token
+                .rechecked_at
+                .compare_exchange(last, now.0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(self.status_at(token, now));
+        }
+        let read = tokio::time::timeout(RECHECK_TIMEOUT, self.store.token_by_id(token.id)).await;
+        match read {
+            Ok(Ok(Some(t))) => {
+                if let Some(used) = t.token.last_used_at {
+                    token.touch(used);
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store read for an idle re-check failed");
+                if shared.is_some() {
+                    return Err(ProxyError::StoreUnavailable);
+                }
+            }
+            Err(_) => {
+                tracing::warn!("store read for an idle re-check timed out");
+                if shared.is_some() {
+                    return Err(ProxyError::StoreUnavailable);
+                }
+            }
+        }
+        Ok(self.status_at(token, now))
+    }
+
+    /// Rows 5-6: checks the secret's form and looks its hash up in memory. A malformed or
+    /// unknown secret counts as a failed authentication of `client_ip`. With a shared store
+    /// that is unreachable (two atomic loads, no await): an unknown secret is 503 (another
+    /// instance may have created it), and a known token is served only while the outage is
+    /// younger than `store.outage_grace`.
+    fn authenticate(
+        &self,
+        presented: &[u8],
+        client_ip: IpAddr,
+    ) -> Result<Arc<TokenState>, ProxyError> {
+        let Ok(hash) = token::parse_bearer(presented) else {
+            self.limiter.record_failure(client_ip);
+            return Err(ProxyError::InvalidToken);
+        };
+        let found = self.index.get(&hash);
+        self.metrics.lookup(found.is_some());
+        let down = self.store.health().filter(|h| !h.is_up());
+        match (found, down) {
+            (Some(t), None) => Ok(t),
+            (Some(t), Some(h)) if h.serves_known(self.clock.now()) => Ok(t),
+            (_, Some(_)) => Err(ProxyError::StoreUnavailable),
+            (None, None) => {
+                self.limiter.record_failure(client_ip);
+                Err(ProxyError::InvalidToken)
+            }
+        }
+    }
+}
+
+/// Row 1: refuses request shapes the gateway never forwards, and head blocks over the limit.
+fn check_form<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
+    }
+    if req.method() == Method::TRACE {
+        // TRACE echoes the request, credentials and gateway headers included, and the
+        // gateway cannot honour Max-Forwards for an upstream chain it does not see.
+        return Err(ProxyError::NotImplemented("TRACE is not supported"));
+    }
+    if req.version() < Version::HTTP_2 {
+        check_transfer_coding(req.headers())?;
+    }
+    if !req.uri().path().starts_with('/') {
+        return Err(ProxyError::InvalidRequest(
+            "the request target must be an absolute path",
+        ));
+    }
+    // Request line + each "name: value\r\n"; hyper bounds the raw head at a little more, so
+    // this check decides the limit and answers with the JSON body.
+    let mut size = req.method().as_str().len()
+        + req.uri().path().len()
+        + req.uri().query().map_or(0, |q| q.len() + 1)
+        + 12;
+    for (k, v) in req.headers() {
+        size += k.as_str().len() + v.len() + 4;
+        if size > max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+    }
+    if size > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// An HTTP/1 request's `Transfer-Encoding` must be `chunked` alone (hyper has refused the
+/// shapes it cannot frame): any other coding would reach the upstream silently dropped.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for v in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let other = v
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+        if other {
+            return Err(ProxyError::NotImplemented(
+                "only the chunked transfer coding is supported",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
+/// both present and different → 400. HTTP/1.1 requires `Host` (RFC 9112 §3.2).
+fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::InvalidRequest("more than one Host header"));
+    }
+    if header.is_none() && req.version() == Version::HTTP_11 {
+        return Err(ProxyError::Malformed(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    let from_header = match header {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(normalise_host)
+                .ok_or(ProxyError::InvalidRequest("invalid Host header"))?,
+        ),
+    };
+    let from_uri = match req.uri().authority() {
+        None => None,
+        Some(a) => Some(
+            normalise_host(a.as_str()).ok_or(ProxyError::InvalidRequest("invalid authority"))?,
+        ),
+    };
+    match (from_header, from_uri) {
+        (Some(h), Some(a)) if h != a => Err(ProxyError::InvalidRequest(
+            "Host disagrees with the request authority",
+        )),
+        (h, a) => Ok(a.or(h)),
+    }
+}
+
+/// Rows 3-4: the single `Authorization: Bearer <token>` value (public for the fuzz target).
+pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ProxyError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(ProxyError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    token::bearer_credentials(value.as_bytes()).ok_or(ProxyError::MissingToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn hm(v: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for s in v {
+            m.append(AUTHORIZATION, HeaderValue::from_str(s).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_scheme_rules() {
+        assert_eq!(bearer(&hm(&[])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearer"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearer   "])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Basic abc"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["Bearerabc"])), Err(ProxyError::MissingToken));
+        assert_eq!(bearer(&hm(&["bEaReR abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer(&hm(&["Bearer  abc "])), Ok(&b"abc"[..]));
+        assert!(matches!(
+            bearer(&hm(&["Bearer a", "Bearer b"])),
+            Err(ProxyError::InvalidRequest(_))
+        ));
+    }
+}
