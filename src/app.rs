@@ -21,6 +21,7 @@ use crate::limiter::FailureLimiter;
 use crate::metrics::{Metrics, Scrape};
 use crate::proxy::{Proxy, ProxyConn};
 use crate::server::{self, ConnInfo, ServerOptions};
+use crate::shared::Shared;
 use crate::state::{IndexFollower, TokenIndex};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -133,15 +134,15 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new(
             config.routes.iter().map(|r| r.path_prefix.as_str()),
         ));
-        let proxy = Arc::new(Proxy::new(
-            &config,
-            index.clone(),
-            usage.clone(),
-            limiter.clone(),
-            clock.clone(),
-            store.clone(),
-            metrics.clone(),
-        )?);
+        let shared = Shared {
+            store: store.clone(),
+            index: index.clone(),
+            usage: usage.clone(),
+            limiter: limiter.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
+        let proxy = Arc::new(Proxy::new(&config, &shared)?);
         let admin = Arc::new(Admin {
             store: store.clone(),
             index: index.clone(),
@@ -308,6 +309,29 @@ impl Gateway {
             .await
             .context("final usage flush")?;
         Ok(())
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

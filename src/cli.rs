@@ -173,29 +173,6 @@ pub fn init_tracing() {
     crate::logsink::flush_on_panic();
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.global.config.as_deref()).await,
@@ -227,7 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_path, std::env::vars())?;
     let gw = Gateway::start(config, StartOptions::default()).await?;
-    wait_for_signal().await;
+    crate::app::wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing usage");
     gw.shutdown().await?;
     tracing::info!("stopped");

@@ -16,9 +16,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::net::canonical_net;
-use crate::proxy::path::normalise;
-use crate::proxy::route::normalise_host;
 use crate::token::Access;
+use crate::uri::host::normalise_host;
+use crate::uri::path::normalise;
 
 /// The file used when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";

@@ -158,7 +158,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  export TOKENGATE_ADMIN_URL={admin_url} TOKENGATE_ADMIN_KEY={admin_key}");
     println!("  tokengate token list\n");
     println!("Press Ctrl-C to stop.");
-    crate::cli::wait_for_signal().await;
+    crate::app::wait_for_signal().await;
     gw.shutdown().await?;
     let _ = stop_tx.send(true);
     Ok(())

@@ -12,8 +12,7 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, Method, Request, Version};
 
 use super::headers::X_FORWARDED_FOR;
-use super::route::normalise_host;
-use super::{path, Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
+use super::{Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
 use crate::clock::Timestamp;
 use crate::error::ProxyError;
 use crate::model::Status;
@@ -21,6 +20,8 @@ use crate::net;
 use crate::policy::{self, Effective};
 use crate::state::TokenState;
 use crate::token;
+use crate::uri::host::normalise_host;
+use crate::uri::path;
 
 /// A request every check let through (its use is already recorded).
 pub(crate) struct Authorized<'a> {
@@ -76,6 +77,7 @@ impl Proxy {
                 .map(|v| v.as_bytes()),
         );
         ctx.client_ip = Some(client_ip);
+        ctx.note("client_ip", &client_ip);
         // Row 2. Brute-force limit: no lookup at all for an IP over it.
         if let Some(retry_after_secs) = self.limiter.check(client_ip) {
             return Err(ProxyError::TooManyFailures { retry_after_secs });
@@ -115,6 +117,7 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
         ctx.route = Some(route);
+        ctx.note("route", &route.label);
         if !token.access.contains(route.access) {
             return Err(ProxyError::AccessDenied);
         }

@@ -4,7 +4,7 @@
 //! This module owns percent-escape handling, the refusal of encodings that smuggle separators
 //! past a router (encoded `/`, `\`, NUL, double-encoded dots and separators), dot-segment
 //! resolution and slash merging. It leaves the query string to the caller (who splits at `?`
-//! first), route matching to [`super::route`], and turning a [`PathError`] into a response to
+//! first), route matching to [`crate::proxy::route`], and turning a [`PathError`] into a response to
 //! the HTTP layer. Pure code: no IO, no logging.
 //!
 //! The output is always ASCII, starts with `/`, contains no empty segment except a trailing
