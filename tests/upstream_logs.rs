@@ -28,7 +28,8 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
     let capture = LogCapture::default();
     let writer = capture.clone();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        // The request span is at debug: enabled for the proxy, so its lines carry it.
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,tokengate::proxy=debug"))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
@@ -56,6 +57,8 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
     );
     let line = &lines[0];
     for part in [
+        // The request's span: who asked, for which route (never a credential).
+        "request{method=GET client_ip=127.0.0.1 route=/down/}",
         "route=/down/",
         &format!("upstream=http://127.0.0.1:{}", refused.port()),
         "cause=\"connection refused\"",
