@@ -237,8 +237,8 @@ impl Default for TokenIndex {
     }
 }
 
-/// Tokens per batch when streaming the whole store into memory.
-pub const LOAD_BATCH: usize = 4096;
+/// Tokens per batch when streaming the whole store into memory (the store's constant).
+pub use crate::store::LOAD_BATCH;
 
 impl TokenIndex {
     /// Loads every token from the store, streamed in batches: memory holds one batch of

@@ -11,7 +11,7 @@
 //! descriptor that is already open (nor any write as root, as these tests may run),
 //! `PRAGMA max_page_count` binds only the connection that sets it, and no small filesystem
 //! can be mounted here. They take the same path as damaged pages (a
-//! fault of the file, see `is_fault` in `src/store/sqlite.rs`).
+//! fault of the file, see `is_fault` in `src/store/sqlite/mod.rs`).
 
 mod support;
 

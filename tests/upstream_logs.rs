@@ -29,7 +29,9 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
     let writer = capture.clone();
     tracing_subscriber::fmt()
         // The request span is at debug: enabled for the proxy, so its lines carry it.
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,tokengate::proxy=debug"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,tokengate::proxy=debug",
+        ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();

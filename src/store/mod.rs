@@ -6,9 +6,13 @@
 //! committed durably before the call returns; the admin layer relies on that to answer only
 //! after the change is safe. Implementations: [`sqlite::SqliteStore`] (embedded, default) and
 //! [`postgres::PostgresStore`] (shared by several instances; it also reports its reachability
-//! through [`StoreHealth`] and streams other instances' changes to a [`ChangeSink`]).
+//! through [`StoreHealth`] and streams other instances' changes to a [`ChangeSink`]). What
+//! they have in common is written once: row decoding in `rows`, the statements that differ
+//! only by dialect and the least-recently-used trim in `sql`, the model's types in `sql_types`.
 
 pub mod postgres;
+mod rows;
+mod sql;
 mod sql_types;
 pub mod sqlite;
 
@@ -28,13 +32,43 @@ pub enum StoreError {
     NotFound,
     /// A unique name is taken, or a concurrent writer changed the row first.
     #[error("conflict: {0}")]
-    Conflict(&'static str),
+    Conflict(Conflict),
     /// The store cannot be reached or refused the operation (disk full, read-only, corrupt).
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Tokens per batch when [`Store::load_all`] streams the whole store into memory.
+pub const LOAD_BATCH: usize = 4096;
+
+/// Why a write met a [`StoreError::Conflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another token has the same name (ignoring case).
+    NameTaken,
+    /// Another unique column (the id or the secret hash) collided.
+    Duplicate,
+    /// The stored `version` is no longer the one the record was read at.
+    Version,
+}
+
+impl Conflict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conflict::NameTaken => "name_taken",
+            Conflict::Duplicate => "duplicate",
+            Conflict::Version => "version",
+        }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// When a lifecycle sweep runs and what it changes (see [`Store::sweep`]).
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +164,7 @@ pub trait ChangeSink: Send + Sync + 'static {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Every token with its block entries (start-up load of the in-memory index), sent to
-    /// `sink` in batches of at most [`crate::state::LOAD_BATCH`], so that a million tokens
+    /// `sink` in batches of at most [`LOAD_BATCH`], so that a million tokens
     /// never sit in memory as store records all at once. A batch may be sent again if the
     /// read is retried (applying a batch is idempotent). Stops with an error if `sink` closes.
     async fn load_all(&self, sink: TokenSink) -> StoreResult<()>;
@@ -145,13 +179,13 @@ pub trait Store: Send + Sync + 'static {
         q: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<TokenRecord>>;
-    /// Inserts a new token and its audit row; `Conflict("name_taken")` if the name (ignoring
+    /// Inserts a new token and its audit row; [`Conflict::NameTaken`] if the name (ignoring
     /// case) exists.
     async fn insert_token(&self, token: &TokenRecord, audit: &AuditEntry) -> StoreResult<()>;
     /// Writes the admin-controlled fields (description, access, secret hash, status, reason,
     /// activated/deactivated times) of every token in one transaction, each only if its stored
     /// `version` still equals the record's; bumps the versions. All or nothing:
-    /// `Conflict("version")` or `NotFound` roll everything back, audit rows included.
+    /// [`Conflict::Version`] or `NotFound` roll everything back, audit rows included.
     async fn save_tokens(&self, tokens: &[TokenRecord], audit: &[AuditEntry]) -> StoreResult<()>;
     /// Deletes a token and its IP records, writing `audit` in the same transaction.
     /// `NotFound` if it did not exist.

@@ -1,273 +1,26 @@
-//! The embedded store: one SQLite file in WAL mode.
-//!
-//! rusqlite is synchronous, so every call runs on tokio's blocking pool behind one connection
-//! (SQLite allows one writer at a time anyway). Admin mutations commit with
-//! `synchronous=FULL`, so an acknowledged change survives power loss; usage write-behind uses
-//! `NORMAL` (a crash may lose the last flush interval of usage, never a token or a block).
+//! The embedded store's [`Store`] implementation: its SQL and transactions.
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::*;
+use super::{
+    probe, unavailable, SqliteStore, Step, BUSY_TIMEOUT, FLUSH_BUSY_TIMEOUT, PING_BUSY_TIMEOUT,
+    THOROUGH_EVERY,
+};
 use crate::audit;
-use crate::model::{InactiveReason, Status, TokenId};
-use crate::state::LOAD_BATCH;
-use crate::token::{Access, SecretHash};
+use crate::clock::Timestamp;
+use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
+use crate::net::BlockEntry;
+use crate::store::rows::{self, TOKEN_COLUMNS};
+use crate::store::sql::{self, Dialect};
+use crate::store::{
+    Conflict, Store, StoreError, StoreResult, SweepCutoffs, SweepOutcome, TokenSink, LOAD_BATCH,
+};
 
-/// Versioned migrations, applied in order at open, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE tokens (
-        id              TEXT PRIMARY KEY,
-        name            TEXT NOT NULL,
-        name_key        TEXT NOT NULL UNIQUE,
-        description     TEXT,
-        access          INTEGER NOT NULL,
-        secret_hash     BLOB NOT NULL UNIQUE,
-        status          TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
-        inactive_reason TEXT CHECK (inactive_reason IN ('admin', 'idle')),
-        created_at      INTEGER NOT NULL,
-        activated_at    INTEGER,
-        deactivated_at  INTEGER,
-        last_used_at    INTEGER,
-        version         INTEGER NOT NULL DEFAULT 1
-    );
-    CREATE TABLE token_ips (
-        token_id      TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
-        entry         TEXT NOT NULL,
-        first_used_at INTEGER,
-        last_used_at  INTEGER,
-        requests      INTEGER NOT NULL DEFAULT 0,
-        denied        INTEGER NOT NULL DEFAULT 0,
-        blocked_at    INTEGER,
-        PRIMARY KEY (token_id, entry)
-    ) WITHOUT ROWID;",
-    ),
-    (
-        2,
-        "CREATE TABLE audit (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-        at         INTEGER NOT NULL,
-        actor      TEXT NOT NULL,
-        source_ip  TEXT,
-        action     TEXT NOT NULL,
-        token      TEXT NOT NULL,
-        token_key  TEXT NOT NULL,
-        token_id   TEXT NOT NULL,
-        details    TEXT NOT NULL
-    );
-    CREATE INDEX audit_by_token ON audit (token_key, seq);
-    CREATE INDEX audit_by_time ON audit (at);",
-    ),
-];
-
-/// How long a statement waits for a lock held elsewhere before failing with SQLITE_BUSY. The
-/// gateway has one connection, so the holder is always another process.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// After a fault of the file, the whole-file check runs at most this often.
-const THOROUGH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The same wait for a usage flush (retried at the next interval if it fails).
-const FLUSH_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The same wait for the readiness probe (`/readyz` answers within 2 s).
-const PING_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
-
-const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, inactive_reason, \
-     created_at, activated_at, deactivated_at, last_used_at, version";
-
-pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
-    /// Set when a call failed because the database itself is unusable (see [`is_fault`]);
-    /// `/readyz` stays 503 until [`Store::ping`] has checked the whole file and committed a
-    /// write again. A busy database needs no flag: the probe sees the lock directly.
-    fault: Arc<AtomicBool>,
-    /// When the last thorough readiness check (after a fault) started.
-    thorough_at: Mutex<Option<std::time::Instant>>,
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed, with its directory) the database at `path` and migrates it.
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let path = path.to_path_buf();
-        let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_blocking(&p))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-            fault: Arc::default(),
-            thorough_at: Mutex::new(None),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        let fault = self.fault.clone();
-        // spawn_blocking runs to completion even if the caller stops waiting, so a dropped
-        // admin request never leaves a half-done transaction behind.
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // `f` runs on this thread from start to end: what `unavailable` notes in
-            // FAULT_SEEN belongs to this call.
-            FAULT_SEEN.with(|seen| seen.set(false));
-            let res = f(&mut guard);
-            if FAULT_SEEN.with(|seen| seen.replace(false)) && res.is_err() {
-                fault.store(true, Ordering::Release);
-            }
-            res
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
-    }
-}
-
-fn open_blocking(path: &Path) -> StoreResult<Connection> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            create_private_dir(dir)?;
-        }
-    }
-    let existed = path.exists();
-    let mut conn = Connection::open(path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    if !existed {
-        restrict_permissions(path);
-    }
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;",
-    )
-    .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
-    .map_err(|e| StoreError::Unavailable(format!("cannot use {}: {e}", path.display())))?;
-    migrate(&mut conn)?;
-    Ok(conn)
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> StoreResult<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> StoreResult<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))
-}
-
-/// The database holds only hashes, but names and usage are still nobody else's business.
-fn restrict_permissions(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
-fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
-    )
-    .map_err(unavailable)?;
-    for (version, sql) in MIGRATIONS {
-        let tx = conn.transaction().map_err(unavailable)?;
-        let applied: bool = tx
-            .query_row(
-                "SELECT 1 FROM schema_migrations WHERE version = ?1",
-                [version],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(unavailable)?
-            .is_some();
-        if !applied {
-            tx.execute_batch(sql).map_err(unavailable)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version) VALUES (?1)",
-                [version],
-            )
-            .map_err(unavailable)?;
-        }
-        tx.commit().map_err(unavailable)?;
-    }
-    Ok(())
-}
-
-thread_local! {
-    /// Set by [`unavailable`] when an error is a fault of the database itself; read and reset
-    /// by [`SqliteStore::run`] around each call.
-    static FAULT_SEEN: Cell<bool> = const { Cell::new(false) };
-}
-
-fn unavailable(e: rusqlite::Error) -> StoreError {
-    if is_fault(&e) {
-        FAULT_SEEN.with(|seen| seen.set(true));
-    }
-    StoreError::Unavailable(e.to_string())
-}
-
-/// Errors that say the database cannot be used as it is: damaged, not a database, disk full,
-/// read-only, failing I/O. Not SQLITE_BUSY (another process holds the write lock), which
-/// ends by itself, nor constraint violations.
-fn is_fault(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    matches!(
-        e.sqlite_error_code(),
-        Some(DatabaseCorrupt | NotADatabase | DiskFull | ReadOnly | SystemIoFailure | CannotOpen)
-    )
-}
-
-/// The readiness probe (see [`Store::ping`] for SQLite). `thorough` after a fault: the whole
-/// file is checked and a write committed, since only that shows the fault is over.
-fn probe(conn: &mut Connection, thorough: bool) -> rusqlite::Result<()> {
-    if thorough {
-        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
-        if check != "ok" {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                Some(format!("quick_check: {check}")),
-            ));
-        }
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))?;
-    if !thorough {
-        return tx.rollback();
-    }
-    // Rewrites a row with its own value: a real commit (WAL frame and fsync), no change.
-    tx.execute(
-        "UPDATE schema_migrations SET version = version
-         WHERE version = (SELECT max(version) FROM schema_migrations)",
-        [],
-    )?;
-    tx.commit()
-}
+const SQL: Dialect = Dialect::Sqlite;
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
@@ -278,39 +31,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
-}
-
-fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
-    let hash: Vec<u8> = row.get(4)?;
-    let hash: [u8; 32] = hash.try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            4,
-            rusqlite::types::Type::Blob,
-            "hash length".into(),
-        )
-    })?;
-    let status: String = row.get(5)?;
-    let reason: Option<String> = row.get(6)?;
-    let access: i64 = row.get(3)?;
-    Ok(TokenRecord {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        description: row.get(2)?,
-        access: Access::from_bits(u8::try_from(access).unwrap_or(0)),
-        secret_hash: SecretHash::from_bytes(hash),
-        status: Status::from_db(&status),
-        inactive_reason: InactiveReason::from_db(reason.as_deref()),
-        created_at: Timestamp(row.get(7)?),
-        activated_at: ts(row.get(8)?),
-        deactivated_at: ts(row.get(9)?),
-        last_used_at: ts(row.get(10)?),
-        version: row.get(11)?,
-    })
-}
-
-fn blocks_of(conn: &Connection, token_id: &str) -> StoreResult<Vec<BlockEntry>> {
+fn blocks_of(conn: &Connection, token_id: &str) -> Step<Vec<BlockEntry>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NOT NULL",
@@ -322,14 +43,10 @@ fn blocks_of(conn: &Connection, token_id: &str) -> StoreResult<Vec<BlockEntry>> 
     let mut out = Vec::new();
     for r in rows {
         let s = r.map_err(unavailable)?;
-        // Entries are written canonical by this store; an unparsable one means corruption.
-        out.push(BlockEntry::parse(&s).map_err(StoreError::Unavailable)?);
+        out.push(rows::block_entry(&s).map_err(StoreError::Unavailable)?);
     }
     Ok(out)
 }
-
-/// The idle clock's start, as SQL (latest of created, activated, last used).
-const IDLE_START: &str = "max(created_at, coalesce(activated_at, 0), coalesce(last_used_at, 0))";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -345,14 +62,16 @@ impl Store for SqliteStore {
                     .map_err(unavailable)?;
                 for r in rows {
                     let (id, entry) = r.map_err(unavailable)?;
-                    let entry = BlockEntry::parse(&entry).map_err(StoreError::Unavailable)?;
+                    let entry = rows::block_entry(&entry).map_err(StoreError::Unavailable)?;
                     blocks.entry(id).or_default().push(entry);
                 }
             }
             let mut stmt = conn
                 .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
                 .map_err(unavailable)?;
-            let rows = stmt.query_map([], token_from_row).map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| rows::token(r))
+                .map_err(unavailable)?;
             let closed = || StoreError::Unavailable("the token load was abandoned".into());
             let mut batch = Vec::with_capacity(LOAD_BATCH);
             for r in rows {
@@ -380,7 +99,7 @@ impl Store for SqliteStore {
                 .query_row(
                     &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
                     [&id],
-                    token_from_row,
+                    |r| rows::token(r),
                 )
                 .optional()
                 .map_err(unavailable)?;
@@ -401,7 +120,7 @@ impl Store for SqliteStore {
             conn.query_row(
                 &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE name_key = ?1"),
                 [&key],
-                token_from_row,
+                |r| rows::token(r),
             )
             .optional()
             .map_err(unavailable)
@@ -428,7 +147,7 @@ impl Store for SqliteStore {
                 ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![after, q, limit], token_from_row)
+                .query_map(params![after, q, limit], |r| rows::token(r))
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
@@ -465,12 +184,19 @@ impl Store for SqliteStore {
                     write_audit(&tx, &audit)?;
                     tx.commit().map_err(unavailable)
                 }
+                // Which unique column collided: the failed statement changed nothing, so the
+                // name is taken exactly if a row with its key is there.
                 Err(e) if is_unique_violation(&e) => {
-                    if e.to_string().contains("name_key") {
-                        Err(StoreError::Conflict("name_taken"))
+                    let taken = tx
+                        .prepare_cached("SELECT 1 FROM tokens WHERE name_key = ?1")
+                        .and_then(|mut stmt| stmt.exists([crate::token::name_key(&t.name)]))
+                        .map_err(unavailable)?;
+                    Err(StoreError::Conflict(if taken {
+                        Conflict::NameTaken
                     } else {
-                        Err(StoreError::Conflict("duplicate"))
-                    }
+                        Conflict::Duplicate
+                    })
+                    .into())
                 }
                 Err(e) => Err(unavailable(e)),
             }
@@ -511,10 +237,11 @@ impl Store for SqliteStore {
                         .is_some();
                     // Dropping `tx` rolls back the rows already written.
                     return Err(if exists {
-                        StoreError::Conflict("version")
+                        StoreError::Conflict(Conflict::Version)
                     } else {
                         StoreError::NotFound
-                    });
+                    }
+                    .into());
                 }
             }
             for a in &audit {
@@ -534,7 +261,7 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM tokens WHERE id = ?1", [&id])
                 .map_err(unavailable)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::NotFound.into());
             }
             if let Some(a) = &audit {
                 write_audit(&tx, a)?;
@@ -548,36 +275,15 @@ impl Store for SqliteStore {
         let id = token_id.to_string();
         self.run(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT entry, first_used_at, last_used_at, requests, denied, blocked_at
-                     FROM token_ips WHERE token_id = ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {} FROM token_ips WHERE token_id = ?1",
+                    rows::IP_COLUMNS
+                ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map([&id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                })
+                .query_map([&id], |r| rows::ip(r))
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for r in rows {
-                let (entry, first, last, requests, denied, blocked) = r.map_err(unavailable)?;
-                out.push(IpRecord {
-                    entry: BlockEntry::parse(&entry).map_err(StoreError::Unavailable)?,
-                    first_used_at: ts(first),
-                    last_used_at: ts(last),
-                    requests: u64::try_from(requests).unwrap_or(0),
-                    denied: u64::try_from(denied).unwrap_or(0),
-                    blocked_at: ts(blocked),
-                });
-            }
-            Ok(out)
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
     }
@@ -600,7 +306,7 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?
                 .is_some();
             if !exists {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::NotFound.into());
             }
             for e in &entries {
                 // A repeat keeps the first blocked_at.
@@ -660,10 +366,19 @@ impl Store for SqliteStore {
                 .and_then(|()| conn.busy_timeout(FLUSH_BUSY_TIMEOUT))
                 .map_err(unavailable)?;
             let res = flush_blocking(conn, &batch, max_ips);
-            conn.execute_batch("PRAGMA synchronous = FULL")
+            let reset = conn
+                .execute_batch("PRAGMA synchronous = FULL")
                 .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
-                .map_err(unavailable)?;
-            res
+                .map_err(unavailable);
+            match (res, reset) {
+                (res, Ok(())) => res,
+                (Ok(()), Err(then)) => Err(then),
+                // The reset's error is the answer; a fault seen by the flush still counts.
+                (Err(first), Err(mut then)) => {
+                    then.fault |= first.fault;
+                    Err(then)
+                }
+            }
         })
         .await
     }
@@ -672,54 +387,28 @@ impl Store for SqliteStore {
         let keep = serde_json::Value::from(keep.to_vec()).to_string();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            let mut out = SweepOutcome::default();
-            {
-                let mut stmt = tx
-                    .prepare(&format!(
-                        "DELETE FROM tokens WHERE {IDLE_START} <= ?1
-                         AND id NOT IN (SELECT value FROM json_each(?2)) RETURNING id, name"
-                    ))
-                    .map_err(unavailable)?;
-                let rows = stmt
-                    .query_map(params![at.delete_before.0, keep], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .map_err(unavailable)?;
-                for r in rows {
-                    out.deleted.push(r.map_err(unavailable)?);
-                }
-            }
-            {
-                // deactivated_at = the instant the token lapsed (idle start + inactive_after),
-                // not the sweep's time: the record reads the same however late the sweep ran.
-                let lapse = at.inactive_after_ms;
-                let mut stmt = tx
-                    .prepare(&format!(
-                        "UPDATE tokens SET status = 'inactive', inactive_reason = 'idle',
-                            deactivated_at = {IDLE_START} + ?2, version = version + 1
-                         WHERE status = 'active' AND {IDLE_START} <= ?1
-                            AND id NOT IN (SELECT value FROM json_each(?3)) RETURNING id, name"
-                    ))
-                    .map_err(unavailable)?;
-                let rows = stmt
-                    .query_map(params![at.inactive_before.0, lapse, keep], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .map_err(unavailable)?;
-                for r in rows {
-                    out.deactivated.push(r.map_err(unavailable)?);
-                }
-            }
+            let deleted = id_names(&tx, &SQL.sweep_delete(), params![at.delete_before.0, keep])?;
+            let lapse = at.inactive_after_ms;
+            let deactivated = id_names(
+                &tx,
+                &SQL.sweep_deactivate(),
+                params![at.inactive_before.0, lapse, keep],
+            )?;
             // Same transaction: no idle change without its audit row.
-            out.audit = audit::of_sweep(at.now, &out.deleted, &out.deactivated);
-            for a in &out.audit {
+            let audit = audit::of_sweep(at.now, &deleted, &deactivated);
+            for a in &audit {
                 write_audit(&tx, a)?;
             }
-            out.pruned = tx
+            let pruned = tx
                 .execute("DELETE FROM audit WHERE at < ?1", [at.audit_before.0])
                 .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
-            Ok(out)
+            Ok(SweepOutcome {
+                deactivated,
+                deleted,
+                audit,
+                pruned,
+            })
         })
         .await
     }
@@ -733,25 +422,14 @@ impl Store for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT at, actor, source_ip, action, token, token_id, details FROM audit
-                     WHERE ?1 IS NULL OR token_key = ?1 ORDER BY seq DESC LIMIT ?2",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {} FROM audit WHERE ?1 IS NULL OR token_key = ?1
+                     ORDER BY seq DESC LIMIT ?2",
+                    rows::AUDIT_COLUMNS
+                ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![key, limit], |r| {
-                    let details: String = r.get(6)?;
-                    Ok(AuditEntry {
-                        at: Timestamp(r.get(0)?),
-                        actor: r.get(1)?,
-                        source_ip: r.get(2)?,
-                        action: r.get(3)?,
-                        token: r.get(4)?,
-                        token_id: r.get(5)?,
-                        details: serde_json::from_str(&details)
-                            .unwrap_or_else(|_| serde_json::json!({})),
-                    })
-                })
+                .query_map(params![key, limit], |r| rows::audit(r))
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
@@ -794,7 +472,20 @@ impl Store for SqliteStore {
     }
 }
 
-fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> StoreResult<()> {
+/// The (id, name) pairs of the rows a `RETURNING id, name` statement changed.
+fn id_names(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Step<Vec<(String, String)>> {
+    let mut stmt = tx.prepare(sql).map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> Step<()> {
     tx.prepare_cached(
         "INSERT INTO audit (at, actor, source_ip, action, token, token_key, token_id, details)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -815,7 +506,7 @@ fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> StoreResult<()
     Ok(())
 }
 
-fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
+fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> Step<()> {
     // IMMEDIATE: the write lock is taken (with the busy wait) up front; a deferred transaction
     // that reads first could not wait for it when its first write came.
     let tx = conn
@@ -901,9 +592,8 @@ impl IpText {
     }
 }
 
-/// Keeps at most `max_ips` unblocked records for a token, dropping the least recently used.
-/// Records covered by a block entry (exact or CIDR) are never dropped.
-fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> StoreResult<()> {
+/// Keeps at most `max_ips` unblocked records for a token (see [`sql::trim_victims`]).
+fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> Step<()> {
     let count: i64 = tx
         .query_row(
             "SELECT count(*) FROM token_ips WHERE token_id = ?1 AND blocked_at IS NULL",
@@ -914,38 +604,76 @@ fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> S
     if usize::try_from(count).unwrap_or(0) <= max_ips {
         return Ok(());
     }
-    let blocks = blocks_of(tx, token_id)?;
-    let mut candidates: Vec<(Option<i64>, String)> = Vec::new();
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT last_used_at, entry FROM token_ips WHERE token_id = ?1 AND blocked_at IS NULL",
-            )
-            .map_err(unavailable)?;
+    let rows = {
+        let mut stmt = tx.prepare_cached(&SQL.trim_rows()).map_err(unavailable)?;
         let rows = stmt
-            .query_map([token_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([token_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(unavailable)?;
-        for r in rows {
-            let (last, entry): (Option<i64>, String) = r.map_err(unavailable)?;
-            let covered = BlockEntry::parse(&entry)
-                .map(|e| blocks.iter().any(|b| b.contains(e.net().addr())))
-                .unwrap_or(false);
-            if !covered {
-                candidates.push((last, entry));
-            }
-        }
-    }
-    if candidates.len() <= max_ips {
-        return Ok(());
-    }
-    // Oldest first (never-used rows sort first: None < Some).
-    candidates.sort();
-    let excess = candidates.len() - max_ips;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?
+    };
+    let doomed = sql::trim_victims(rows, max_ips).map_err(StoreError::Unavailable)?;
     let mut del = tx
         .prepare_cached("DELETE FROM token_ips WHERE token_id = ?1 AND entry = ?2")
         .map_err(unavailable)?;
-    for (_, entry) in candidates.into_iter().take(excess) {
+    for entry in doomed {
         del.execute(params![token_id, entry]).map_err(unavailable)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AuditAction, Status};
+    use crate::token::{Access, SecretHash};
+
+    fn record(name: &str, secret: &[u8]) -> (TokenRecord, AuditEntry) {
+        let token = TokenRecord {
+            id: TokenId::generate(),
+            name: name.to_string(),
+            description: None,
+            access: Access::SECURITY_DIRECTOR,
+            secret_hash: SecretHash::of(secret),
+            status: Status::Active,
+            inactive_reason: None,
+            created_at: Timestamp(1),
+            activated_at: None,
+            deactivated_at: None,
+            last_used_at: None,
+            version: 1,
+        };
+        let audit = AuditEntry {
+            at: Timestamp(1),
+            actor: "admin-key".into(),
+            source_ip: None,
+            action: AuditAction::Create,
+            token: name.to_string(),
+            token_id: token.id.to_string(),
+            details: serde_json::json!({}),
+        };
+        (token, audit)
+    }
+
+    #[tokio::test]
+    async fn unique_violations_say_which_column_collided() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let (t, a) = record("Feed", b"one");
+        store.insert_token(&t, &a).await.unwrap();
+
+        let (t, a) = record("fEED", b"two");
+        let e = store.insert_token(&t, &a).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::NameTaken)),
+            "{e}"
+        );
+
+        let (t, a) = record("other", b"one");
+        let e = store.insert_token(&t, &a).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::Duplicate)),
+            "{e}"
+        );
+        assert_eq!(store.list_audit(None, 10).await.unwrap().len(), 1);
+    }
 }

@@ -1,0 +1,461 @@
+//! Request bodies: reading one (JSON only, at most [`MAX_BODY`]), and one serde type per
+//! endpoint that takes a body. Each type refuses unknown fields (`deny_unknown_fields`), and
+//! each of its fields is a type that checks itself, so [`parse`] can name the refused field
+//! by its JSON path (`field` in the 400).
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::Request;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::{de, Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::net::BlockEntry;
+use crate::token::{self, Access};
+
+use super::error::{invalid, invalid_body, AdminError};
+
+/// Largest accepted request body.
+pub(crate) const MAX_BODY: usize = 1 << 20;
+/// Most entries in one `names` or `ips` list.
+pub(crate) const MAX_LIST: usize = 1000;
+
+/// The whole body: empty, or `application/json` of at most [`MAX_BODY`] bytes.
+pub(crate) async fn read(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                AdminError::PayloadTooLarge
+            } else {
+                invalid_body("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if !bytes.is_empty() && json != Some(true) {
+        return Err(AdminError::UnsupportedMediaType);
+    }
+    Ok(bytes)
+}
+
+/// A request body type.
+pub(crate) trait Body: DeserializeOwned {
+    /// Token fields that exist but cannot be set through this body: refused as such, not as
+    /// unknown.
+    const IMMUTABLE: &'static [&'static str] = &[];
+}
+
+/// Parses a body into `T`: a JSON object first, then `T` field by field. A refusal names the
+/// field by its JSON path, with the message of the field's own check.
+pub(crate) fn parse<T: Body>(body: &[u8]) -> Result<T, AdminError> {
+    let object = json_object(body)?;
+    // From a `Value`, a custom error's text is the message alone (no line and column).
+    serde_path_to_error::deserialize(object).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde's wording for a field that `deny_unknown_fields` refuses.
+        if !message.starts_with("unknown field `") {
+            invalid(&field, message)
+        } else if T::IMMUTABLE.contains(&field.as_str()) {
+            invalid(&field, format!("{field} cannot be changed"))
+        } else {
+            let shown = token::truncate_for_message(&field);
+            invalid(&field, format!("unknown field {shown:?}"))
+        }
+    })
+}
+
+fn json_object(body: &[u8]) -> Result<Value, AdminError> {
+    if body.is_empty() {
+        return Err(invalid_body("a JSON object body is required"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(invalid_body("the body must be a JSON object")),
+        Err(e) => Err(invalid_body(format!("invalid JSON: {e}"))),
+    }
+}
+
+/// A field's value type: it checks the JSON value, and its refusal is the 400's message.
+trait Field: Sized {
+    fn check(v: Value) -> Result<Self, String>;
+}
+
+/// `deserialize_with` for every field, with `#[serde(default)]`: an absent field is `None`; a
+/// present one, even `null`, is checked by `T`.
+fn checked<'de, D: Deserializer<'de>, T: Field>(d: D) -> Result<Option<T>, D::Error> {
+    T::check(Value::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewToken {
+    #[serde(default, deserialize_with = "checked")]
+    name: Option<Name>,
+    #[serde(default, deserialize_with = "checked")]
+    description: Option<Description>,
+    #[serde(default, deserialize_with = "checked")]
+    access: Option<AccessList>,
+}
+
+impl Body for NewToken {}
+
+impl NewToken {
+    /// Name, description and access; name and access are required.
+    pub(crate) fn into_parts(self) -> Result<(String, Option<String>, Access), AdminError> {
+        let name = self
+            .name
+            .ok_or_else(|| invalid("name", "name is required"))?;
+        let access = self
+            .access
+            .ok_or_else(|| invalid("access", "access is required"))?;
+        Ok((name.0, self.description.and_then(|d| d.0), access.0))
+    }
+}
+
+/// `PATCH /v1/tokens/{name}`: what may change; the rest of a token may not.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenPatch {
+    #[serde(default, deserialize_with = "checked")]
+    description: Option<Description>,
+    #[serde(default, deserialize_with = "checked")]
+    access: Option<AccessList>,
+}
+
+impl Body for TokenPatch {
+    const IMMUTABLE: &'static [&'static str] = &["name", "id", "status"];
+}
+
+impl TokenPatch {
+    /// `None` = absent; `Some(None)` = null (clear); `Some(Some(s))` = set.
+    pub(crate) fn description(&self) -> Option<Option<String>> {
+        self.description.as_ref().map(|d| d.0.clone())
+    }
+
+    pub(crate) fn access(&self) -> Option<Access> {
+        self.access.as_ref().map(|a| a.0)
+    }
+}
+
+/// `POST /v1/tokens/activate` and `/deactivate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NamesBody {
+    #[serde(default, deserialize_with = "checked")]
+    names: Option<Names>,
+}
+
+impl Body for NamesBody {}
+
+impl NamesBody {
+    pub(crate) fn into_names(self) -> Result<Vec<String>, AdminError> {
+        match self.names {
+            Some(n) => Ok(n.0),
+            None => Err(invalid("names", not_a_list("names"))),
+        }
+    }
+}
+
+/// `POST /v1/tokens/{name}/ips/block` and `/unblock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IpsBody {
+    #[serde(default, deserialize_with = "checked")]
+    ips: Option<Ips>,
+}
+
+impl Body for IpsBody {}
+
+impl IpsBody {
+    pub(crate) fn into_entries(self) -> Result<Vec<BlockEntry>, AdminError> {
+        match self.ips {
+            Some(ips) => Ok(ips.0),
+            None => Err(invalid("ips", not_a_list("ips"))),
+        }
+    }
+}
+
+/// A new token's name (SPEC §1).
+#[derive(Debug)]
+struct Name(String);
+
+impl Field for Name {
+    fn check(v: Value) -> Result<Self, String> {
+        let Value::String(s) = v else {
+            return Err("name must be a string".into());
+        };
+        token::validate_name(&s)?;
+        Ok(Name(s))
+    }
+}
+
+/// A description, or `null` for none.
+#[derive(Debug)]
+struct Description(Option<String>);
+
+impl Field for Description {
+    fn check(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Null => Ok(Description(None)),
+            Value::String(s) => {
+                token::validate_description(&s)?;
+                Ok(Description(Some(s)))
+            }
+            _ => Err("description must be a string or null".into()),
+        }
+    }
+}
+
+/// A non-empty list of access types.
+#[derive(Debug)]
+struct AccessList(Access);
+
+impl Field for AccessList {
+    fn check(v: Value) -> Result<Self, String> {
+        let Value::Array(items) = v else {
+            return Err("access must be an array of access types".into());
+        };
+        let mut names = Vec::with_capacity(items.len());
+        for item in &items {
+            match item {
+                Value::String(s) => names.push(s.as_str()),
+                _ => return Err("access must be an array of strings".into()),
+            }
+        }
+        Access::parse_list(names).map(AccessList)
+    }
+}
+
+/// Token names, 1 to [`MAX_LIST`] of them (checked when they are looked up).
+#[derive(Debug)]
+struct Names(Vec<String>);
+
+impl Field for Names {
+    fn check(v: Value) -> Result<Self, String> {
+        string_list(v, "names").map(Names)
+    }
+}
+
+/// IPs and CIDRs, 1 to [`MAX_LIST`] of them.
+#[derive(Debug)]
+struct Ips(Vec<BlockEntry>);
+
+impl Field for Ips {
+    fn check(v: Value) -> Result<Self, String> {
+        string_list(v, "ips")?
+            .iter()
+            .map(|s| BlockEntry::parse(s))
+            .collect::<Result<_, _>>()
+            .map(Ips)
+    }
+}
+
+fn not_a_list(field: &str) -> String {
+    format!("{field} must be an array of strings")
+}
+
+fn string_list(v: Value, field: &str) -> Result<Vec<String>, String> {
+    let Value::Array(items) = v else {
+        return Err(not_a_list(field));
+    };
+    if items.is_empty() || items.len() > MAX_LIST {
+        return Err(format!("{field} must hold 1 to {MAX_LIST} entries"));
+    }
+    items
+        .into_iter()
+        .map(|i| match i {
+            Value::String(s) => Ok(s),
+            _ => Err(not_a_list(field)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The `field` and `message` of a refused body.
+    fn refused<T: Body + std::fmt::Debug>(body: Value) -> (Option<String>, String) {
+        match parse::<T>(body.to_string().as_bytes()) {
+            Err(AdminError::Invalid { field, message }) => (field, message),
+            other => panic!("{body} was not refused as invalid: {other:?}"),
+        }
+    }
+
+    fn field(f: &str, m: &str) -> (Option<String>, String) {
+        (Some(f.into()), m.into())
+    }
+
+    #[test]
+    fn the_body_must_be_one_json_object() {
+        for (body, message) in [
+            (&b""[..], "a JSON object body is required"),
+            (b"[1]", "the body must be a JSON object"),
+            (b"null", "the body must be a JSON object"),
+        ] {
+            match parse::<NamesBody>(body) {
+                Err(AdminError::Invalid {
+                    field: None,
+                    message: m,
+                }) => assert_eq!(m, message),
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        match parse::<NamesBody>(b"{\"names\": [") {
+            Err(AdminError::Invalid {
+                field: None,
+                message,
+            }) => {
+                assert!(message.starts_with("invalid JSON: "), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_and_immutable_fields_are_named() {
+        assert_eq!(
+            refused::<NewToken>(json!({"name": "a", "access": ["security-director"], "colour": 1})),
+            field("colour", "unknown field \"colour\"")
+        );
+        let long = "k".repeat(70);
+        let (f, m) = refused::<NamesBody>(json!({ long.clone(): 1 }));
+        assert_eq!(f.as_deref(), Some(long.as_str()));
+        assert_eq!(m, format!("unknown field \"{}…\"", "k".repeat(64)));
+        for k in ["name", "id", "status"] {
+            assert_eq!(
+                refused::<TokenPatch>(json!({ k: null })),
+                field(k, &format!("{k} cannot be changed"))
+            );
+        }
+        // Only PATCH has immutable fields; elsewhere they are simply unknown.
+        assert_eq!(
+            refused::<NamesBody>(json!({"names": ["a"], "status": "x"})),
+            field("status", "unknown field \"status\"")
+        );
+    }
+
+    #[test]
+    fn each_field_checks_itself() {
+        let sd = "security-director";
+        let cases: Vec<(Value, (Option<String>, String))> = vec![
+            (
+                json!({"name": 7, "access": [sd]}),
+                field("name", "name must be a string"),
+            ),
+            (
+                json!({"name": null, "access": [sd]}),
+                field("name", "name must be a string"),
+            ),
+            (
+                json!({"name": "a b", "access": [sd]}),
+                field(
+                    "name",
+                    "name may contain only letters A-Z a-z, digits and '-'",
+                ),
+            ),
+            (
+                json!({"description": 5}),
+                field("description", "description must be a string or null"),
+            ),
+            (
+                json!({"access": sd}),
+                field("access", "access must be an array of access types"),
+            ),
+            (
+                json!({"access": null}),
+                field("access", "access must be an array of access types"),
+            ),
+            (
+                json!({"access": [1]}),
+                field("access", "access must be an array of strings"),
+            ),
+            (
+                json!({"access": []}),
+                field("access", "at least one access type is required"),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(refused::<NewToken>(body.clone()), want, "{body}");
+        }
+        let parts = |b: Value| parse::<NewToken>(b.to_string().as_bytes())?.into_parts();
+        assert!(matches!(
+            parts(json!({"access": [sd]})),
+            Err(AdminError::Invalid { field: Some(f), message }) if f == "name" && message == "name is required"
+        ));
+        assert!(matches!(
+            parts(json!({"name": "a"})),
+            Err(AdminError::Invalid { field: Some(f), message }) if f == "access" && message == "access is required"
+        ));
+        let (name, description, access) =
+            parts(json!({"name": "a", "description": null, "access": [sd, sd]})).unwrap();
+        assert_eq!(
+            (name.as_str(), description, access.names()),
+            ("a", None, vec![sd])
+        );
+    }
+
+    #[test]
+    fn patch_tells_absent_from_null() {
+        let p = parse::<TokenPatch>(br#"{"description": null}"#).unwrap();
+        assert_eq!(p.description(), Some(None));
+        assert_eq!(p.access(), None);
+        let p = parse::<TokenPatch>(br#"{"access": ["third-party-feeds"]}"#).unwrap();
+        assert_eq!(p.description(), None);
+        assert_eq!(
+            p.access().map(Access::names),
+            Some(vec!["third-party-feeds"])
+        );
+    }
+
+    #[test]
+    fn lists_hold_1_to_max_strings() {
+        let shape = "names must be an array of strings";
+        let size = format!("names must hold 1 to {MAX_LIST} entries");
+        let too_many: Vec<String> = (0..=MAX_LIST).map(|i| format!("n{i}")).collect();
+        for (body, message) in [
+            (json!({}), shape),
+            (json!({"names": null}), shape),
+            (json!({"names": "a"}), shape),
+            (json!({"names": ["a", 1]}), shape),
+            (json!({"names": []}), size.as_str()),
+            (json!({ "names": too_many }), size.as_str()),
+        ] {
+            let r = parse::<NamesBody>(body.to_string().as_bytes()).and_then(NamesBody::into_names);
+            assert!(
+                matches!(&r, Err(AdminError::Invalid { field: Some(f), message: m }) if f == "names" && m == message),
+                "{body}: {r:?}"
+            );
+        }
+        let r = parse::<IpsBody>(br#"{"ips": ["10.0.0.1", "10.0.0.1/8"]}"#);
+        assert!(
+            matches!(&r, Err(AdminError::Invalid { field: Some(f), .. }) if f == "ips"),
+            "{r:?}"
+        );
+        let ips = parse::<IpsBody>(br#"{"ips": ["10.0.0.0/8", " ::ffff:10.1.2.3 "]}"#)
+            .and_then(IpsBody::into_entries)
+            .unwrap();
+        assert_eq!(ips.len(), 2);
+    }
+}

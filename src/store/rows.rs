@@ -1,0 +1,104 @@
+//! Row decoding, written once for both stores. Each driver says how to read one column of its
+//! row type ([`Columns`]); what the columns of a token, an IP record and an audit row mean is
+//! decoded here, from the column lists both stores select ([`TOKEN_COLUMNS`], [`IP_COLUMNS`],
+//! [`AUDIT_COLUMNS`]).
+
+use crate::clock::Timestamp;
+use crate::model::{AuditEntry, InactiveReason, IpRecord, Status, TokenRecord};
+use crate::net::BlockEntry;
+use crate::token::{Access, SecretHash};
+
+/// A token's columns, in the order [`token`] reads them (from column 0).
+pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
+     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version";
+
+/// An IP record's columns, in the order [`ip`] reads them.
+pub(super) const IP_COLUMNS: &str =
+    "entry, first_used_at, last_used_at, requests, denied, blocked_at";
+
+/// An audit row's columns, in the order [`audit`] reads them.
+pub(super) const AUDIT_COLUMNS: &str = "at, actor, source_ip, action, token, token_id, details";
+
+/// A type both drivers read from a column (see `sql_types` for the model's own).
+pub(super) trait Value:
+    rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a>
+{
+}
+
+impl<T> Value for T where T: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a> {}
+
+/// One result row of a driver, read column by column (columns count from 0).
+pub(super) trait Columns {
+    type Error;
+
+    /// Column `i` as `T`; the driver's own error if it holds something else.
+    fn column<T: Value>(&self, i: usize) -> Result<T, Self::Error>;
+
+    /// The access bits, an integer as wide as the dialect stores it.
+    fn access(&self, i: usize) -> Result<i64, Self::Error>;
+
+    /// Column `i` holds a value of the right type that the gateway never writes.
+    fn corrupt(&self, i: usize, what: &str) -> Self::Error;
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+/// A token from [`TOKEN_COLUMNS`].
+pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
+    let hash: Vec<u8> = row.column(4)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| row.corrupt(4, "secret hash length"))?;
+    let status: String = row.column(5)?;
+    let reason: Option<String> = row.column(6)?;
+    Ok(TokenRecord {
+        id: row.column(0)?,
+        name: row.column(1)?,
+        description: row.column(2)?,
+        access: Access::from_bits(u8::try_from(row.access(3)?).unwrap_or(0)),
+        secret_hash: SecretHash::from_bytes(hash),
+        status: Status::from_db(&status),
+        inactive_reason: InactiveReason::from_db(reason.as_deref()),
+        created_at: Timestamp(row.column(7)?),
+        activated_at: ts(row.column(8)?),
+        deactivated_at: ts(row.column(9)?),
+        last_used_at: ts(row.column(10)?),
+        version: row.column(11)?,
+    })
+}
+
+/// An IP record from [`IP_COLUMNS`].
+pub(super) fn ip<R: Columns>(row: &R) -> Result<IpRecord, R::Error> {
+    let entry: String = row.column(0)?;
+    let count = |i| row.column::<i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+    Ok(IpRecord {
+        entry: block_entry(&entry).map_err(|e| row.corrupt(0, &e))?,
+        first_used_at: ts(row.column(1)?),
+        last_used_at: ts(row.column(2)?),
+        requests: count(3)?,
+        denied: count(4)?,
+        blocked_at: ts(row.column(5)?),
+    })
+}
+
+/// An audit row from [`AUDIT_COLUMNS`].
+pub(super) fn audit<R: Columns>(row: &R) -> Result<AuditEntry, R::Error> {
+    let details: String = row.column(6)?;
+    Ok(AuditEntry {
+        at: Timestamp(row.column(0)?),
+        actor: row.column(1)?,
+        source_ip: row.column(2)?,
+        action: row.column(3)?,
+        token: row.column(4)?,
+        token_id: row.column(5)?,
+        details: serde_json::from_str(&details).unwrap_or_else(|_| serde_json::json!({})),
+    })
+}
+
+/// A stored block entry. The stores write them canonical: one that does not parse was
+/// edited outside the gateway (the error says how it is wrong).
+pub(super) fn block_entry(s: &str) -> Result<BlockEntry, String> {
+    BlockEntry::parse(s)
+}
