@@ -18,7 +18,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, ServerTlsConfig, StoreUrl};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
-use crate::metrics::{Metrics, Scrape};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyConn};
 use crate::server::{self, ConnInfo, ServerOptions};
 use crate::shared::Shared;
@@ -143,36 +143,8 @@ impl Gateway {
             metrics: metrics.clone(),
         };
         let proxy = Arc::new(Proxy::new(&config, &shared)?);
-        let admin = Arc::new(Admin {
-            store: store.clone(),
-            index: index.clone(),
-            usage: usage.clone(),
-            limiter,
-            clock: clock.clone(),
-            lifecycle: config.lifecycle,
-            key,
-            scrape: Scrape {
-                metrics,
-                index: index.clone(),
-                usage: usage.clone(),
-                clock: clock.clone(),
-                lifecycle: config.lifecycle,
-            },
-            metrics_public: config.admin.metrics_public,
-        });
-        let sweeper = Arc::new(Sweeper {
-            store: store.clone(),
-            index: index.clone(),
-            usage: usage.clone(),
-            clock: clock.clone(),
-            lifecycle: config.lifecycle,
-            audit_retention: config.audit.retention,
-            margin: if store.health().is_some() {
-                crate::lifecycle::shared_store_margin(config.usage.flush_interval)
-            } else {
-                std::time::Duration::ZERO
-            },
-        });
+        let admin = Arc::new(Admin::new(&config, &shared, key));
+        let sweeper = Arc::new(Sweeper::new(&config, &shared));
         // Persist the policy once before serving, so the store starts consistent.
         if let Err(e) = sweeper.sweep_once().await {
             tracing::warn!(error = %e, "start-up lifecycle sweep failed");

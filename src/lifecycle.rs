@@ -38,6 +38,25 @@ pub struct Sweeper {
     pub margin: Duration,
 }
 
+impl Sweeper {
+    /// The sweeper of the gateway's shared parts, with `config`'s policy and retention.
+    pub fn new(config: &crate::config::Config, shared: &crate::shared::Shared) -> Sweeper {
+        Sweeper {
+            store: shared.store.clone(),
+            index: shared.index.clone(),
+            usage: shared.usage.clone(),
+            clock: shared.clock.clone(),
+            lifecycle: config.lifecycle,
+            audit_retention: config.audit.retention,
+            margin: if shared.store.health().is_some() {
+                shared_store_margin(config.usage.flush_interval)
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
+}
+
 /// The sweep's margin with a store shared by instances that flush usage every
 /// `flush_interval`: two intervals (a flush may start just before a use and take a while)
 /// plus 10 s for a slow or retried store write. Assumes every instance has the same

@@ -264,6 +264,40 @@ async fn every_v1_endpoint_refuses_a_missing_wrong_or_non_bearer_key() {
     assert_eq!(names(&r.json()), ["known"], "{r}");
 }
 
+/// The admin key's `Bearer` scheme is parsed as the proxy parses a token's (SPEC §2): any
+/// case, one or more spaces or tabs.
+#[tokio::test]
+async fn the_admin_key_takes_the_same_bearer_grammar_as_the_proxy() {
+    let gw = TestGateway::builder().start().await;
+    for auth in [
+        format!("Bearer {ADMIN_KEY}"),
+        format!("bearer {ADMIN_KEY}"),
+        format!("BEARER   {ADMIN_KEY}"),
+        format!("Bearer\t{ADMIN_KEY}"),
+        format!("Bearer \t {ADMIN_KEY} "),
+    ] {
+        let r = admin_raw(
+            &gw,
+            Method::GET,
+            "/v1/tokens",
+            &[("authorization", &auth)],
+            String::new(),
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), 200, "{auth:?}: {r}");
+    }
+    let glued = format!("Bearer{ADMIN_KEY}");
+    let r = admin_raw(
+        &gw,
+        Method::GET,
+        "/v1/tokens",
+        &[("authorization", &glued)],
+        String::new(),
+    )
+    .await;
+    r.expect(401, Some("unauthorized"));
+}
+
 #[tokio::test]
 async fn health_endpoints_need_no_key() {
     let gw = TestGateway::builder().start().await;

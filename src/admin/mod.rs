@@ -32,6 +32,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::LifecycleConfig;
@@ -40,8 +41,10 @@ use crate::metrics::Scrape;
 use crate::model::TokenId;
 use crate::net;
 use crate::server::ConnInfo;
+use crate::shared::Shared;
 use crate::state::TokenIndex;
 use crate::store::Store;
+use crate::token;
 use crate::usage::UsageRecorder;
 
 use self::audit::Actor;
@@ -67,6 +70,27 @@ pub struct Admin {
 type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
+    /// The admin API over the gateway's shared parts.
+    pub fn new(config: &crate::config::Config, shared: &Shared, key: AdminKey) -> Admin {
+        Admin {
+            store: shared.store.clone(),
+            index: shared.index.clone(),
+            usage: shared.usage.clone(),
+            limiter: shared.limiter.clone(),
+            clock: shared.clock.clone(),
+            lifecycle: config.lifecycle,
+            key,
+            scrape: Scrape {
+                metrics: shared.metrics.clone(),
+                index: shared.index.clone(),
+                usage: shared.usage.clone(),
+                clock: shared.clock.clone(),
+                lifecycle: config.lifecycle,
+            },
+            metrics_public: config.admin.metrics_public,
+        }
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
@@ -75,8 +99,16 @@ impl Admin {
         let method = req.method().clone();
         let client_ip = net::canonical_ip(conn.peer.ip());
         let path = req.uri().path().to_string();
+        // Lines logged while the call is served carry who asked what (never the key).
+        let span = tracing::debug_span!(
+            "admin_request",
+            method = %method,
+            path = %path,
+            client_ip = %client_ip,
+        );
         let mut resp = self
             .dispatch(client_ip, req)
+            .instrument(span)
             .await
             .unwrap_or_else(AdminError::into_response);
         resp.headers_mut()
@@ -118,16 +150,14 @@ impl Admin {
         .await
     }
 
+    /// Exactly one `Authorization`, the `Bearer` scheme parsed as the proxy parses it (SPEC §2),
+    /// and the admin key (compared in constant time).
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let mut values = req.headers().get_all(AUTHORIZATION).iter();
         let (Some(v), None) = (values.next(), values.next()) else {
             return false;
         };
-        let v = v.as_bytes();
-        if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || v[6] != b' ' {
-            return false;
-        }
-        self.key.verify(v[7..].trim_ascii())
+        token::bearer_credentials(v.as_bytes()).is_some_and(|key| self.key.verify(key))
     }
 
     fn now(&self) -> Timestamp {
