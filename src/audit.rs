@@ -9,11 +9,11 @@ use crate::clock::Timestamp;
 use crate::model::{AuditAction, AuditEntry, TokenRecord};
 
 /// The actor of changes made by the idle policy.
-pub const IDLE_POLICY_ACTOR: &str = "idle-policy";
+pub(crate) const IDLE_POLICY_ACTOR: &str = "idle-policy";
 
 /// A change an administrator (`actor`: `admin-key` or a client-certificate subject) made
 /// from `source_ip` to `token`.
-pub fn by_admin(
+pub(crate) fn by_admin(
     actor: &str,
     source_ip: IpAddr,
     at: Timestamp,
@@ -33,7 +33,7 @@ pub fn by_admin(
 }
 
 /// A change the idle policy made at `at` to token `token_id` named `name`.
-pub fn by_idle_policy(
+pub(crate) fn by_idle_policy(
     at: Timestamp,
     action: AuditAction,
     token_id: &str,
@@ -52,7 +52,7 @@ pub fn by_idle_policy(
 
 /// The entries of one sweep: a deletion per token in `deleted`, a deactivation per token in
 /// `deactivated` (`(id, name)` pairs), all at `at`.
-pub fn of_sweep(
+pub(crate) fn of_sweep(
     at: Timestamp,
     deleted: &[(String, String)],
     deactivated: &[(String, String)],
@@ -67,7 +67,7 @@ pub fn of_sweep(
 }
 
 /// The tracing event of an audit entry (after its transaction committed).
-pub fn emit(a: &AuditEntry) {
+pub(crate) fn emit(a: &AuditEntry) {
     tracing::info!(
         target: "tokengate::audit",
         actor = %a.actor,

@@ -47,7 +47,7 @@ impl Body for ClientBody {
 }
 
 /// Whether `e` (an upstream request's error) was caused by the client's request body.
-pub fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(err) = next {
         if err.is::<ClientBodyError>() {

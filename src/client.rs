@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::tls;
 
-pub struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     key: String,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -23,7 +23,7 @@ pub struct AdminClient {
 
 /// TLS options of the admin client (all PEM files).
 #[derive(Debug, Clone, Default)]
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     /// CA bundle that verifies the admin listener (default: the platform's roots).
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key, for an admin listener with `admin.tls.client_ca`.
@@ -33,7 +33,7 @@ pub struct ClientTls {
 
 /// A refusal by the API (status and its `error`/`message`), or a transport failure.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("{code}: {message}")]
     Api {
         status: StatusCode,
@@ -48,12 +48,16 @@ pub enum ClientError {
 }
 
 impl AdminClient {
-    pub fn new(base: &str, key: &str) -> Result<AdminClient, ClientError> {
+    pub(crate) fn new(base: &str, key: &str) -> Result<AdminClient, ClientError> {
         AdminClient::with_tls(base, key, &ClientTls::default())
     }
 
     /// A client of `base` (`http://` or `https://host:port`) with TLS options.
-    pub fn with_tls(base: &str, key: &str, opts: &ClientTls) -> Result<AdminClient, ClientError> {
+    pub(crate) fn with_tls(
+        base: &str,
+        key: &str,
+        opts: &ClientTls,
+    ) -> Result<AdminClient, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         let https = match base.parse::<Uri>() {
             Ok(u) if u.authority().is_some() && u.scheme_str() == Some("http") => false,
@@ -109,7 +113,7 @@ impl AdminClient {
     }
 
     /// Sends one request; a 2xx answers `Ok(body)` (`Value::Null` for an empty body).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Told of every read or write that moved at least one byte.
-pub trait Activity {
+pub(crate) trait Activity {
     fn read(&self);
     fn wrote(&self);
 }
@@ -32,7 +32,7 @@ impl<A: Activity + ?Sized> Activity for std::sync::Arc<A> {
 }
 
 /// `inner`, reporting to `activity`.
-pub struct Counted<T, A> {
+pub(crate) struct Counted<T, A> {
     pub inner: T,
     pub activity: A,
 }

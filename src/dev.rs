@@ -24,7 +24,7 @@ use crate::server::{self, ConnInfo, ServerOptions};
 use crate::token::{self, Access};
 
 /// An upstream that answers every request with what it received (minus any Authorization).
-pub async fn spawn_echo(
+pub(crate) async fn spawn_echo(
     service: &'static str,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
@@ -87,7 +87,7 @@ async fn pick(preferred: &str) -> SocketAddr {
     }
 }
 
-pub async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("tokengate-dev-")
         .tempdir()?;

@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 /// The proxy's response body: a small static/owned body, or the upstream's stream.
-pub type ProxyBody = Either<Full<Bytes>, hyper::body::Incoming>;
+pub(crate) type ProxyBody = Either<Full<Bytes>, hyper::body::Incoming>;
 
 macro_rules! json_body {
     ($code:literal, $msg:literal) => {

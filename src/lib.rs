@@ -4,30 +4,32 @@
 //! integration tests can start the real gateway in-process ([`app::Gateway::start`]).
 //! See ARCHITECTURE.md for the map and the invariants.
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
 pub mod app;
-pub mod audit;
-pub mod body;
+pub(crate) mod audit;
+pub(crate) mod body;
 pub mod cli;
-pub mod client;
+pub(crate) mod client;
 pub mod clock;
 pub mod config;
-pub mod counted;
-pub mod dev;
-pub mod error;
+pub(crate) mod counted;
+pub(crate) mod dev;
+pub(crate) mod error;
 pub mod lifecycle;
-pub mod limiter;
+pub(crate) mod limiter;
 pub mod logsink;
 pub mod metrics;
 pub mod model;
-pub mod net;
+pub(crate) mod net;
 pub mod policy;
 pub mod proxy;
 pub mod server;
-pub mod shared;
+pub(crate) mod shared;
 pub mod state;
 pub mod store;
 pub mod tls;
 pub mod token;
-pub mod uri;
+pub(crate) mod uri;
 pub mod usage;

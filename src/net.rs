@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 /// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) → IPv4; everything else unchanged.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -20,7 +20,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// A network with a canonical address (a mapped-IPv4 network becomes an IPv4 one).
-pub fn canonical_net(net: IpNet) -> IpNet {
+pub(crate) fn canonical_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
             Some(v4) if v6.prefix_len() >= 96 => {
@@ -92,7 +92,7 @@ fn short(s: &str) -> String {
 /// then the right-most `X-Forwarded-For` address that is not itself trusted (the left-most if
 /// all are), where a malformed entry stops the walk at the last good address (or the peer).
 /// `xff` yields the header values in order; each may hold a comma-separated list.
-pub fn client_ip<'a>(
+pub(crate) fn client_ip<'a>(
     peer: IpAddr,
     trusted: &[IpNet],
     xff: impl Iterator<Item = &'a [u8]>,

@@ -17,7 +17,7 @@ use http_body_util::Full;
 /// The policy every console response carries: scripts and styles only from the page's own
 /// origin (no inline code), API calls only to it, no plugins, no framing, no form posts, no
 /// `<base>` rewriting.
-pub const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
@@ -37,7 +37,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 /// The console page or asset at `path` (for a `GET`), or `None` when `path` is not one of
 /// the console's. Serving needs no admin key: the page holds no data.
-pub fn serve(path: &str) -> Option<Response<Full<Bytes>>> {
+pub(crate) fn serve(path: &str) -> Option<Response<Full<Bytes>>> {
     let (_, content_type, body) = ASSETS.iter().find(|(p, _, _)| *p == path)?;
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = StatusCode::OK;

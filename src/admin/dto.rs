@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::model::{InactiveReason, Status};
 
 #[derive(Debug, Serialize)]
-pub struct TokenDto {
+pub(crate) struct TokenDto {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
@@ -24,7 +24,7 @@ pub struct TokenDto {
 
 /// A token plus its secret: the create and regenerate responses, and nothing else.
 #[derive(Serialize)]
-pub struct CreatedToken {
+pub(crate) struct CreatedToken {
     #[serde(flatten)]
     pub token: TokenDto,
     #[serde(rename = "token")]
@@ -32,18 +32,18 @@ pub struct CreatedToken {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TokenList {
+pub(crate) struct TokenList {
     pub tokens: Vec<TokenDto>,
     pub next: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     pub tokens: Vec<TokenDto>,
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
-pub struct IpDto {
+pub(crate) struct IpDto {
     pub ip: String,
     pub first_used_at: Option<String>,
     pub last_used_at: Option<String>,
@@ -55,12 +55,12 @@ pub struct IpDto {
 }
 
 #[derive(Debug, Serialize)]
-pub struct IpList {
+pub(crate) struct IpList {
     pub ips: Vec<IpDto>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct AuditDto {
+pub(crate) struct AuditDto {
     pub at: String,
     pub actor: String,
     pub source_ip: Option<String>,
@@ -71,6 +71,6 @@ pub struct AuditDto {
 }
 
 #[derive(Debug, Serialize)]
-pub struct AuditList {
+pub(crate) struct AuditList {
     pub entries: Vec<AuditDto>,
 }

@@ -11,10 +11,10 @@ use std::path::Path;
 use crate::token;
 
 /// Minimum admin key length, in characters.
-pub const MIN_KEY_LEN: usize = 32;
+pub(crate) const MIN_KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     #[error("the admin key from {0} is shorter than {MIN_KEY_LEN} characters")]
     TooShort(String),
     #[error("admin key file {0} is readable by group or others; chmod 600 it")]
@@ -27,13 +27,13 @@ pub enum KeyError {
 
 /// Where the key came from, for the start-up log line (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     Env,
     File,
     Generated,
 }
 
-pub struct AdminKey {
+pub(crate) struct AdminKey {
     hash: blake3::Hash,
 }
 
@@ -44,7 +44,7 @@ impl std::fmt::Debug for AdminKey {
 }
 
 impl AdminKey {
-    pub fn from_plain(key: &str) -> AdminKey {
+    pub(crate) fn from_plain(key: &str) -> AdminKey {
         AdminKey {
             hash: blake3::hash(key.as_bytes()),
         }
@@ -52,12 +52,12 @@ impl AdminKey {
 
     /// Constant-time: compares blake3 hashes (`blake3::Hash` equality is constant-time), so
     /// neither the key's length nor a shared prefix shows in the timing.
-    pub fn verify(&self, presented: &[u8]) -> bool {
+    pub(crate) fn verify(&self, presented: &[u8]) -> bool {
         blake3::hash(presented) == self.hash
     }
 
     /// Resolves the key as SPEC §4 says. `env_key` is `TOKENGATE_ADMIN_KEY` if set.
-    pub fn load_or_create(
+    pub(crate) fn load_or_create(
         env_key: Option<&str>,
         key_file: &Path,
     ) -> Result<(AdminKey, KeySource), KeyError> {
@@ -85,7 +85,7 @@ fn check_len(k: &str, source: &str) -> Result<(), KeyError> {
 
 /// Reads the key file if it exists: `None` if it does not. The trailing newline is ignored;
 /// a file readable by group or others is refused.
-pub fn read_key_file(path: &Path) -> Result<Option<String>, KeyError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Option<String>, KeyError> {
     let shown = path.display().to_string();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,

@@ -13,11 +13,11 @@
 
 mod audit;
 mod body;
-pub mod console;
-pub mod dto;
+pub(crate) mod console;
+pub(crate) mod dto;
 mod error;
 mod ips;
-pub mod key;
+pub(crate) mod key;
 mod probes;
 mod query;
 mod routes;
@@ -53,7 +53,7 @@ use self::key::AdminKey;
 use self::routes::Call;
 
 /// Everything the admin listener reads and writes; built once by `app`.
-pub struct Admin {
+pub(crate) struct Admin {
     pub store: Arc<dyn Store>,
     pub index: Arc<TokenIndex>,
     pub usage: Arc<UsageRecorder>,
@@ -71,7 +71,7 @@ type AdminResult = Result<Response<Full<Bytes>>, AdminError>;
 
 impl Admin {
     /// The admin API over the gateway's shared parts.
-    pub fn new(config: &crate::config::Config, shared: &Shared, key: AdminKey) -> Admin {
+    pub(crate) fn new(config: &crate::config::Config, shared: &Shared, key: AdminKey) -> Admin {
         Admin {
             store: shared.store.clone(),
             index: shared.index.clone(),
@@ -91,7 +91,7 @@ impl Admin {
         }
     }
 
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
         req: Request<Incoming>,

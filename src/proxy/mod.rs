@@ -18,6 +18,9 @@ pub mod upstream;
 /// The path normalisation routing relies on (`crate::uri::path`, re-exported for tools).
 pub use crate::uri::path;
 
+/// Rows 3-4's `Authorization` check (public for the fuzz target).
+pub use self::authorize::bearer;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

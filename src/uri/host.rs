@@ -19,7 +19,7 @@ const MAX_LABEL_LEN: usize = 63;
 /// An IPv6 literal comes back in its RFC 5952 form (`[0:0::1]` → `[::1]`), so every spelling
 /// of an address meets the same routes. An empty port (`example.com:`) is allowed, as in
 /// RFC 3986. Only one trailing dot is stripped: `example.com..` is invalid.
-pub fn normalise_host(authority: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn normalise_host(authority: &str) -> Option<Cow<'_, str>> {
     if let Some(bracketed) = authority.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']')?;
         if !after.is_empty() && !is_valid_port(after.strip_prefix(':')?) {

@@ -2,5 +2,5 @@
 //! segments, refusals) and the authority (`host`). Pure functions shared by the proxy, which
 //! routes by them, and the config, which validates route prefixes and hosts with them.
 
-pub mod host;
+pub(crate) mod host;
 pub mod path;
