@@ -4,14 +4,17 @@
 //! Exit codes: 0 success; 1 with one line on stderr when the API refuses or cannot be
 //! reached (or start-up fails); 2 on a usage error (clap's own exit code).
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
+
+mod output;
+
+pub use output::printable;
+use output::*;
 
 use crate::admin::key::read_key_file;
 use crate::app::{Gateway, StartOptions};
@@ -263,186 +266,6 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Whether `c` is escaped on the terminal: every C0 and C1 control and DEL (Unicode `Cc`:
-/// escape sequences, carriage returns, NULs, the 8-bit CSI U+009B), the line and paragraph
-/// separators, and the bidirectional embeddings, overrides and isolates, which reorder what
-/// follows them on the line. Everything else, ordinary Unicode included, prints as it is.
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-        )
-}
-
-/// `s` as the CLI prints it: each character of [`needs_escape`] as a Rust-style `\u{..}`
-/// escape (ESC is `\u{1b}`, CR `\u{d}`, NUL `\u{0}`), so data from the API (descriptions,
-/// audit actors and details) can never drive the operator's terminal. The web console needs
-/// no such step: it puts API data on the page as text only (`--json` output: [`json_text`]).
-pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if needs_escape(c) {
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// Field `k` of `v` as a terminal-safe cell: strings through [`printable`], `-` for null or
-/// missing, arrays of strings comma-joined.
-fn s(v: &Value, k: &str) -> String {
-    let raw = match v.get(k) {
-        Some(Value::String(x)) => x.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => other.to_string(),
-    };
-    printable(&raw).into_owned()
-}
-
-fn print_json(v: &Value) {
-    println!("{}", json_text(v));
-}
-
-/// `v` as pretty JSON in which no character of [`needs_escape`] is raw: serde escapes the C0
-/// controls; DEL, C1 and the bidi controls (which can only be inside strings, as JSON's own
-/// syntax is ASCII) become `\uXXXX` escapes, so the text still parses to the same value.
-fn json_text(v: &Value) -> String {
-    let text = serde_json::to_string_pretty(v).unwrap_or_default();
-    if !text.chars().any(|c| c != '\n' && needs_escape(c)) {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if c != '\n' && needs_escape(c) {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    print!("{}", table(header, rows));
-}
-
-/// A table: the header, then one line per row; every column but the last padded to its
-/// widest cell. Cells are already [`printable`].
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = rows.collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut text = String::new();
-    let mut line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        text.push_str(out.trim_end());
-        text.push('\n');
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
-    text
-}
-
-const AUDIT_HEADER: [&str; 6] = ["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"];
-
-fn audit_row(e: &Value) -> Vec<String> {
-    vec![
-        s(e, "at"),
-        s(e, "actor"),
-        s(e, "source_ip"),
-        s(e, "action"),
-        s(e, "token"),
-        // JSON text: its escapes cover C0 controls but leave DEL and C1 raw.
-        e.get("details")
-            .map(|d| printable(&d.to_string()).into_owned())
-            .unwrap_or_default(),
-    ]
-}
-
-fn token_row(t: &Value) -> Vec<String> {
-    let status = match (
-        s(t, "status").as_str(),
-        t.get("inactive_reason").and_then(Value::as_str),
-    ) {
-        ("inactive", Some(r)) => format!("inactive ({})", printable(r)),
-        (st, _) => st.to_string(),
-    };
-    vec![
-        s(t, "name"),
-        status,
-        s(t, "access"),
-        s(t, "last_used_at"),
-        s(t, "inactive_at"),
-        s(t, "description"),
-    ]
-}
-
-const TOKEN_HEADER: [&str; 6] = [
-    "NAME",
-    "STATUS",
-    "ACCESS",
-    "LAST USED",
-    "LAPSES AT",
-    "DESCRIPTION",
-];
-
-fn print_token(t: &Value) {
-    print!("{}", token_text(t));
-}
-
-/// One token as `key: value` lines.
-fn token_text(t: &Value) -> String {
-    let mut out = String::new();
-    for k in [
-        "name",
-        "id",
-        "description",
-        "access",
-        "status",
-        "inactive_reason",
-        "created_at",
-        "activated_at",
-        "deactivated_at",
-        "last_used_at",
-        "inactive_at",
-        "delete_at",
-    ] {
-        let _ = writeln!(out, "{:<16} {}", format!("{k}:"), s(t, k));
-    }
-    out
-}
-
-fn print_secret(t: &Value) {
-    print_token(t);
-    println!();
-    println!("secret:          {}", s(t, "token"));
-    println!("(store it now: it cannot be shown again)");
-}
-
 async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
     let c = admin_client(g)?;
     let v = match cmd {
@@ -668,6 +491,7 @@ async fn ip_cmd(g: &Global, cmd: IpCmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     /// Control characters a description may hold, and how the CLI shows them.
     const HOSTILE: &str = "red \u{1b}[31mALERT\r\u{0}\u{7f}\u{9b}2J\u{85}\u{202e}txt.exe\tend\n";

@@ -1,0 +1,238 @@
+//! The raw layer: serde structs that only mirror the file (`deny_unknown_fields`, strings
+//! for durations and addresses); `validate` in `mod.rs` turns them into the typed layer.
+
+use serde::Deserialize;
+
+// === raw layer: mirrors the file ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub usage: RawUsage,
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// `None` when the file has no `[[routes]]`.
+    #[serde(default)]
+    pub routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub listen: String,
+    pub trusted_proxies: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub forward_authorization: bool,
+    pub upstream_timeout: String,
+    #[serde(deserialize_with = "lenient")]
+    pub access_log: bool,
+    #[serde(deserialize_with = "lenient")]
+    pub failed_auth_limit: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub max_header_bytes: u64,
+    pub header_read_timeout: String,
+    pub idle_timeout: String,
+    #[serde(deserialize_with = "lenient")]
+    pub max_connections: u64,
+    #[serde(deserialize_with = "lenient")]
+    pub max_connections_per_ip: u64,
+    #[serde(deserialize_with = "lenient")]
+    pub h2_max_concurrent_streams: u32,
+    pub shutdown_grace: String,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: "127.0.0.1:8080".into(),
+            trusted_proxies: Vec::new(),
+            forward_authorization: false,
+            upstream_timeout: "30s".into(),
+            access_log: true,
+            failed_auth_limit: 20,
+            max_header_bytes: 32768,
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 10000,
+            max_connections_per_ip: 1000,
+            h2_max_concurrent_streams: 100,
+            shutdown_grace: "30s".into(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub key_file: String,
+    #[serde(deserialize_with = "lenient")]
+    pub allow_plaintext: bool,
+    #[serde(deserialize_with = "lenient")]
+    pub metrics_public: bool,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9090".into(),
+            key_file: "data/admin.key".into(),
+            allow_plaintext: false,
+            metrics_public: false,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub url: String,
+    pub outage_grace: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: "sqlite://data/tokengate.db".into(),
+            outage_grace: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUsage {
+    pub flush_interval: String,
+    #[serde(deserialize_with = "lenient")]
+    pub max_ips_per_token: u64,
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        RawUsage {
+            flush_interval: "1s".into(),
+            max_ips_per_token: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLifecycle {
+    pub inactive_after: String,
+    pub delete_after: String,
+    pub sweep_interval: String,
+}
+
+impl Default for RawLifecycle {
+    fn default() -> Self {
+        RawLifecycle {
+            inactive_after: "30d".into(),
+            delete_after: "90d".into(),
+            sweep_interval: "1m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    pub retention: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            retention: "400d".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    pub access: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+}
+
+/// Accepts a typed value (from the file) or its text (from an env override).
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TypedOrText<T> {
+        Typed(T),
+        Text(String),
+    }
+    match TypedOrText::<T>::deserialize(d)? {
+        TypedOrText::Typed(v) => Ok(v),
+        TypedOrText::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}"))),
+    }
+}
+
+/// The routes of the built-in defaults (and of the shipped `config/tokengate.toml`).
+pub fn default_routes() -> Vec<RawRoute> {
+    let route = |prefix: &str, access: &str, upstream: &str| RawRoute {
+        path_prefix: prefix.into(),
+        host: None,
+        access: access.into(),
+        upstream: upstream.into(),
+        strip_prefix: true,
+        preserve_host: false,
+        forward_authorization: None,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        tls_server_name: None,
+    };
+    vec![
+        route("/sd/", "security-director", "http://127.0.0.1:9001"),
+        route("/feeds/", "third-party-feeds", "http://127.0.0.1:9002"),
+    ]
+}

@@ -1,0 +1,224 @@
+use super::*;
+use std::io::Write;
+
+fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(toml.as_bytes()).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load(Some(f.path()), env)
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let c = Config::defaults();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.usage.flush_interval, Duration::from_secs(1));
+    assert_eq!(c.lifecycle.inactive_after, Duration::from_secs(30 * 86400));
+    assert_eq!(c.lifecycle.delete_after, Duration::from_secs(90 * 86400));
+    assert_eq!(c.proxy.failed_auth_limit, 20);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.store.url, StoreUrl::Sqlite("data/tokengate.db".into()));
+}
+
+#[test]
+fn shipped_config_file_equals_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
+    let c = Config::load(Some(&path), Vec::new()).unwrap();
+    let d = Config::defaults();
+    assert_eq!(format!("{c:?}"), format!("{d:?}"));
+}
+
+#[test]
+fn env_overrides_scalars_and_ignores_non_config_vars() {
+    let c = load_str(
+        "[usage]\nflush_interval = \"1s\"\n",
+        &[
+            ("TOKENGATE_USAGE__FLUSH_INTERVAL", "5s"),
+            ("TOKENGATE_PROXY__FAILED_AUTH_LIMIT", "7"),
+            ("TOKENGATE_PROXY__ACCESS_LOG", "false"),
+            ("TOKENGATE_ADMIN_KEY", "not-a-config-key"),
+            ("TOKENGATE_ADMIN_URL", "http://x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.usage.flush_interval, Duration::from_secs(5));
+    assert_eq!(c.proxy.failed_auth_limit, 7);
+    assert!(!c.proxy.access_log);
+    // Numeric-looking values of string keys stay strings; numeric keys parse text.
+    let c2 = load_str(
+        "",
+        &[
+            ("TOKENGATE_STORE__OUTAGE_GRACE", "0"),
+            ("TOKENGATE_ADMIN__KEY_FILE", "1234"),
+            ("TOKENGATE_USAGE__MAX_IPS_PER_TOKEN", "42"),
+            ("TOKENGATE_ADMIN__METRICS_PUBLIC", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c2.store.outage_grace, Duration::ZERO);
+    assert_eq!(c2.admin.key_file, PathBuf::from("1234"));
+    assert_eq!(c2.usage.max_ips_per_token, 42);
+    assert!(c2.admin.metrics_public);
+    let e = load_str("", &[("TOKENGATE_PROXY__FAILED_AUTH_LIMIT", "many")]).unwrap_err();
+    assert!(e.to_string().starts_with("proxy.failed_auth_limit:"), "{e}");
+}
+
+#[test]
+fn errors_name_the_key() {
+    let e = load_str("[usage]\nflush_interval = \"soon\"\n", &[]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "usage.flush_interval: invalid duration \"soon\""
+    );
+    let e = load_str("[usage]\nbogus = 1\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("usage"), "{e}");
+    assert!(e.to_string().contains("bogus"), "{e}");
+    let e = load_str("", &[("TOKENGATE_USAGE__FLUSH_INTERVAL", "soon")]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "usage.flush_interval: invalid duration \"soon\""
+    );
+    let e = load_str("[lifecycle]\ninactive_after = \"90d\"\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("lifecycle.delete_after:"), "{e}");
+    let e = load_str("[proxy]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("proxy.listen:"), "{e}");
+    let e = load_str("[[routes]]\npath_prefix = \"/a\"\naccess = \"security-director\"\nupstream = \"http://127.0.0.1:1\"\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("routes[0].path_prefix:"), "{e}");
+    let e = load_str(
+        "[[routes]]\npath_prefix = \"/a/\"\naccess = \"root\"\nupstream = \"http://127.0.0.1:1\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("routes[0].access:"), "{e}");
+    let e = load_str("[store]\nurl = \"mysql://x\"\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("store.url:"), "{e}");
+    let e = load_str("[proxy]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("proxy.trusted_proxies:"), "{e}");
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let e = Config::load(Some(Path::new("/nonexistent/tg.toml")), Vec::new()).unwrap_err();
+    assert!(matches!(e, ConfigError::Missing(_)));
+}
+
+#[test]
+fn a_file_without_routes_has_none() {
+    let c = load_str("[proxy]\nlisten = \"127.0.0.1:0\"\n", &[]).unwrap();
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn bad_postgres_urls_are_refused_without_echoing_them() {
+    let e = load_str(
+        "[store]\nurl = \"postgres://u:hunter2@db:notaport/x\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("store.url:"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let ok = load_str(
+        "[store]\nurl = \"postgres://u@db/x?options=-csearch_path%3Dtg\"\noutage_grace = \"0\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.store.outage_grace, Duration::ZERO);
+}
+
+#[test]
+fn postgres_urls_are_redacted_in_debug() {
+    let u = StoreUrl::Postgres("postgres://u:hunter2@db/x".into());
+    assert!(!format!("{u:?}").contains("hunter2"));
+}
+
+mod tls_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load(Some(f.path()), Vec::<(String, String)>::new())
+    }
+
+    fn route(upstream: &str, extra: &str) -> String {
+        format!(
+            "[[routes]]\npath_prefix = \"/a/\"\naccess = \"security-director\"\nupstream = \"{upstream}\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn the_defaults_and_dev_are_plain_http() {
+        let c = Config::defaults();
+        assert!(c.proxy.tls.is_none() && c.admin.tls.is_none());
+        assert!(c.routes.iter().all(|r| r.tls == UpstreamTls::default()));
+    }
+
+    #[test]
+    fn listener_tls_keys_are_parsed() {
+        let c = load(
+            "[proxy]\ntls = { cert = \"p.pem\", key = \"p.key\" }\n\
+             [admin]\ntls = { cert = \"a.pem\", key = \"a.key\", client_ca = \"ca.pem\" }\n",
+        )
+        .unwrap();
+        let p = c.proxy.tls.unwrap();
+        assert_eq!((p.cert, p.key), ("p.pem".into(), "p.key".into()));
+        assert_eq!(c.admin.tls.unwrap().client_ca, Some("ca.pem".into()));
+        let e = load("[proxy]\ntls = { cert = \"p.pem\", key = \"p.key\", client_ca = \"c\" }\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("proxy.tls.client_ca:"), "{e}");
+        let e = load("[admin]\ntls = { cert = \"\", key = \"a.key\" }\n").unwrap_err();
+        assert!(e.to_string().starts_with("admin.tls.cert:"), "{e}");
+        let e = load("[admin]\ntls = { cert = \"a.pem\" }\n").unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+    }
+
+    #[test]
+    fn route_tls_keys_are_checked_and_named() {
+        let c = load(&route(
+            "https://backend.internal:8443/base",
+            "ca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\nclient_key = \"c.key\"\ntls_server_name = \"api.internal\"",
+        ))
+        .unwrap();
+        let t = &c.routes[0].tls;
+        assert_eq!(t.ca_file, Some("ca.pem".into()));
+        assert_eq!(t.server_name.as_deref(), Some("api.internal"));
+        load(&route("https://127.0.0.1:8443", "")).unwrap();
+
+        let e = load(&route("http://127.0.0.1:1", "tls_server_name = \"x\"")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("routes[0].tls_server_name:"),
+            "{e}"
+        );
+        let e = load(&route("http://127.0.0.1:1", "ca_file = \"ca.pem\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].ca_file:"), "{e}");
+        let e = load(&route("https://h:1", "client_cert = \"c.pem\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].client_key:"), "{e}");
+        let e = load(&route("https://h:1", "client_key = \"c.key\"")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].client_cert:"), "{e}");
+        let e = load(&route("https://h:1", "tls_server_name = \"not a name\"")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("routes[0].tls_server_name:"),
+            "{e}"
+        );
+        let e = load(&route("ftp://h:1", "")).unwrap_err();
+        assert!(e.to_string().starts_with("routes[0].upstream:"), "{e}");
+    }
+
+    #[test]
+    fn routes_to_one_https_origin_may_differ_in_tls_settings() {
+        // Upstream connections are keyed by origin and TLS setting (see `proxy::upstream`),
+        // so two routes to one host:port need not agree.
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[routes]]\npath_prefix = \"/a/\"\naccess = \"security-director\"\nupstream = \"https://h:1\"\n{a}\n\
+                 [[routes]]\npath_prefix = \"/b/\"\naccess = \"security-director\"\nupstream = \"https://H:1/x\"\n{b}\n"
+            )
+        };
+        load(&two("ca_file = \"a.pem\"", "ca_file = \"a.pem\"")).unwrap();
+        load(&two("ca_file = \"a.pem\"", "")).unwrap();
+        load(&two("ca_file = \"a.pem\"", "ca_file = \"b.pem\"")).unwrap();
+    }
+}
