@@ -50,12 +50,31 @@ pub(crate) fn by_idle_policy(
     }
 }
 
+/// The actor of the lapse of a token's `expires_at`, as the sweep records it.
+pub(crate) const EXPIRY_POLICY_ACTOR: &str = "expiry-policy";
+
+/// The lapse of token `token_id`'s expiry, recorded at `at` (SPEC §1: a deactivation with
+/// reason `expired`; the stored status does not change).
+pub(crate) fn by_expiry_policy(at: Timestamp, token_id: &str, name: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: EXPIRY_POLICY_ACTOR.to_string(),
+        source_ip: None,
+        action: AuditAction::Deactivate,
+        token: name.to_string(),
+        token_id: token_id.to_string(),
+        details: serde_json::json!({"reason": "expired"}),
+    }
+}
+
 /// The entries of one sweep: a deletion per token in `deleted`, a deactivation per token in
-/// `deactivated` (`(id, name)` pairs), all at `at`.
+/// `deactivated` (`(id, name)` pairs) by the idle policy, and one per token in `expired` by
+/// the expiry policy, all at `at`.
 pub(crate) fn of_sweep(
     at: Timestamp,
     deleted: &[(String, String)],
     deactivated: &[(String, String)],
+    expired: &[(String, String)],
 ) -> Vec<AuditEntry> {
     let del = deleted
         .iter()
@@ -63,7 +82,10 @@ pub(crate) fn of_sweep(
     let deact = deactivated
         .iter()
         .map(|(id, name)| by_idle_policy(at, AuditAction::Deactivate, id, name));
-    del.chain(deact).collect()
+    let exp = expired
+        .iter()
+        .map(|(id, name)| by_expiry_policy(at, id, name));
+    del.chain(deact).chain(exp).collect()
 }
 
 /// The tracing event of an audit entry (after its transaction committed).

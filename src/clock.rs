@@ -39,6 +39,14 @@ impl Timestamp {
             .min(MAX_SECS);
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
     }
+
+    /// An RFC 3339 UTC time (`2027-01-31T00:00:00Z`, fractional seconds allowed); `None` for
+    /// anything else, an offset other than `Z` included.
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        let t = humantime::parse_rfc3339(s.trim()).ok()?;
+        let ms = t.duration_since(UNIX_EPOCH).ok()?.as_millis();
+        i64::try_from(ms).ok().map(Timestamp)
+    }
 }
 
 /// A source of the current time.
@@ -98,6 +106,19 @@ pub type SharedClock = Arc<dyn Clock>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_refuses_what_it_cannot_read_exactly() {
+        let t = Timestamp::parse_rfc3339("2027-01-31T00:00:00Z").unwrap();
+        assert_eq!(t.rfc3339(), "2027-01-31T00:00:00Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2027-01-31T00:00:00.250Z"),
+            Some(Timestamp(t.0 + 250))
+        );
+        for bad in ["2027-01-31", "2027-01-31T00:00:00+02:00", "soon", ""] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn formats_rfc3339_utc() {

@@ -39,6 +39,8 @@ pub enum ProxyError {
     InvalidToken,
     #[error("token store unavailable")]
     StoreUnavailable,
+    #[error("token expired")]
+    TokenExpired,
     #[error("token inactive")]
     TokenInactive,
     #[error("client IP blocked for this token")]
@@ -60,7 +62,9 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::MissingToken | ProxyError::InvalidToken | ProxyError::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
             ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TokenInactive | ProxyError::IpBlocked | ProxyError::AccessDenied => {
                 StatusCode::FORBIDDEN
@@ -81,6 +85,7 @@ impl ProxyError {
             ProxyError::MissingToken => "missing_token",
             ProxyError::InvalidToken => "invalid_token",
             ProxyError::StoreUnavailable => "store_unavailable",
+            ProxyError::TokenExpired => "token_expired",
             ProxyError::TokenInactive => "token_inactive",
             ProxyError::IpBlocked => "ip_blocked",
             ProxyError::NoRoute => "no_route",
@@ -116,6 +121,7 @@ impl ProxyError {
                 "store_unavailable",
                 "the token store is unavailable; retry later"
             ),
+            ProxyError::TokenExpired => json_body!("token_expired", "the token has expired"),
             ProxyError::TokenInactive => json_body!("token_inactive", "the token is inactive"),
             ProxyError::IpBlocked => {
                 json_body!("ip_blocked", "this client address is blocked for the token")
@@ -164,6 +170,15 @@ impl ProxyError {
                     HeaderValue::from_static("Bearer realm=\"tokengate\", error=\"invalid_token\""),
                 );
             }
+            ProxyError::TokenExpired => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"tokengate\", error=\"invalid_token\", \
+                         error_description=\"the token has expired\"",
+                    ),
+                );
+            }
             ProxyError::TooManyFailures { retry_after_secs } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
@@ -190,6 +205,7 @@ mod tests {
             ProxyError::MissingToken,
             ProxyError::InvalidToken,
             ProxyError::StoreUnavailable,
+            ProxyError::TokenExpired,
             ProxyError::TokenInactive,
             ProxyError::IpBlocked,
             ProxyError::NoRoute,

@@ -32,7 +32,7 @@ const STATUS_SLOTS: usize = 500;
 
 /// The refusal codes counted in `tokengate_auth_refusals_total` (every proxy refusal that is
 /// the gateway's decision; upstream failures are in the per-status request counts).
-pub const REFUSALS: [&str; 11] = [
+pub const REFUSALS: [&str; 12] = [
     "invalid_request",
     "not_implemented",
     "headers_too_large",
@@ -40,6 +40,7 @@ pub const REFUSALS: [&str; 11] = [
     "missing_token",
     "invalid_token",
     "store_unavailable",
+    "token_expired",
     "token_inactive",
     "ip_blocked",
     "no_route",

@@ -94,6 +94,8 @@ impl Status {
 pub enum InactiveReason {
     Admin,
     Idle,
+    /// Past `expires_at` (never stored: expiry is computed at request time).
+    Expired,
 }
 
 impl InactiveReason {
@@ -102,6 +104,7 @@ impl InactiveReason {
         match s {
             Some("admin") => Some(InactiveReason::Admin),
             Some("idle") => Some(InactiveReason::Idle),
+            Some("expired") => Some(InactiveReason::Expired),
             _ => None,
         }
     }
@@ -110,6 +113,7 @@ impl InactiveReason {
         match self {
             InactiveReason::Admin => "admin",
             InactiveReason::Idle => "idle",
+            InactiveReason::Expired => "expired",
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct TokenRecord {
     pub activated_at: Option<Timestamp>,
     pub deactivated_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// Hard expiry (SPEC §1): from this instant on the token is refused, whatever its status.
+    pub expires_at: Option<Timestamp>,
     pub version: i64,
 }
 

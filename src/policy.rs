@@ -63,6 +63,7 @@ pub struct Standing {
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Standing {
@@ -75,6 +76,7 @@ impl Standing {
             created_at: rec.created_at,
             activated_at: rec.activated_at,
             last_used_at,
+            expires_at: rec.expires_at,
         }
     }
 
@@ -85,9 +87,16 @@ impl Standing {
 }
 
 /// The one computation of a token's effective status at `now` (proxy, tunnels, admin API,
-/// metrics all ask this).
+/// metrics all ask this). Idle past `delete_after` wins (the token is gone); then expiry
+/// (SPEC §1: `expired` is reported first), then the stored status, then the idle policy.
 pub fn status_at(s: Standing, now: Timestamp, lc: &LifecycleConfig) -> Effective {
-    effective(s.status, s.reason, s.idle_since(), now, lc)
+    match effective(s.status, s.reason, s.idle_since(), now, lc) {
+        Effective::Deleted => Effective::Deleted,
+        _ if s.expires_at.is_some_and(|at| now >= at) => {
+            Effective::Inactive(InactiveReason::Expired)
+        }
+        other => other,
+    }
 }
 
 impl Effective {
@@ -123,6 +132,7 @@ mod tests {
             inactive_after: Duration::from_secs(30 * 86400),
             delete_after: Duration::from_secs(90 * 86400),
             sweep_interval: Duration::from_secs(60),
+            max_expiry: None,
         }
     }
 

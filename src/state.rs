@@ -38,6 +38,7 @@ pub struct TokenState {
     pub blocks: Box<[BlockEntry]>,
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
     /// Latest use known to this instance, in ms (0 = never): the store's `last_used_at`
     /// raised by local uses not flushed yet. Carried over when the token is refreshed.
     last_used: AtomicI64,
@@ -81,6 +82,7 @@ impl TokenState {
             blocks: t.blocks.into_boxed_slice(),
             created_at: r.created_at,
             activated_at: r.activated_at,
+            expires_at: r.expires_at,
             last_used: AtomicI64::new(r.last_used_at.map_or(0, |t| t.0)),
             rechecked_at: AtomicI64::new(i64::MIN / 2),
             identity: OnceLock::new(),
@@ -117,6 +119,7 @@ impl TokenState {
             created_at: self.created_at,
             activated_at: self.activated_at,
             last_used_at: self.last_used_at(),
+            expires_at: self.expires_at,
         }
     }
 
@@ -453,6 +456,7 @@ mod tests {
                 activated_at: None,
                 deactivated_at: None,
                 last_used_at: Some(Timestamp(5_000)),
+                expires_at: None,
                 version: 1,
             },
             blocks: Vec::new(),

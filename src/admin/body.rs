@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{de, Deserialize, Deserializer};
 use serde_json::Value;
 
+use crate::clock::Timestamp;
 use crate::net::BlockEntry;
 use crate::token::{self, Access};
 
@@ -115,20 +116,61 @@ pub(crate) struct NewToken {
     description: Option<Description>,
     #[serde(default, deserialize_with = "checked")]
     access: Option<AccessList>,
+    #[serde(default, deserialize_with = "checked")]
+    expires_at: Option<ExpiresAt>,
+    #[serde(default, deserialize_with = "checked")]
+    expires_in: Option<ExpiresIn>,
 }
 
 impl Body for NewToken {}
 
+/// What a new token is made of (name and access are required).
+pub(crate) struct NewTokenParts {
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) access: Access,
+    pub(crate) expiry: Option<Expiry>,
+}
+
 impl NewToken {
-    /// Name, description and access; name and access are required.
-    pub(crate) fn into_parts(self) -> Result<(String, Option<String>, Access), AdminError> {
+    pub(crate) fn into_parts(self) -> Result<NewTokenParts, AdminError> {
         let name = self
             .name
             .ok_or_else(|| invalid("name", "name is required"))?;
         let access = self
             .access
             .ok_or_else(|| invalid("access", "access is required"))?;
-        Ok((name.0, self.description.and_then(|d| d.0), access.0))
+        Ok(NewTokenParts {
+            name: name.0,
+            description: self.description.and_then(|d| d.0),
+            access: access.0,
+            expiry: expiry(self.expires_at, self.expires_in)?,
+        })
+    }
+}
+
+/// A requested expiry, before it is checked against the clock and `lifecycle.max_expiry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// `expires_at: null`: never.
+    Never,
+    /// `expires_at`: this instant.
+    At(Timestamp),
+    /// `expires_in`: this long from now.
+    In(std::time::Duration),
+}
+
+/// `expires_at` or `expires_in`, not both.
+fn expiry(at: Option<ExpiresAt>, r#in: Option<ExpiresIn>) -> Result<Option<Expiry>, AdminError> {
+    match (at, r#in) {
+        (Some(_), Some(_)) => Err(invalid(
+            "expires_in",
+            "give expires_at or expires_in, not both",
+        )),
+        (Some(ExpiresAt(None)), None) => Ok(Some(Expiry::Never)),
+        (Some(ExpiresAt(Some(t))), None) => Ok(Some(Expiry::At(t))),
+        (None, Some(ExpiresIn(d))) => Ok(Some(Expiry::In(d))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -140,6 +182,10 @@ pub(crate) struct TokenPatch {
     description: Option<Description>,
     #[serde(default, deserialize_with = "checked")]
     access: Option<AccessList>,
+    #[serde(default, deserialize_with = "checked")]
+    expires_at: Option<ExpiresAt>,
+    #[serde(default, deserialize_with = "checked")]
+    expires_in: Option<ExpiresIn>,
 }
 
 impl Body for TokenPatch {
@@ -154,6 +200,11 @@ impl TokenPatch {
 
     pub(crate) fn access(&self) -> Option<Access> {
         self.access.as_ref().map(|a| a.0)
+    }
+
+    /// `None` when the patch does not touch the expiry.
+    pub(crate) fn expiry(&self) -> Result<Option<Expiry>, AdminError> {
+        expiry(self.expires_at, self.expires_in)
     }
 }
 
@@ -206,6 +257,42 @@ impl Field for Name {
         };
         token::validate_name(&s)?;
         Ok(Name(s))
+    }
+}
+
+/// `expires_at`: an RFC 3339 UTC instant (`2027-01-31T00:00:00Z`), or `null` for never.
+#[derive(Debug, Clone, Copy)]
+struct ExpiresAt(Option<Timestamp>);
+
+impl Field for ExpiresAt {
+    fn check(v: Value) -> Result<Self, String> {
+        const HOW: &str =
+            "expires_at must be an RFC 3339 UTC time (e.g. 2027-01-31T00:00:00Z) or null";
+        match v {
+            Value::Null => Ok(ExpiresAt(None)),
+            Value::String(s) => Timestamp::parse_rfc3339(&s)
+                .map(|t| ExpiresAt(Some(t)))
+                .ok_or_else(|| HOW.to_string()),
+            _ => Err(HOW.into()),
+        }
+    }
+}
+
+/// `expires_in`: a duration such as `"90d"` or `"12h"`.
+#[derive(Debug, Clone, Copy)]
+struct ExpiresIn(std::time::Duration);
+
+impl Field for ExpiresIn {
+    fn check(v: Value) -> Result<Self, String> {
+        const HOW: &str = "expires_in must be a duration such as \"90d\" or \"12h\"";
+        match v {
+            Value::String(s) => humantime::parse_duration(s.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(ExpiresIn)
+                .ok_or_else(|| HOW.to_string()),
+            _ => Err(HOW.into()),
+        }
     }
 }
 
@@ -408,12 +495,45 @@ mod tests {
             parts(json!({"name": "a"})),
             Err(AdminError::Invalid { field: Some(f), message }) if f == "access" && message == "access is required"
         ));
-        let (name, description, access) =
-            parts(json!({"name": "a", "description": null, "access": [sd, sd]})).unwrap();
+        let p = parts(json!({"name": "a", "description": null, "access": [sd, sd]})).unwrap();
         assert_eq!(
-            (name.as_str(), description, access.names()),
-            ("a", None, vec![sd])
+            (p.name.as_str(), p.description, p.access.names(), p.expiry),
+            ("a", None, vec![sd], None)
         );
+        let p = parts(json!({"name": "a", "access": [sd], "expires_in": "90d"})).unwrap();
+        assert_eq!(
+            p.expiry,
+            Some(Expiry::In(std::time::Duration::from_secs(90 * 86400)))
+        );
+        let p = parts(json!({"name": "a", "access": [sd], "expires_at": null})).unwrap();
+        assert_eq!(p.expiry, Some(Expiry::Never));
+        for (body, field) in [
+            (
+                json!({"name": "a", "access": [sd], "expires_at": "tomorrow"}),
+                "expires_at",
+            ),
+            (
+                json!({"name": "a", "access": [sd], "expires_at": 5}),
+                "expires_at",
+            ),
+            (
+                json!({"name": "a", "access": [sd], "expires_in": "0s"}),
+                "expires_in",
+            ),
+            (
+                json!({"name": "a", "access": [sd], "expires_in": null}),
+                "expires_in",
+            ),
+            (
+                json!({"name": "a", "access": [sd], "expires_in": "1d", "expires_at": "2099-01-01T00:00:00Z"}),
+                "expires_in",
+            ),
+        ] {
+            assert!(
+                matches!(parts(body.clone()), Err(AdminError::Invalid { field: Some(ref f), .. }) if f == field),
+                "{body}"
+            );
+        }
     }
 
     #[test]

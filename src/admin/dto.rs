@@ -18,6 +18,13 @@ pub(crate) struct TokenDto {
     pub activated_at: Option<String>,
     pub deactivated_at: Option<String>,
     pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    /// Rotation with a grace period is not built yet: always `null`.
+    pub previous_secret_expires_at: Option<String>,
+    /// Per-token rate limits are not built yet: always `null`.
+    pub rate_limit: Option<serde_json::Value>,
+    /// Per-token allow-lists are not built yet: always `null` (any client IP).
+    pub allowed_ips: Option<Vec<String>>,
     pub inactive_at: Option<String>,
     pub delete_at: Option<String>,
 }

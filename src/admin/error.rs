@@ -26,6 +26,8 @@ pub(crate) enum AdminError {
     /// No route for this path.
     NoSuchPath,
     NamesNotFound(Vec<String>),
+    /// Activation of tokens past their `expires_at` (SPEC §4): nothing was changed.
+    TokensExpired(Vec<String>),
     NameTaken,
     BlockedByCidr {
         ip: String,
@@ -145,6 +147,14 @@ impl AdminError {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "unknown token names; nothing was changed".into(),
+                Some(("names", Value::from(names))),
+            ),
+            AdminError::TokensExpired(names) => (
+                StatusCode::CONFLICT,
+                "token_expired",
+                "these tokens are past their expires_at: activation does not lift an expiry \
+                 (PATCH expires_at does); nothing was changed"
+                    .into(),
                 Some(("names", Value::from(names))),
             ),
             AdminError::NameTaken => (

@@ -15,8 +15,9 @@ use crate::store::{Conflict, StoreError};
 use crate::token::{self, Secret};
 
 use super::audit::Actor;
-use super::body::{self, NamesBody, NewToken, TokenPatch};
+use super::body::{self, Expiry, NamesBody, NewToken, TokenPatch};
 use super::dto::{CreatedToken, TokenDto, TokenList, Tokens};
+use super::error::invalid;
 use super::query::TOKEN_LIST;
 use super::{empty_response, json_response, Admin, AdminError, AdminResult};
 
@@ -51,6 +52,10 @@ impl Admin {
             activated_at: rec.activated_at.map(Timestamp::rfc3339),
             deactivated_at: rec.deactivated_at.map(Timestamp::rfc3339),
             last_used_at: last_used.map(Timestamp::rfc3339),
+            expires_at: rec.expires_at.map(Timestamp::rfc3339),
+            previous_secret_expires_at: None,
+            rate_limit: None,
+            allowed_ips: None,
             inactive_at: (status == Status::Active)
                 .then(|| since.plus(self.lifecycle.inactive_after).rfc3339()),
             delete_at: Some(since.plus(self.lifecycle.delete_after).rfc3339()),
@@ -123,15 +128,59 @@ impl Admin {
         Ok(json_response(StatusCode::OK, &self.dto(&rec, self.now())))
     }
 
+    /// The `expires_at` a create or a patch asks for: in the future, and within
+    /// `lifecycle.max_expiry` when that is set (a create must then carry one). `None` for a
+    /// patch that does not touch the expiry.
+    fn checked_expiry(
+        &self,
+        asked: Option<Expiry>,
+        now: Timestamp,
+        creating: bool,
+    ) -> Result<Option<Option<Timestamp>>, AdminError> {
+        let max = self.lifecycle.max_expiry;
+        let (field, at) = match asked {
+            None if !creating => return Ok(None),
+            None | Some(Expiry::Never) => match max {
+                None => return Ok(Some(None)),
+                Some(m) => {
+                    return Err(invalid(
+                        "expires_at",
+                        format!(
+                            "lifecycle.max_expiry ({}) requires every token to expire: give \
+                             expires_at or expires_in",
+                            humantime::format_duration(m)
+                        ),
+                    ))
+                }
+            },
+            Some(Expiry::At(t)) => ("expires_at", t),
+            Some(Expiry::In(d)) => ("expires_in", now.plus(d)),
+        };
+        if at <= now {
+            return Err(invalid(field, "the expiry must lie in the future"));
+        }
+        if let Some(m) = max.filter(|m| at > now.plus(*m)) {
+            return Err(invalid(
+                field,
+                format!(
+                    "the expiry must lie within lifecycle.max_expiry ({}) from now",
+                    humantime::format_duration(m)
+                ),
+            ));
+        }
+        Ok(Some(Some(at)))
+    }
+
     pub(super) async fn create(&self, actor: &Actor, body: Bytes) -> AdminResult {
-        let (name, description, access) = body::parse::<NewToken>(&body)?.into_parts()?;
+        let parts = body::parse::<NewToken>(&body)?.into_parts()?;
         let now = self.now();
+        let expires_at = self.checked_expiry(parts.expiry, now, true)?.flatten();
         let secret = Secret::generate();
         let rec = TokenRecord {
             id: TokenId::generate(),
-            name,
-            description,
-            access,
+            name: parts.name,
+            description: parts.description,
+            access: parts.access,
             secret_hash: secret.hash(),
             status: Status::Active,
             inactive_reason: None,
@@ -139,6 +188,7 @@ impl Admin {
             activated_at: Some(now),
             deactivated_at: None,
             last_used_at: None,
+            expires_at,
             version: 1,
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
@@ -161,7 +211,11 @@ impl Admin {
             now,
             AuditAction::Create,
             &rec,
-            serde_json::json!({"description": rec.description, "access": rec.access.names()}),
+            serde_json::json!({
+                "description": rec.description,
+                "access": rec.access.names(),
+                "expires_at": rec.expires_at.map(Timestamp::rfc3339),
+            }),
         );
         self.store.insert_token(&rec, &entry).await?;
         self.apply(rec.id).await;
@@ -180,6 +234,7 @@ impl Admin {
         let patch = body::parse::<TokenPatch>(&body)?;
         let description = patch.description();
         let access = patch.access();
+        let expires_at = self.checked_expiry(patch.expiry()?, self.now(), false)?;
         let rec = self
             .mutate_one(actor, AuditAction::Update, name, |rec| {
                 let mut changes = Map::new();
@@ -196,6 +251,16 @@ impl Admin {
                         serde_json::json!({"from": rec.access.names(), "to": a.names()}),
                     );
                     rec.access = a;
+                }
+                if let Some(e) = expires_at {
+                    changes.insert(
+                        "expires_at".into(),
+                        serde_json::json!({
+                            "from": rec.expires_at.map(Timestamp::rfc3339),
+                            "to": e.map(Timestamp::rfc3339),
+                        }),
+                    );
+                    rec.expires_at = e;
                 }
                 Some(Value::Object(changes))
             })
@@ -288,6 +353,19 @@ impl Admin {
             }
             if !unknown.is_empty() {
                 return Err(AdminError::NamesNotFound(unknown));
+            }
+            if activate {
+                // Activation never lifts an expiry (PATCH expires_at does): all or nothing.
+                let expired: Vec<String> = records
+                    .iter()
+                    .filter(|r| {
+                        self.effective(r, now) == Effective::Inactive(InactiveReason::Expired)
+                    })
+                    .map(|r| r.name.clone())
+                    .collect();
+                if !expired.is_empty() {
+                    return Err(AdminError::TokensExpired(expired));
+                }
             }
             let mut changed: Vec<TokenRecord> = Vec::new();
             let mut entries: Vec<AuditEntry> = Vec::new();

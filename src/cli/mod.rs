@@ -86,6 +86,12 @@ pub enum TokenCmd {
         access: Vec<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Expire this long after creation (e.g. 90d, 12h).
+        #[arg(long, conflicts_with = "expires_at")]
+        expires_in: Option<String>,
+        /// Expire at this RFC 3339 UTC time (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// List tokens.
     List {
@@ -98,7 +104,7 @@ pub enum TokenCmd {
     },
     /// Show one token.
     Show { name: String },
-    /// Change a token's description or access.
+    /// Change a token's description, access or expiry.
     Update {
         name: String,
         #[arg(long)]
@@ -108,6 +114,9 @@ pub enum TokenCmd {
         clear_description: bool,
         #[arg(long, value_delimiter = ',')]
         access: Option<Vec<String>>,
+        /// A new expiry: an RFC 3339 UTC time, or `never`.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// Delete a token for good.
     Delete { name: String },
@@ -273,10 +282,18 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             name,
             access,
             description,
+            expires_in,
+            expires_at,
         } => {
             let mut body = json!({"name": name, "access": access});
             if let Some(d) = description {
                 body["description"] = Value::String(d);
+            }
+            if let Some(d) = expires_in {
+                body["expires_in"] = Value::String(d);
+            }
+            if let Some(t) = expires_at {
+                body["expires_at"] = Value::String(t);
             }
             let v = c.call(Method::POST, "/v1/tokens", Some(body)).await?;
             if !g.json {
@@ -332,6 +349,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             description,
             clear_description,
             access,
+            expires_at,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(d) = description {
@@ -343,9 +361,19 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             if let Some(a) = access {
                 body.insert("access".into(), json!(a));
             }
+            if let Some(t) = expires_at {
+                let v = if t.eq_ignore_ascii_case("never") {
+                    Value::Null
+                } else {
+                    Value::String(t)
+                };
+                body.insert("expires_at".into(), v);
+            }
             if body.is_empty() {
                 return Err(UsageError(
-                    "nothing to update: give --description, --clear-description or --access".into(),
+                    "nothing to update: give --description, --clear-description, --access or \
+                     --expires-at"
+                        .into(),
                 )
                 .into());
             }

@@ -172,6 +172,7 @@ pub(super) fn token_text(t: &Value) -> String {
         "activated_at",
         "deactivated_at",
         "last_used_at",
+        "expires_at",
         "inactive_at",
         "delete_at",
     ] {

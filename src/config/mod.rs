@@ -149,6 +149,9 @@ pub struct LifecycleConfig {
     pub inactive_after: Duration,
     pub delete_after: Duration,
     pub sweep_interval: Duration,
+    /// When set, every token created or patched must carry an `expires_at` at most this far
+    /// ahead (SPEC §1).
+    pub max_expiry: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +322,10 @@ impl RawConfig {
             inactive_after: positive("lifecycle.inactive_after", &self.lifecycle.inactive_after)?,
             delete_after: positive("lifecycle.delete_after", &self.lifecycle.delete_after)?,
             sweep_interval: positive("lifecycle.sweep_interval", &self.lifecycle.sweep_interval)?,
+            max_expiry: match &self.lifecycle.max_expiry {
+                None => None,
+                Some(s) => Some(positive("lifecycle.max_expiry", s)?),
+            },
         };
         if lifecycle.delete_after <= lifecycle.inactive_after {
             return Err(invalid(

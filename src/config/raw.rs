@@ -144,6 +144,8 @@ pub struct RawLifecycle {
     pub inactive_after: String,
     pub delete_after: String,
     pub sweep_interval: String,
+    /// Absent = tokens need not expire.
+    pub max_expiry: Option<String>,
 }
 
 impl Default for RawLifecycle {
@@ -152,6 +154,7 @@ impl Default for RawLifecycle {
             inactive_after: "30d".into(),
             delete_after: "90d".into(),
             sweep_interval: "1m".into(),
+            max_expiry: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use super::headers::X_FORWARDED_FOR;
 use super::{Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
 use crate::clock::Timestamp;
 use crate::error::ProxyError;
-use crate::model::Status;
+use crate::model::{InactiveReason, Status};
 use crate::net;
 use crate::policy::{self, Effective};
 use crate::state::TokenState;
@@ -88,7 +88,7 @@ impl Proxy {
         ctx.token = Some(token.clone());
         let now = self.clock.now();
         let mut status = self.status_at(&token, now);
-        if token.status == Status::Active && status != Effective::Active {
+        if token.status == Status::Active && status == Effective::Inactive(InactiveReason::Idle) {
             // About to refuse a token as idle: another instance sharing the store may have
             // used it since this one last looked. One store read, on this refusal path only.
             // Boxed: a cold path, kept out of the size of every request's future.
@@ -103,6 +103,10 @@ impl Proxy {
         let path = path::normalise_cow(req.uri().path())
             .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
         // Row 8. Status, row 9. IP block (counted in the IP's record).
+        // Row 7a. Past its expires_at: 401, and not a failed authentication.
+        if status == Effective::Inactive(InactiveReason::Expired) {
+            return Err(ProxyError::TokenExpired);
+        }
         if status != Effective::Active {
             return Err(ProxyError::TokenInactive);
         }

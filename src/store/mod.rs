@@ -91,6 +91,9 @@ pub struct SweepCutoffs {
 pub struct SweepOutcome {
     pub deactivated: Vec<(String, String)>,
     pub deleted: Vec<(String, String)>,
+    /// Tokens whose `expires_at` passed since the last sweep (recorded once each; nothing
+    /// else about them changes).
+    pub expired: Vec<(String, String)>,
     /// The audit rows the sweep wrote (actor `idle-policy`), for the tracing events.
     pub audit: Vec<AuditEntry>,
     /// Audit rows older than the retention that were pruned.

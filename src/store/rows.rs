@@ -8,9 +8,12 @@ use crate::model::{AuditEntry, InactiveReason, IpRecord, Status, TokenRecord};
 use crate::net::BlockEntry;
 use crate::token::{Access, SecretHash};
 
+/// How many columns [`TOKEN_COLUMNS`] has (a query may select more after them).
+pub(super) const TOKEN_COLUMN_COUNT: usize = 13;
+
 /// A token's columns, in the order [`token`] reads them (from column 0).
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
-     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version";
+     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -66,6 +69,7 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         deactivated_at: ts(row.column(9)?),
         last_used_at: ts(row.column(10)?),
         version: row.column(11)?,
+        expires_at: ts(row.column(12)?),
     })
 }
 

@@ -71,6 +71,20 @@ impl Dialect {
 
     /// One token's usage records as [`trim_victims`] reads them: entry, last use, whether it
     /// is a block entry (parameter 1: the token id).
+    /// Marks each token whose `expires_at` passed (at parameter 1) and whose lapse was not
+    /// recorded yet: `expiry_recorded` holds the `expires_at` whose lapse the sweep recorded,
+    /// so each expiry is recorded once, and moving `expires_at` makes a new one recordable.
+    /// Nothing the proxy reads changes (expiry is decided at request time).
+    pub(super) fn sweep_expired(self) -> String {
+        format!(
+            "UPDATE tokens SET expiry_recorded = expires_at
+             WHERE expires_at IS NOT NULL AND expires_at <= {now}
+               AND (expiry_recorded IS NULL OR expiry_recorded <> expires_at)
+             RETURNING id, name",
+            now = self.param(1),
+        )
+    }
+
     pub(super) fn trim_rows(self) -> String {
         format!(
             "SELECT entry, last_used_at, blocked_at IS NOT NULL FROM token_ips WHERE token_id = {}",

@@ -23,10 +23,10 @@ use crate::store::{
 const BLOCKS_COLUMN: &str = "ARRAY(SELECT i.entry FROM token_ips i \
      WHERE i.token_id = t.id AND i.blocked_at IS NOT NULL ORDER BY i.entry)";
 
-/// A token row followed by the [`BLOCKS_COLUMN`] array (column 12).
+/// A token row followed by the [`BLOCKS_COLUMN`] array (the column after the token's).
 fn token_with_blocks(row: &Row) -> Result<TokenWithBlocks, Fail> {
     let token = rows::token(row)?;
-    let raw: Vec<String> = row.try_get(12)?;
+    let raw: Vec<String> = row.try_get(rows::TOKEN_COLUMN_COUNT)?;
     let mut blocks = Vec::with_capacity(raw.len());
     for s in raw {
         blocks.push(rows::block_entry(&s).map_err(super::corrupt)?);

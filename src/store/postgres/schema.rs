@@ -9,9 +9,10 @@ use super::Fail;
 /// Versioned migrations, applied in order at open, all in one transaction under the
 /// migration lock. `name_key` and `entry` use the "C" collation so that ordering and paging
 /// agree with the embedded store (byte order), whatever the database's locale.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"CREATE TABLE tokens (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"CREATE TABLE tokens (
         id              text PRIMARY KEY,
         name            text NOT NULL,
         name_key        text COLLATE "C" NOT NULL UNIQUE,
@@ -54,7 +55,14 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         generation bigint NOT NULL
     );
     INSERT INTO change_generation (id, generation) VALUES (1, 0);"#,
-)];
+    ),
+    (
+        2,
+        // Expiry (SPEC §1): `expires_at` null = never; `expiry_recorded` = the `expires_at`
+        // whose lapse the sweep has recorded. Existing tokens never expire.
+        "ALTER TABLE tokens ADD COLUMN expires_at bigint, ADD COLUMN expiry_recorded bigint;",
+    ),
+];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).
 pub(super) const NAME_KEY_CONSTRAINT: &str = "tokens_name_key_key";

@@ -92,8 +92,9 @@ impl Inner {
         let res = tx
             .execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
-                    inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
+                    expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 &[
                     &t.id,
                     &t.name,
@@ -108,6 +109,7 @@ impl Inner {
                     &t.deactivated_at.map(|x| x.0),
                     &t.last_used_at.map(|x| x.0),
                     &t.version,
+                    &t.expires_at.map(|x| x.0),
                 ],
             )
             .await;
@@ -150,7 +152,7 @@ impl Inner {
                 .execute(
                     "UPDATE tokens SET description = $2, access = $3, secret_hash = $4,
                         status = $5, inactive_reason = $6, activated_at = $7,
-                        deactivated_at = $8, version = version + 1
+                        deactivated_at = $8, expires_at = $10, version = version + 1
                      WHERE id = $1 AND version = $9",
                     &[
                         &t.id,
@@ -162,6 +164,7 @@ impl Inner {
                         &t.activated_at.map(|x| x.0),
                         &t.deactivated_at.map(|x| x.0),
                         &t.version,
+                        &t.expires_at.map(|x| x.0),
                     ],
                 )
                 .await?;
@@ -400,7 +403,8 @@ impl Inner {
             )
             .await?,
         )?;
-        out.audit = audit::of_sweep(at.now, &out.deleted, &out.deactivated);
+        out.expired = pairs(tx.query(&SQL.sweep_expired(), &[&at.now.0]).await?)?;
+        out.audit = audit::of_sweep(at.now, &out.deleted, &out.deactivated, &out.expired);
         for a in &out.audit {
             write_audit(&tx, a).await?;
         }

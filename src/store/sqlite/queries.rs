@@ -161,8 +161,9 @@ impl Store for SqliteStore {
             let tx = conn.transaction().map_err(unavailable)?;
             let res = tx.execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
-                    inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
+                    expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     t.id,
                     t.name,
@@ -177,6 +178,7 @@ impl Store for SqliteStore {
                     t.deactivated_at.map(|x| x.0),
                     t.last_used_at.map(|x| x.0),
                     t.version,
+                    t.expires_at.map(|x| x.0),
                 ],
             );
             match res {
@@ -214,7 +216,7 @@ impl Store for SqliteStore {
                     .execute(
                         "UPDATE tokens SET description = ?2, access = ?3, secret_hash = ?4,
                             status = ?5, inactive_reason = ?6, activated_at = ?7,
-                            deactivated_at = ?8, version = version + 1
+                            deactivated_at = ?8, expires_at = ?10, version = version + 1
                          WHERE id = ?1 AND version = ?9",
                         params![
                             t.id,
@@ -226,6 +228,7 @@ impl Store for SqliteStore {
                             t.activated_at.map(|x| x.0),
                             t.deactivated_at.map(|x| x.0),
                             t.version,
+                            t.expires_at.map(|x| x.0),
                         ],
                     )
                     .map_err(unavailable)?;
@@ -394,8 +397,9 @@ impl Store for SqliteStore {
                 &SQL.sweep_deactivate(),
                 params![at.inactive_before.0, lapse, keep],
             )?;
+            let expired = id_names(&tx, &SQL.sweep_expired(), params![at.now.0])?;
             // Same transaction: no idle change without its audit row.
-            let audit = audit::of_sweep(at.now, &deleted, &deactivated);
+            let audit = audit::of_sweep(at.now, &deleted, &deactivated, &expired);
             for a in &audit {
                 write_audit(&tx, a)?;
             }
@@ -406,6 +410,7 @@ impl Store for SqliteStore {
             Ok(SweepOutcome {
                 deactivated,
                 deleted,
+                expired,
                 audit,
                 pruned,
             })
@@ -640,6 +645,7 @@ mod tests {
             activated_at: None,
             deactivated_at: None,
             last_used_at: None,
+            expires_at: None,
             version: 1,
         };
         let audit = AuditEntry {

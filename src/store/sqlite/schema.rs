@@ -54,6 +54,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX audit_by_token ON audit (token_key, seq);
     CREATE INDEX audit_by_time ON audit (at);",
     ),
+    (
+        3,
+        // Expiry (SPEC §1): `expires_at` null = never; `expiry_recorded` = the `expires_at`
+        // whose lapse the sweep has recorded. Existing tokens never expire.
+        "ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE tokens ADD COLUMN expiry_recorded INTEGER;",
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {

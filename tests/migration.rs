@@ -1,0 +1,79 @@
+//! A database made by the release before expiry (schema version 2) opens with this build: the
+//! migration adds the expiry columns, every token keeps working, and none of them expires.
+//! The fixture was written by that release's binary (`token create`, `token deactivate`);
+//! its `.secret` file holds the secret of its active token (a test fixture, nothing else).
+
+mod support;
+
+use http::Method;
+use serde_json::{json, Value};
+use support::*;
+use tokengate::clock::{ManualClock, Timestamp};
+use tokengate::config::StoreUrl;
+use tokengate::token::Access;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/sqlite-before-expiry.db"
+);
+const SECRET: &str = include_str!("fixtures/sqlite-before-expiry.secret");
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("release.db");
+    std::fs::copy(FIXTURE, &db).unwrap();
+    // The fixture's tokens were made at 2026-12-01T10:54:50Z: look at them a minute later.
+    let made = Timestamp::parse_rfc3339("2026-12-01T10:54:50Z").unwrap();
+    let clock = ManualClock::new(Timestamp(made.0 + 60_000));
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .clock(&clock)
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(|c| c.store.url = StoreUrl::Sqlite(db.clone()))
+        .start()
+        .await;
+    let secret = SECRET.trim();
+    gw.get("/sd/x", Some(secret)).await.expect(200, None);
+    let live = gw.token("release-live").await;
+    assert_eq!(
+        (&live["status"], &live["expires_at"]),
+        (&json!("active"), &Value::Null),
+        "{live}"
+    );
+    let old = gw.token("release-feed").await;
+    assert_eq!(
+        (&old["status"], &old["inactive_reason"], &old["expires_at"]),
+        (&json!("inactive"), &json!("admin"), &Value::Null),
+        "{old}"
+    );
+    assert_eq!(
+        old["access"],
+        json!(["security-director", "third-party-feeds"])
+    );
+    assert_eq!(old["description"], "made by the release before expiry");
+    // The migrated rows take the new fields.
+    gw.admin(
+        Method::PATCH,
+        "/v1/tokens/release-live",
+        Some(json!({"expires_in": "1h"})),
+    )
+    .await
+    .expect(200, None);
+    clock.set(Timestamp(made.0 + 60_000 + 3_600_000));
+    gw.get("/sd/y", Some(secret))
+        .await
+        .expect(401, Some("token_expired"));
+    // The audit written by the previous release is still readable.
+    let audit = gw
+        .admin(Method::GET, "/v1/audit?token=release-feed", None)
+        .await;
+    audit.expect(200, None);
+    let actions: Vec<Value> = audit.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].clone())
+        .collect();
+    assert_eq!(actions, [json!("deactivate"), json!("create")], "{audit}");
+}
