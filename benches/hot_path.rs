@@ -27,6 +27,7 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
             activated_at: None,
             deactivated_at: None,
             last_used_at: None,
+            expires_at: None,
             version: 1,
         },
         blocks: Vec::new(),
