@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokengate::clock::Timestamp;
-use tokengate::model::{Status, TokenId, TokenRecord, TokenWithBlocks};
+use tokengate::model::{PreviousSecret, Status, TokenId, TokenRecord, TokenWithBlocks};
 use tokengate::proxy::path::normalise;
 use tokengate::proxy::route::RouteTable;
 use tokengate::state::TokenIndex;
@@ -28,6 +28,7 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
             deactivated_at: None,
             last_used_at: None,
             expires_at: None,
+            previous_secret: None,
             version: 1,
         },
         blocks: Vec::new(),
@@ -55,6 +56,57 @@ fn tokens(c: &mut Criterion) {
             parse_bearer(black_box(&valid))
                 .ok()
                 .and_then(|h| index.get(&h))
+        })
+    });
+    // The proxy's lookup: the current secret, else a previous one (rotation grace).
+    let check = |index: &TokenIndex, h: &SecretHash| index.get(h).or_else(|| index.get_previous(h));
+    g.bench_function("check_valid_among_1m_via_proxy_lookup", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&valid))
+                .ok()
+                .and_then(|h| check(&index, &h))
+        })
+    });
+    // The same index with 10 000 tokens in a rotation grace (their previous secrets indexed).
+    let rotating = TokenIndex::default();
+    let old = Secret::generate();
+    for i in 0..N {
+        let mut r = record(i, SecretHash::of(format!("filler-{i}").as_bytes()));
+        if i % 100 == 0 {
+            let hash = if i == 0 {
+                old.hash()
+            } else {
+                SecretHash::of(format!("old-{i}").as_bytes())
+            };
+            r.token.previous_secret = Some(PreviousSecret {
+                hash,
+                until: Timestamp(i64::MAX),
+            });
+        }
+        rotating.upsert(r);
+    }
+    rotating.upsert(record(N, target.hash()));
+    let previous = old.expose().as_bytes().to_vec();
+    g.bench_function("check_valid_among_1m_with_10k_previous", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&valid))
+                .ok()
+                .and_then(|h| check(&rotating, &h))
+        })
+    });
+    g.bench_function("check_previous_secret_among_1m", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&previous))
+                .ok()
+                .and_then(|h| check(&rotating, &h))
+        })
+    });
+    g.bench_function("refuse_unknown_with_10k_previous", |b| {
+        b.iter(|| {
+            parse_bearer(black_box(&unknown))
+                .ok()
+                .and_then(|h| check(&rotating, &h))
+                .is_none()
         })
     });
     g.bench_function("refuse_garbage", |b| {

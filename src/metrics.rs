@@ -117,6 +117,7 @@ pub struct Metrics {
     routes: Box<[RouteMetrics]>,
     refusals: [AtomicU64; REFUSALS.len()],
     cache_hits: AtomicU64,
+    previous_secret_uses: AtomicU64,
     cache_misses: AtomicU64,
 }
 
@@ -129,6 +130,7 @@ impl Metrics {
             routes: all.into_boxed_slice(),
             refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             cache_hits: AtomicU64::new(0),
+            previous_secret_uses: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
         }
     }
@@ -166,6 +168,11 @@ impl Metrics {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A request authenticated with a previous secret (rotation grace).
+    pub fn previous_secret_use(&self) {
+        self.previous_secret_uses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A token lookup by hash: found (hit) or not (miss).
@@ -318,6 +325,13 @@ impl Collector for Scrape {
             "tokengate_token_cache_hits",
             "Token lookups that found the token in memory.",
             m.cache_hits.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "tokengate_previous_secret_uses",
+            "Requests authenticated with a token's previous secret during a rotation grace \
+             (when it stays at zero, clients have moved to the new secret).",
+            m.previous_secret_uses.load(Ordering::Relaxed),
         )?;
         counter(
             &mut enc,

@@ -135,7 +135,16 @@ pub struct TokenRecord {
     pub last_used_at: Option<Timestamp>,
     /// Hard expiry (SPEC §1): from this instant on the token is refused, whatever its status.
     pub expires_at: Option<Timestamp>,
+    /// After a regenerate with a grace: the replaced secret, working until its end.
+    pub previous_secret: Option<PreviousSecret>,
     pub version: i64,
+}
+
+/// A replaced secret that keeps working until `until` (rotation without downtime, SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreviousSecret {
+    pub hash: SecretHash,
+    pub until: Timestamp,
 }
 
 /// A token with its block entries: everything the proxy needs to decide a request.

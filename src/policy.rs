@@ -133,6 +133,7 @@ mod tests {
             delete_after: Duration::from_secs(90 * 86400),
             sweep_interval: Duration::from_secs(60),
             max_expiry: None,
+            max_rotation_grace: Duration::from_secs(7 * 86400),
         }
     }
 

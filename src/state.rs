@@ -24,7 +24,7 @@ use hashbrown::HashTable;
 use http::HeaderValue;
 
 use crate::clock::Timestamp;
-use crate::model::{InactiveReason, Status, TokenId, TokenRecord, TokenWithBlocks};
+use crate::model::{InactiveReason, PreviousSecret, Status, TokenId, TokenRecord, TokenWithBlocks};
 use crate::net::BlockEntry;
 use crate::store::{ChangeSink, Store, StoreResult};
 use crate::token::{Access, SecretHash};
@@ -39,6 +39,8 @@ pub struct TokenState {
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
+    /// The replaced secret still in its grace (rotation), indexed too.
+    pub previous: Option<PreviousSecret>,
     /// Latest use known to this instance, in ms (0 = never): the store's `last_used_at`
     /// raised by local uses not flushed yet. Carried over when the token is refreshed.
     last_used: AtomicI64,
@@ -83,6 +85,7 @@ impl TokenState {
             created_at: r.created_at,
             activated_at: r.activated_at,
             expires_at: r.expires_at,
+            previous: r.previous_secret,
             last_used: AtomicI64::new(r.last_used_at.map_or(0, |t| t.0)),
             rechecked_at: AtomicI64::new(i64::MIN / 2),
             identity: OnceLock::new(),
@@ -222,6 +225,10 @@ impl Table {
 /// All tokens by secret hash, and by id so a refresh can find the entry to replace.
 pub struct TokenIndex {
     by_hash: Table,
+    /// Tokens with a previous secret in its grace, by that secret's hash.
+    by_previous: Table,
+    /// Entries in `by_previous`: an unknown secret skips that table while it is empty.
+    previous_count: std::sync::atomic::AtomicUsize,
     by_id: Table,
     /// Ids are not uniform hashes (a ULID or a sequence would do), so they get a keyed hash.
     id_hasher: RandomState,
@@ -233,6 +240,8 @@ impl Default for TokenIndex {
     fn default() -> Self {
         TokenIndex {
             by_hash: Table::new(),
+            by_previous: Table::new(),
+            previous_count: std::sync::atomic::AtomicUsize::new(0),
             by_id: Table::new(),
             id_hasher: RandomState::new(),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -284,6 +293,33 @@ impl TokenIndex {
     /// The hot-path lookup: one shard read lock, one probe, no allocation, no await.
     pub fn get(&self, hash: &SecretHash) -> Option<Arc<TokenState>> {
         self.by_hash.find(Self::hash_key(hash), |t| t.hash == *hash)
+    }
+
+    /// The token whose *previous* secret this is (rotation), whether or not its grace is
+    /// still running (the caller compares `until` with its clock). Costs nothing while no
+    /// token has a previous secret.
+    pub fn get_previous(&self, hash: &SecretHash) -> Option<Arc<TokenState>> {
+        if self.previous_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.by_previous.find(Self::hash_key(hash), |t| {
+            t.previous.is_some_and(|p| p.hash == *hash)
+        })
+    }
+
+    fn previous_key(t: &TokenState) -> u64 {
+        t.previous.map_or(0, |p| Self::hash_key(&p.hash))
+    }
+
+    fn unindex_previous(&self, t: &Arc<TokenState>) {
+        if t.previous.is_some()
+            && self
+                .by_previous
+                .remove(Self::previous_key(t), |x| std::ptr::eq(x, &**t))
+                .is_some()
+        {
+            self.previous_count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// By id spelled as stored (tests).
@@ -344,6 +380,19 @@ impl TokenIndex {
             |x| x.hash == hash,
             |x| Self::hash_key(&x.hash),
         );
+        // The previous secret (rotation) goes in before the old state leaves `by_hash`, so the
+        // replaced secret is never unknown during its grace.
+        if let Some(p) = state.previous {
+            let replaced = self.by_previous.insert(
+                Self::hash_key(&p.hash),
+                state.clone(),
+                |x| x.id == id,
+                Self::previous_key,
+            );
+            if replaced.is_none() {
+                self.previous_count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let hasher = &self.id_hasher;
         self.by_id.insert(
             idk,
@@ -359,6 +408,11 @@ impl TokenIndex {
                 self.by_hash
                     .remove(Self::hash_key(&p.hash), |x| std::ptr::eq(x, &*p));
             }
+            // The old state's previous secret, unless the new state's replaced it in place.
+            if p.previous.is_some() && p.previous.map(|x| x.hash) != state.previous.map(|x| x.hash)
+            {
+                self.unindex_previous(&p);
+            }
             // A request that looked up the old state may have touched it since the copy.
             state.touch(Timestamp(p.last_used.load(Ordering::Relaxed)));
         }
@@ -369,6 +423,7 @@ impl TokenIndex {
         if let Some(t) = self.by_id.remove(self.id_key(&id), |x| x.id == id) {
             self.by_hash
                 .remove(Self::hash_key(&t.hash), |x| std::ptr::eq(x, &*t));
+            self.unindex_previous(&t);
         }
     }
 
@@ -457,6 +512,7 @@ mod tests {
                 deactivated_at: None,
                 last_used_at: Some(Timestamp(5_000)),
                 expires_at: None,
+                previous_secret: None,
                 version: 1,
             },
             blocks: Vec::new(),
@@ -471,6 +527,52 @@ mod tests {
             let a = Access::from_bits(bits);
             assert_eq!(access_header(a), a.joined().as_str());
         }
+    }
+
+    #[test]
+    fn a_previous_secret_is_indexed_while_the_token_holds_it() {
+        let index = TokenIndex::default();
+        let (a, b, c) = (
+            SecretHash::of(b"a"),
+            SecretHash::of(b"b"),
+            SecretHash::of(b"c"),
+        );
+        index.upsert(record(ID, "one", a));
+        assert!(index.get_previous(&a).is_none());
+        // Rotated with a grace: b is current, a the previous secret.
+        let mut r = record(ID, "one", b);
+        r.token.previous_secret = Some(PreviousSecret {
+            hash: a,
+            until: Timestamp(10),
+        });
+        index.upsert(r.clone());
+        assert!(index.get(&a).is_none(), "a is no longer the current secret");
+        assert_eq!(
+            &*index
+                .get_previous(&a)
+                .expect("a is the previous secret")
+                .name,
+            "one"
+        );
+        assert_eq!(index.previous_count.load(Ordering::Relaxed), 1);
+        // The same state again (a refresh) keeps one entry.
+        index.upsert(r);
+        assert_eq!(index.previous_count.load(Ordering::Relaxed), 1);
+        // Rotated again without a grace: neither a nor b works, c does.
+        index.upsert(record(ID, "one", c));
+        assert!(index.get_previous(&a).is_none() && index.get(&b).is_none());
+        assert!(index.get(&c).is_some());
+        assert_eq!(index.previous_count.load(Ordering::Relaxed), 0);
+        // A deleted token leaves no previous entry behind.
+        let mut r = record(ID, "one", a);
+        r.token.previous_secret = Some(PreviousSecret {
+            hash: c,
+            until: Timestamp(10),
+        });
+        index.upsert(r);
+        index.remove(TokenId::parse_stored(ID).unwrap());
+        assert!(index.get_previous(&c).is_none());
+        assert_eq!(index.previous_count.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -619,6 +619,13 @@ async fn console_end_to_end() {
     .await;
     b.click("#secret-done").await;
     b.wait_gone("#secret-dialog").await;
+    // The dialog's `close` event (which forgets the secret) runs as a task after close().
+    b.wait(
+        "the secret field is cleared",
+        "return document.getElementById('secret-value').value === ''",
+        json!([]),
+    )
+    .await;
     let html = b
         .js("return document.documentElement.outerHTML", json!([]))
         .await;

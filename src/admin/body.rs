@@ -208,6 +208,43 @@ impl TokenPatch {
     }
 }
 
+/// `POST /v1/tokens/{name}/regenerate`: no body, or `{"grace": "<duration>"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegenerateBody {
+    #[serde(default, deserialize_with = "checked")]
+    grace: Option<Grace>,
+}
+
+impl Body for RegenerateBody {}
+
+impl RegenerateBody {
+    /// The grace asked for: `None` for no body or no `grace` (the old secret stops at once).
+    pub(crate) fn grace_of(body: &[u8]) -> Result<Option<std::time::Duration>, AdminError> {
+        if body.is_empty() {
+            return Ok(None);
+        }
+        Ok(parse::<RegenerateBody>(body)?.grace.map(|g| g.0))
+    }
+}
+
+/// A rotation grace: a duration such as `"1h"` (`"0s"` for none).
+#[derive(Debug)]
+struct Grace(std::time::Duration);
+
+impl Field for Grace {
+    fn check(v: Value) -> Result<Self, String> {
+        const HOW: &str = "grace must be a duration such as \"1h\" or \"7d\"";
+        match v {
+            Value::String(s) if s.trim() == "0" => Ok(Grace(std::time::Duration::ZERO)),
+            Value::String(s) => humantime::parse_duration(s.trim())
+                .map(Grace)
+                .map_err(|_| HOW.to_string()),
+            _ => Err(HOW.into()),
+        }
+    }
+}
+
 /// `POST /v1/tokens/activate` and `/deactivate`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

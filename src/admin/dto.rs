@@ -19,7 +19,7 @@ pub(crate) struct TokenDto {
     pub deactivated_at: Option<String>,
     pub last_used_at: Option<String>,
     pub expires_at: Option<String>,
-    /// Rotation with a grace period is not built yet: always `null`.
+    /// While a replaced secret still works (a regenerate with a grace): until when.
     pub previous_secret_expires_at: Option<String>,
     /// Per-token rate limits are not built yet: always `null`.
     pub rate_limit: Option<serde_json::Value>,

@@ -53,7 +53,7 @@ impl Admin {
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", name, "regenerate"] => match call.method {
-                Method::POST => self.regenerate(actor, name).await,
+                Method::POST => self.regenerate(actor, name, body).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
             ["v1", "tokens", name, "ips"] => match call.method {

@@ -9,13 +9,15 @@ use serde_json::{Map, Value};
 
 use crate::audit;
 use crate::clock::Timestamp;
-use crate::model::{AuditAction, AuditEntry, InactiveReason, Status, TokenId, TokenRecord};
+use crate::model::{
+    AuditAction, AuditEntry, InactiveReason, PreviousSecret, Status, TokenId, TokenRecord,
+};
 use crate::policy::{self, Effective, Standing};
 use crate::store::{Conflict, StoreError};
 use crate::token::{self, Secret};
 
 use super::audit::Actor;
-use super::body::{self, Expiry, NamesBody, NewToken, TokenPatch};
+use super::body::{self, Expiry, NamesBody, NewToken, RegenerateBody, TokenPatch};
 use super::dto::{CreatedToken, TokenDto, TokenList, Tokens};
 use super::error::invalid;
 use super::query::TOKEN_LIST;
@@ -53,7 +55,11 @@ impl Admin {
             deactivated_at: rec.deactivated_at.map(Timestamp::rfc3339),
             last_used_at: last_used.map(Timestamp::rfc3339),
             expires_at: rec.expires_at.map(Timestamp::rfc3339),
-            previous_secret_expires_at: None,
+            // A grace that has ended is not shown: that secret no longer works.
+            previous_secret_expires_at: rec
+                .previous_secret
+                .filter(|p| p.until > now)
+                .map(|p| p.until.rfc3339()),
             rate_limit: None,
             allowed_ips: None,
             inactive_at: (status == Status::Active)
@@ -189,6 +195,7 @@ impl Admin {
             deactivated_at: None,
             last_used_at: None,
             expires_at,
+            previous_secret: None,
             version: 1,
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
@@ -278,14 +285,35 @@ impl Admin {
         Ok(empty_response(StatusCode::NO_CONTENT))
     }
 
-    pub(super) async fn regenerate(&self, actor: &Actor, name: &str) -> AdminResult {
+    /// A new secret; with a `grace`, the replaced one keeps working until its end (at most
+    /// `lifecycle.max_rotation_grace`). A regenerate always ends an earlier grace at once: at
+    /// most one previous secret works. Status, expiry and the idle clock do not change.
+    pub(super) async fn regenerate(&self, actor: &Actor, name: &str, body: Bytes) -> AdminResult {
+        let grace = RegenerateBody::grace_of(&body)?.filter(|g| !g.is_zero());
+        let max = self.lifecycle.max_rotation_grace;
+        if grace.is_some_and(|g| g > max) {
+            return Err(invalid(
+                "grace",
+                format!(
+                    "grace must be at most lifecycle.max_rotation_grace ({})",
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
         let mut secret = None;
         let rec = self
             .mutate_one(actor, AuditAction::Regenerate, name, |rec| {
                 let s = Secret::generate();
+                let until = grace.map(|g| self.now().plus(g));
+                rec.previous_secret = until.map(|until| PreviousSecret {
+                    hash: rec.secret_hash,
+                    until,
+                });
                 rec.secret_hash = s.hash();
                 secret = Some(s);
-                Some(serde_json::json!({}))
+                Some(serde_json::json!({
+                    "previous_secret_expires_at": until.map(Timestamp::rfc3339),
+                }))
             })
             .await?;
         let secret = secret.ok_or(AdminError::Conflict)?;

@@ -131,7 +131,12 @@ pub enum TokenCmd {
         names: Vec<String>,
     },
     /// Replace a token's secret; the old one stops working at once. Prints the new secret once.
-    Regenerate { name: String },
+    Regenerate {
+        name: String,
+        /// Keep the old secret working this long (e.g. 1h, up to lifecycle.max_rotation_grace).
+        #[arg(long)]
+        grace: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,12 +409,12 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
         TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,
-        TokenCmd::Regenerate { name } => {
+        TokenCmd::Regenerate { name, grace } => {
             let v = c
                 .call(
                     Method::POST,
                     &format!("/v1/tokens/{}/regenerate", enc(&name)),
-                    None,
+                    grace.map(|g| json!({ "grace": g })),
                 )
                 .await?;
             if !g.json {

@@ -173,6 +173,7 @@ pub(super) fn token_text(t: &Value) -> String {
         "deactivated_at",
         "last_used_at",
         "expires_at",
+        "previous_secret_expires_at",
         "inactive_at",
         "delete_at",
     ] {

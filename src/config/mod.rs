@@ -152,6 +152,8 @@ pub struct LifecycleConfig {
     /// When set, every token created or patched must carry an `expires_at` at most this far
     /// ahead (SPEC §1).
     pub max_expiry: Option<Duration>,
+    /// The longest `grace` a regenerate may ask for.
+    pub max_rotation_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +328,10 @@ impl RawConfig {
                 None => None,
                 Some(s) => Some(positive("lifecycle.max_expiry", s)?),
             },
+            max_rotation_grace: duration(
+                "lifecycle.max_rotation_grace",
+                &self.lifecycle.max_rotation_grace,
+            )?,
         };
         if lifecycle.delete_after <= lifecycle.inactive_after {
             return Err(invalid(

@@ -146,6 +146,7 @@ pub struct RawLifecycle {
     pub sweep_interval: String,
     /// Absent = tokens need not expire.
     pub max_expiry: Option<String>,
+    pub max_rotation_grace: String,
 }
 
 impl Default for RawLifecycle {
@@ -155,6 +156,7 @@ impl Default for RawLifecycle {
             delete_after: "90d".into(),
             sweep_interval: "1m".into(),
             max_expiry: None,
+            max_rotation_grace: "7d".into(),
         }
     }
 }

@@ -84,7 +84,7 @@ impl Proxy {
         }
         // Rows 3-6. The bearer token, and the token it names.
         let presented = bearer(req.headers())?;
-        let token = self.authenticate(presented, client_ip)?;
+        let token = self.authenticate(presented, client_ip, &mut ctx.previous_secret)?;
         ctx.token = Some(token.clone());
         let now = self.clock.now();
         let mut status = self.status_at(&token, now);
@@ -214,12 +214,25 @@ impl Proxy {
         &self,
         presented: &[u8],
         client_ip: IpAddr,
+        previous: &mut bool,
     ) -> Result<Arc<TokenState>, ProxyError> {
         let Ok(hash) = token::parse_bearer(presented) else {
             self.limiter.record_failure(client_ip);
             return Err(ProxyError::InvalidToken);
         };
-        let found = self.index.get(&hash);
+        let mut found = self.index.get(&hash);
+        if found.is_none() {
+            // A secret replaced by a regenerate with a grace works until the grace ends;
+            // after it, it is as unknown as any other.
+            found = self
+                .index
+                .get_previous(&hash)
+                .filter(|t| t.previous.is_some_and(|p| self.clock.now() < p.until));
+            if found.is_some() {
+                *previous = true;
+                self.metrics.previous_secret_use();
+            }
+        }
         self.metrics.lookup(found.is_some());
         let down = self.store.health().filter(|h| !h.is_up());
         match (found, down) {

@@ -139,6 +139,8 @@ pub(crate) struct Ctx<'a> {
     client_ip: Option<IpAddr>,
     token: Option<Arc<TokenState>>,
     route: Option<&'a Upstream>,
+    /// Authenticated with the token's previous secret (a rotation grace).
+    previous_secret: bool,
 }
 
 impl Proxy {
@@ -217,6 +219,7 @@ impl Proxy {
             client_ip: None,
             token: None,
             route: None,
+            previous_secret: false,
         };
         let outcome = async {
             match self.authorize(conn.info.peer.ip(), &req, &mut ctx).await {
@@ -251,6 +254,8 @@ impl Proxy {
                 route,
                 status = resp.status().as_u16(),
                 token,
+                // Only on requests made with a replaced secret (nothing is recorded for None).
+                previous_secret = ctx.previous_secret.then_some(true),
                 client_ip = %ctx.client_ip.unwrap_or(conn.info.peer.ip()),
                 latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             );

@@ -4,16 +4,17 @@
 //! [`AUDIT_COLUMNS`]).
 
 use crate::clock::Timestamp;
-use crate::model::{AuditEntry, InactiveReason, IpRecord, Status, TokenRecord};
+use crate::model::{AuditEntry, InactiveReason, IpRecord, PreviousSecret, Status, TokenRecord};
 use crate::net::BlockEntry;
 use crate::token::{Access, SecretHash};
 
 /// How many columns [`TOKEN_COLUMNS`] has (a query may select more after them).
-pub(super) const TOKEN_COLUMN_COUNT: usize = 13;
+pub(super) const TOKEN_COLUMN_COUNT: usize = 15;
 
 /// A token's columns, in the order [`token`] reads them (from column 0).
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
-     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at";
+     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at, \
+     previous_secret_hash, previous_secret_expires_at";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -70,7 +71,26 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         last_used_at: ts(row.column(10)?),
         version: row.column(11)?,
         expires_at: ts(row.column(12)?),
+        previous_secret: previous_secret(row, 13)?,
     })
+}
+
+/// The replaced secret's hash and end (columns `i`, `i + 1`): both, or neither.
+fn previous_secret<R: Columns>(row: &R, i: usize) -> Result<Option<PreviousSecret>, R::Error> {
+    let hash: Option<Vec<u8>> = row.column(i)?;
+    let until: Option<i64> = row.column(i + 1)?;
+    match (hash, until) {
+        (Some(h), Some(until)) => {
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| row.corrupt(i, "previous secret hash length"))?;
+            Ok(Some(PreviousSecret {
+                hash: SecretHash::from_bytes(h),
+                until: Timestamp(until),
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// An IP record from [`IP_COLUMNS`].

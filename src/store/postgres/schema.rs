@@ -62,6 +62,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // whose lapse the sweep has recorded. Existing tokens never expire.
         "ALTER TABLE tokens ADD COLUMN expires_at bigint, ADD COLUMN expiry_recorded bigint;",
     ),
+    (
+        3,
+        // Rotation with a grace (SPEC §1): the replaced secret's hash and when it stops.
+        "ALTER TABLE tokens ADD COLUMN previous_secret_hash bytea,
+            ADD COLUMN previous_secret_expires_at bigint;",
+    ),
 ];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).

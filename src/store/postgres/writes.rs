@@ -93,8 +93,8 @@ impl Inner {
             .execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
-                    expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    expires_at, previous_secret_hash, previous_secret_expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 &[
                     &t.id,
                     &t.name,
@@ -110,6 +110,8 @@ impl Inner {
                     &t.last_used_at.map(|x| x.0),
                     &t.version,
                     &t.expires_at.map(|x| x.0),
+                    &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
+                    &t.previous_secret.map(|p| p.until.0),
                 ],
             )
             .await;
@@ -152,7 +154,8 @@ impl Inner {
                 .execute(
                     "UPDATE tokens SET description = $2, access = $3, secret_hash = $4,
                         status = $5, inactive_reason = $6, activated_at = $7,
-                        deactivated_at = $8, expires_at = $10, version = version + 1
+                        deactivated_at = $8, expires_at = $10, previous_secret_hash = $11,
+                        previous_secret_expires_at = $12, version = version + 1
                      WHERE id = $1 AND version = $9",
                     &[
                         &t.id,
@@ -165,6 +168,8 @@ impl Inner {
                         &t.deactivated_at.map(|x| x.0),
                         &t.version,
                         &t.expires_at.map(|x| x.0),
+                        &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
+                        &t.previous_secret.map(|p| p.until.0),
                     ],
                 )
                 .await?;

@@ -61,6 +61,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
     ALTER TABLE tokens ADD COLUMN expiry_recorded INTEGER;",
     ),
+    (
+        4,
+        // Rotation with a grace (SPEC §1): the replaced secret's hash and when it stops.
+        "ALTER TABLE tokens ADD COLUMN previous_secret_hash BLOB;
+    ALTER TABLE tokens ADD COLUMN previous_secret_expires_at INTEGER;",
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {
