@@ -1078,3 +1078,92 @@ async fn console_cidr_blocks_and_screenshots() {
         b.screenshot(&dir.join("console-token.png")).await;
     }
 }
+
+/// Issue 17: the expiry and the rotation grace in the console: set at creation (a preset),
+/// shown on the token page, changed by the edit form, and a regenerate with a grace keeps the
+/// old secret working and says until when.
+#[tokio::test]
+async fn console_expiry_and_rotation_grace() {
+    let Some(b) = Browser::start("console_expiry_and_rotation_grace").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    sign_in(&b, &gw).await;
+    let now = tokengate::clock::Clock::now(&gw.clock);
+
+    // Create with "In 90 days".
+    b.click("#open-create").await;
+    b.fill("#create-name", "expiring").await;
+    b.click("#create-access-sd").await;
+    b.choose("#create-expiry", "90d").await;
+    b.click("#create-submit").await;
+    b.ready("#secret-dialog").await;
+    let old = b.value("#secret-value").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    let t = gw.token("expiring").await;
+    let in_90d = tokengate::clock::Timestamp(now.0 + 90 * 86_400_000).rfc3339();
+    assert_eq!(t["expires_at"], json!(in_90d), "{t}");
+
+    // The token page shows it.
+    b.wait_text("#token-rows tr[data-name='expiring']", "expiring")
+        .await;
+    b.click("#token-rows tr[data-name='expiring'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    let date = &in_90d[..10];
+    b.wait_text("#token-facts", date).await;
+
+    // A date chosen in the edit form, then "never".
+    b.choose("#edit-expiry", "date").await;
+    b.ready("#edit-expiry-date").await;
+    b.js(
+        "document.getElementById('edit-expiry-date').value = arguments[0]",
+        json!(["2099-01-31"]),
+    )
+    .await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-ok", "Saved").await;
+    assert_eq!(
+        gw.token("expiring").await["expires_at"],
+        "2099-01-31T00:00:00Z"
+    );
+    b.wait_text("#token-facts", "2099-01-31").await;
+    b.choose("#edit-expiry", "never").await;
+    b.click("#edit-save").await;
+    b.wait(
+        "the expiry cleared",
+        "return document.getElementById('token-facts').textContent.indexOf('2099') < 0",
+        json!([]),
+    )
+    .await;
+    assert_eq!(gw.token("expiring").await["expires_at"], Value::Null);
+
+    // Regenerate with a one-hour grace: the old secret still works, and the page says until when.
+    b.choose("#regenerate-grace", "1h").await;
+    b.click("#token-regenerate").await;
+    b.ready("#confirm-dialog").await;
+    assert!(b
+        .text("#confirm-dialog")
+        .await
+        .contains("keeps working for 1 hour"));
+    b.click("#confirm-ok").await;
+    b.ready("#secret-dialog").await;
+    let new = b.value("#secret-value").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    b.wait_text("#token-action-ok", "the old one works until")
+        .await;
+    b.wait_text("#token-facts", "Old secret works until").await;
+    if let Some(dir) = screenshots_wanted() {
+        b.screenshot(&dir.join("console-rotation.png")).await;
+    }
+    gw.get("/sd/x", Some(&old)).await.expect(200, None);
+    gw.get("/sd/x", Some(&new)).await.expect(200, None);
+    let until = tokengate::clock::Timestamp(tokengate::clock::Clock::now(&gw.clock).0 + 3_600_000)
+        .rfc3339();
+    assert_eq!(
+        gw.token("expiring").await["previous_secret_expires_at"],
+        json!(until)
+    );
+}

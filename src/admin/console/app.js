@@ -71,6 +71,7 @@
   function reasonText(reason) {
     if (reason === 'admin') return 'deactivated by an administrator';
     if (reason === 'idle') return 'idle: not used in time';
+    if (reason === 'expired') return 'expired: past its expiry date';
     return reason || '';
   }
 
@@ -146,6 +147,7 @@
   function showFormError(prefix, e, fields) {
     var field = e.field;
     if (!field && e.code === 'name_taken') field = 'name';
+    if (field === 'expires_in') field = 'expires_at';
     var target = field && fields[field] ? prefix + '-' + field + '-error' : prefix + '-error';
     setText(target, e.message);
     if (field && fields[field]) {
@@ -390,10 +392,28 @@
 
   // --- create ---
 
-  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-sd' };
+  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-sd', expires_at: 'create-expiry' };
+
+  // The expiry a select (and its date input) asks for, as body fields: `null` to keep
+  // (edit only), `{}` for no change of the default, else expires_in / expires_at.
+  function expiryFields(prefix) {
+    var v = $(prefix + '-expiry').value;
+    if (v === 'keep') return null;
+    if (v === 'never') return { expires_at: null };
+    if (v === 'date') {
+      var d = $(prefix + '-expiry-date').value;
+      return { expires_at: d ? d + 'T00:00:00Z' : '' };
+    }
+    return { expires_in: v };
+  }
+
+  function syncExpiryDate(prefix) {
+    $(prefix + '-expiry-date').hidden = $(prefix + '-expiry').value !== 'date';
+  }
 
   function openCreate() {
     $('create-form').reset();
+    syncExpiryDate('create');
     clearFormErrors('create', CREATE_FIELDS);
     $('create-dialog').showModal();
     $('create-name').focus();
@@ -411,6 +431,10 @@
     var body = { name: $('create-name').value, access: checkedAccess('create-access') };
     var description = $('create-description').value;
     if (description.trim() !== '') body.description = description;
+    var expiry = expiryFields('create');
+    if (expiry && !('expires_at' in expiry && expiry.expires_at === null)) {
+      Object.keys(expiry).forEach(function (k) { body[k] = expiry[k]; });
+    }
     $('create-submit').disabled = true;
     api('POST', '/v1/tokens', body).then(function (created) {
       $('create-dialog').close();
@@ -498,7 +522,7 @@
 
   // --- token page ---
 
-  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-sd' };
+  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-sd', expires_at: 'edit-expiry' };
 
   function showToken(name, fromNavigation) {
     var seq = ++state.tokenSeq;
@@ -557,12 +581,16 @@
     fact(dl, 'Activated', when(t.activated_at));
     fact(dl, 'Deactivated', when(t.deactivated_at));
     fact(dl, 'Last used', when(t.last_used_at, 'never'));
+    fact(dl, 'Expires', when(t.expires_at, 'never'));
+    if (t.previous_secret_expires_at) fact(dl, 'Old secret works until', when(t.previous_secret_expires_at));
     fact(dl, 'Lapses on', when(t.inactive_at, t.status === 'active' ? '—' : 'already inactive'));
     fact(dl, 'Deleted if unused on', when(t.delete_at));
     if (fillForm) {
       $('edit-description').value = t.description || '';
       $('edit-access-sd').checked = t.access.indexOf('security-director') >= 0;
       $('edit-access-tpf').checked = t.access.indexOf('third-party-feeds') >= 0;
+      $('edit-expiry').value = 'keep';
+      syncExpiryDate('edit');
     }
   }
 
@@ -589,16 +617,22 @@
     if (!t) return;
     setText('token-action-error', '');
     setText('token-action-ok', '');
+    var grace = $('regenerate-grace').value;
+    var graceText = $('regenerate-grace').selectedOptions[0].textContent.toLowerCase();
     confirmAction('Regenerate the secret of ' + t.name + '?',
-      'A new secret is created and the current one stops working immediately. Every client using this token must be given the new secret.',
+      grace
+        ? 'A new secret is created; the current one keeps working ' + graceText + ', then stops. Give every client using this token the new secret within that time.'
+        : 'A new secret is created and the current one stops working immediately. Every client using this token must be given the new secret.',
       'Regenerate').then(function (ok) {
       if (!ok) return;
-      api('POST', tokenPath(t.name) + '/regenerate').then(function (data) {
+      api('POST', tokenPath(t.name) + '/regenerate', grace ? { grace: grace } : undefined).then(function (data) {
         var secret = data.token;
         delete data.token;
         state.token = data;
         renderToken(data, false);
-        setText('token-action-ok', 'The secret was regenerated; the old one no longer works.');
+        setText('token-action-ok', data.previous_secret_expires_at
+          ? 'The secret was regenerated; the old one works until ' + when(data.previous_secret_expires_at).textContent + '.'
+          : 'The secret was regenerated; the old one no longer works.');
         showSecret('New secret for ' + data.name, secret);
       }, function (e) {
         if (e.status !== 401) setText('token-action-error', actionMessage(e));
@@ -637,6 +671,8 @@
       description: description.trim() === '' ? null : description,
       access: checkedAccess('edit-access')
     };
+    var expiry = expiryFields('edit');
+    if (expiry) Object.keys(expiry).forEach(function (k) { body[k] = expiry[k]; });
     $('edit-save').disabled = true;
     api('PATCH', tokenPath(t.name), body).then(function (updated) {
       state.token = updated;
@@ -813,6 +849,8 @@
 
     $('open-create').addEventListener('click', openCreate);
     $('create-form').addEventListener('submit', submitCreate);
+    $('create-expiry').addEventListener('change', function () { syncExpiryDate('create'); });
+    $('edit-expiry').addEventListener('change', function () { syncExpiryDate('edit'); });
     $('create-cancel').addEventListener('click', function () { $('create-dialog').close(); });
 
     $('secret-copy').addEventListener('click', copySecret);
