@@ -75,6 +75,22 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
     )
     .await
     .expect(200, None);
+    // A regenerate with a grace: the old secret still works, and its access line says so.
+    let graced = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/tokens/{NAME}/regenerate"),
+            Some(json!({"grace": "1h"})),
+        )
+        .await;
+    graced.expect(200, None);
+    let newest = graced.json()["token"].as_str().unwrap().to_string();
+    gw.get("/sd/graced-old", Some(&new_secret))
+        .await
+        .expect(200, None);
+    gw.get("/sd/graced-new", Some(&newest))
+        .await
+        .expect(200, None);
     let with_auth_fwd = Request::get("/sd/y")
         .header("authorization", format!("Bearer {new_secret}"))
         .body(Full::default())
@@ -93,7 +109,19 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
         access.iter().any(|l| l.contains(NAME)),
         "no access-log line names the token:\n{logs}"
     );
+    let marked: Vec<&&str> = access
+        .iter()
+        .filter(|l| l.contains("previous_secret=true"))
+        .collect();
+    // The two requests made with the replaced secret (`/sd/graced-old` and `/sd/y`), and
+    // not the one with the newest.
+    assert_eq!(
+        marked.len(),
+        2,
+        "exactly the requests made with the replaced secret are marked:\n{logs}"
+    );
     for (what, s) in [
+        ("newest secret", newest.as_str()),
         ("query string", QUERY),
         ("secret", secret.as_str()),
         ("secret body", &secret[3..33]),

@@ -1,7 +1,9 @@
-//! A database made by the release before expiry (schema version 2) opens with this build: the
-//! migration adds the expiry columns, every token keeps working, and none of them expires.
-//! The fixture was written by that release's binary (`token create`, `token deactivate`);
-//! its `.secret` file holds the secret of its active token (a test fixture, nothing else).
+//! Databases made by the release before expiry open with this build: the migrations add the
+//! expiry and rotation columns, every token keeps working, and none of them expires. Both
+//! fixtures were written by that release's binary (`token create`, `token deactivate`): the
+//! SQLite file as it left it, the PostgreSQL schema as `pg_dump --inserts` printed it (its
+//! schema name replaced by `__SCHEMA__`). The `.secret` files hold the secret of each one's
+//! active token (test fixtures, nothing else).
 
 mod support;
 
@@ -76,4 +78,62 @@ async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() 
         .map(|e| e["action"].clone())
         .collect();
     assert_eq!(actions, [json!("deactivate"), json!("create")], "{audit}");
+}
+
+const PG_FIXTURE: &str = include_str!("fixtures/postgres-before-expiry.sql");
+const PG_SECRET: &str = include_str!("fixtures/postgres-before-expiry.secret");
+
+#[tokio::test]
+async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_working() {
+    let Some(url) = postgres_url(
+        "a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_working",
+    ) else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    pg_connect(&schema.base)
+        .await
+        .batch_execute(&PG_FIXTURE.replace("__SCHEMA__", &schema.name))
+        .await
+        .expect("the previous release's schema loads");
+    let made = Timestamp::parse_rfc3339("2026-12-01T11:11:01Z").unwrap();
+    let clock = ManualClock::new(Timestamp(made.0 + 60_000));
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .postgres(&schema)
+        .clock(&clock)
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .start()
+        .await;
+    let secret = PG_SECRET.trim();
+    gw.get("/sd/x", Some(secret)).await.expect(200, None);
+    let old = gw.token("release-feed").await;
+    assert_eq!(
+        (&old["status"], &old["inactive_reason"], &old["expires_at"]),
+        (&json!("inactive"), &json!("admin"), &Value::Null),
+        "{old}"
+    );
+    let versions: Vec<i64> = schema
+        .client()
+        .await
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    // Rotation works on the migrated rows.
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/tokens/release-live/regenerate",
+            Some(json!({"grace": "1h"})),
+        )
+        .await;
+    r.expect(200, None);
+    gw.get("/sd/y", Some(secret)).await.expect(200, None);
 }
