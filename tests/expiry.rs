@@ -4,40 +4,19 @@
 //! recording each lapse once, and a restart keeping it. The PostgreSQL variants read
 //! `TOKENGATE_TEST_POSTGRES_URL` (see `support::skip`).
 
+#[macro_use]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::{Clock, Timestamp};
-use tokengate::token::Access;
 
 const SD: &str = "security-director";
 const SECOND: i64 = 1000;
 const HOUR: i64 = 3600 * SECOND;
-
-/// A gateway on the store under test (`None`: skipped), with one route and `f` applied.
-async fn gateway(
-    postgres: bool,
-    test: &str,
-    f: impl FnOnce(&mut tokengate::config::Config),
-) -> Option<(Upstream, TestGateway, Option<Arc<PgSchema>>)> {
-    let up = Upstream::start().await;
-    let mut b = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .configure(f);
-    let mut schema = None;
-    if postgres {
-        let url = postgres_url(test)?;
-        let s = PgSchema::create(&url).await;
-        b = b.postgres(&s);
-        schema = Some(s);
-    }
-    Some((up, b.start().await, schema))
-}
 
 fn now(gw: &TestGateway) -> i64 {
     gw.clock.now().0
@@ -62,7 +41,8 @@ async fn set_status(gw: &TestGateway, what: &str, names: &[&str]) -> Resp {
 }
 
 async fn boundaries_refusals_and_revival(postgres: bool, test: &str) {
-    let Some((up, gw, _schema)) = gateway(postgres, test, |c| c.proxy.failed_auth_limit = 3).await
+    let Some((up, gw, _schema)) =
+        gateway_on(postgres, test, |c| c.proxy.failed_auth_limit = 3).await
     else {
         return;
     };
@@ -162,7 +142,7 @@ async fn boundaries_refusals_and_revival(postgres: bool, test: &str) {
 }
 
 async fn the_sweep_records_each_lapse_once_and_a_restart_keeps_it(postgres: bool, test: &str) {
-    let Some((_up, mut gw, _schema)) = gateway(postgres, test, |_| {}).await else {
+    let Some((_up, mut gw, _schema)) = gateway_on(postgres, test, |_| {}).await else {
         return;
     };
     let t0 = now(&gw);
@@ -228,7 +208,7 @@ async fn the_sweep_records_each_lapse_once_and_a_restart_keeps_it(postgres: bool
 }
 
 async fn max_expiry_is_enforced(postgres: bool, test: &str) {
-    let Some((_up, gw, _schema)) = gateway(postgres, test, |c| {
+    let Some((_up, gw, _schema)) = gateway_on(postgres, test, |c| {
         c.lifecycle.max_expiry = Some(Duration::from_secs(30 * 86400))
     })
     .await
@@ -264,28 +244,8 @@ async fn max_expiry_is_enforced(postgres: bool, test: &str) {
     r.expect(400, Some("invalid_request"));
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(false, concat!("expiry::sqlite::", stringify!($name))).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(true, concat!("expiry::postgres::", stringify!($name))).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
+    "expiry":
     boundaries_refusals_and_revival,
     the_sweep_records_each_lapse_once_and_a_restart_keeps_it,
     max_expiry_is_enforced,

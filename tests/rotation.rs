@@ -2,35 +2,18 @@
 //! secret working until `previous_secret_expires_at`, on both stores, across a restart, and on
 //! a second instance; a second regenerate ends the first grace; both secrets are uses.
 
+#[macro_use]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::{Clock, Timestamp};
-use tokengate::token::Access;
 
 const SD: &str = "security-director";
 const HOUR: i64 = 3_600_000;
-
-async fn gateway(
-    postgres: bool,
-    test: &str,
-) -> Option<(Upstream, TestGateway, Option<Arc<PgSchema>>)> {
-    let up = Upstream::start().await;
-    let mut b = TestGateway::builder().route("/sd/", Access::SECURITY_DIRECTOR, up.addr);
-    let mut schema = None;
-    if postgres {
-        let url = postgres_url(test)?;
-        let s = PgSchema::create(&url).await;
-        b = b.postgres(&s);
-        schema = Some(s);
-    }
-    Some((up, b.start().await, schema))
-}
 
 async fn regenerate(gw: &TestGateway, name: &str, body: Option<Value>) -> Resp {
     gw.admin(Method::POST, &format!("/v1/tokens/{name}/regenerate"), body)
@@ -51,7 +34,7 @@ fn requests(ips: &[Value]) -> u64 {
 }
 
 async fn a_grace_keeps_the_old_secret_until_it_ends(postgres: bool, test: &str) {
-    let Some((_up, mut gw, _schema)) = gateway(postgres, test).await else {
+    let Some((_up, mut gw, _schema)) = gateway_on(postgres, test, |_| {}).await else {
         return;
     };
     let t0 = gw.clock.now().0;
@@ -97,7 +80,7 @@ async fn a_grace_keeps_the_old_secret_until_it_ends(postgres: bool, test: &str) 
 }
 
 async fn a_second_regenerate_ends_the_first_grace(postgres: bool, test: &str) {
-    let Some((_up, gw, _schema)) = gateway(postgres, test).await else {
+    let Some((_up, gw, _schema)) = gateway_on(postgres, test, |_| {}).await else {
         return;
     };
     let (first, _) = gw.create_token("feed", &[SD]).await;
@@ -145,8 +128,12 @@ async fn a_second_regenerate_ends_the_first_grace(postgres: bool, test: &str) {
 /// With PostgreSQL, another instance honours a grace within a second.
 #[tokio::test]
 async fn a_second_instance_honours_the_grace() {
-    let Some((_up, gw, _schema)) =
-        gateway(true, "rotation::a_second_instance_honours_the_grace").await
+    let Some((_up, gw, _schema)) = gateway_on(
+        true,
+        "rotation::a_second_instance_honours_the_grace",
+        |_| {},
+    )
+    .await
     else {
         return;
     };
@@ -172,28 +159,8 @@ async fn a_second_instance_honours_the_grace() {
     drop(other);
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(false, concat!("rotation::sqlite::", stringify!($name))).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(true, concat!("rotation::postgres::", stringify!($name))).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
+    "rotation":
     a_grace_keeps_the_old_secret_until_it_ends,
     a_second_regenerate_ends_the_first_grace,
 );

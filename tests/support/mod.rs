@@ -976,3 +976,52 @@ impl LogCapture {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+// === both stores ===
+
+/// A gateway with one route `/sd/` to a fresh [`Upstream`], configured by `f`, on SQLite or
+/// (with `postgres`) on a fresh PostgreSQL schema; `None` after [`skip`]ping `test` when no
+/// PostgreSQL server is configured. The schema lives as long as the returned handle.
+pub async fn gateway_on(
+    postgres: bool,
+    test: &str,
+    f: impl FnOnce(&mut Config),
+) -> Option<(Upstream, TestGateway, Option<Arc<PgSchema>>)> {
+    let up = Upstream::start().await;
+    let mut b = TestGateway::builder()
+        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .configure(f);
+    let mut schema = None;
+    if postgres {
+        let url = postgres_url(test)?;
+        let s = PgSchema::create(&url).await;
+        b = b.postgres(&s);
+        schema = Some(s);
+    }
+    Some((up, b.start().await, schema))
+}
+
+/// Runs each `async fn NAME(postgres: bool, test: &str)` as two tests, `sqlite::NAME` and
+/// `postgres::NAME` (which skips without a server: see [`gateway_on`]). Use with
+/// `#[macro_use] mod support;`.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($suite:literal: $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(false, concat!($suite, "::sqlite::", stringify!($name))).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(true, concat!($suite, "::postgres::", stringify!($name))).await;
+                }
+            )*
+        }
+    };
+}
