@@ -32,8 +32,15 @@ pub(crate) fn by_admin(
     }
 }
 
-/// A change the idle policy made at `at` to token `token_id` named `name`.
-pub(crate) fn by_idle_policy(
+/// The idle policy as an actor, and the reason its entries give.
+const IDLE_POLICY: (&str, &str) = (IDLE_POLICY_ACTOR, "idle");
+/// The actor of the lapse of a token's `expires_at`, as the sweep records it.
+pub(crate) const EXPIRY_POLICY_ACTOR: &str = "expiry-policy";
+
+/// A change a policy (`idle-policy`, `expiry-policy`) made at `at` to token `token_id`
+/// named `name`, with `{"reason": ...}` as its details.
+fn by_policy(
+    (actor, reason): (&str, &str),
     at: Timestamp,
     action: AuditAction,
     token_id: &str,
@@ -41,30 +48,35 @@ pub(crate) fn by_idle_policy(
 ) -> AuditEntry {
     AuditEntry {
         at,
-        actor: IDLE_POLICY_ACTOR.to_string(),
+        actor: actor.to_string(),
         source_ip: None,
         action,
         token: name.to_string(),
         token_id: token_id.to_string(),
-        details: serde_json::json!({"reason": "idle"}),
+        details: serde_json::json!({ "reason": reason }),
     }
 }
 
-/// The actor of the lapse of a token's `expires_at`, as the sweep records it.
-pub(crate) const EXPIRY_POLICY_ACTOR: &str = "expiry-policy";
+/// A change the idle policy made at `at` to token `token_id` named `name`.
+pub(crate) fn by_idle_policy(
+    at: Timestamp,
+    action: AuditAction,
+    token_id: &str,
+    name: &str,
+) -> AuditEntry {
+    by_policy(IDLE_POLICY, at, action, token_id, name)
+}
 
 /// The lapse of token `token_id`'s expiry, recorded at `at` (SPEC §1: a deactivation with
 /// reason `expired`; the stored status does not change).
 pub(crate) fn by_expiry_policy(at: Timestamp, token_id: &str, name: &str) -> AuditEntry {
-    AuditEntry {
+    by_policy(
+        (EXPIRY_POLICY_ACTOR, "expired"),
         at,
-        actor: EXPIRY_POLICY_ACTOR.to_string(),
-        source_ip: None,
-        action: AuditAction::Deactivate,
-        token: name.to_string(),
-        token_id: token_id.to_string(),
-        details: serde_json::json!({"reason": "expired"}),
-    }
+        AuditAction::Deactivate,
+        token_id,
+        name,
+    )
 }
 
 /// The entries of one sweep: a deletion per token in `deleted`, a deactivation per token in

@@ -26,6 +26,21 @@ fn set(gw: &TestGateway, ms: i64) {
     gw.clock.set(Timestamp(ms));
 }
 
+/// Creates token `name` that expires `expires_in` from now: its object and its secret.
+async fn create_expiring(gw: &TestGateway, name: &str, expires_in: &str) -> (Value, String) {
+    let r = gw
+        .admin(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": name, "access": [SD], "expires_in": expires_in})),
+        )
+        .await;
+    r.expect(201, None);
+    let created = r.json();
+    let secret = created["token"].as_str().unwrap().to_string();
+    (created, secret)
+}
+
 async fn patch(gw: &TestGateway, name: &str, body: Value) -> Resp {
     gw.admin(Method::PATCH, &format!("/v1/tokens/{name}"), Some(body))
         .await
@@ -47,16 +62,7 @@ async fn boundaries_refusals_and_revival(postgres: bool, test: &str) {
         return;
     };
     let t0 = now(&gw);
-    let r = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "feed", "access": [SD], "expires_in": "1h"})),
-        )
-        .await;
-    r.expect(201, None);
-    let created = r.json();
-    let secret = created["token"].as_str().unwrap().to_string();
+    let (created, secret) = create_expiring(&gw, "feed", "1h").await;
     let expires = Timestamp(t0 + HOUR);
     assert_eq!(created["expires_at"], expires.rfc3339(), "{created}");
     for k in ["previous_secret_expires_at", "rate_limit", "allowed_ips"] {
@@ -146,15 +152,7 @@ async fn the_sweep_records_each_lapse_once_and_a_restart_keeps_it(postgres: bool
         return;
     };
     let t0 = now(&gw);
-    let r = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens",
-            Some(json!({"name": "brief", "access": [SD], "expires_in": "10m"})),
-        )
-        .await;
-    r.expect(201, None);
-    let secret = r.json()["token"].as_str().unwrap().to_string();
+    let (_, secret) = create_expiring(&gw, "brief", "10m").await;
     let sweep = |gw: &TestGateway| {
         let s = gw.gateway().sweeper.clone();
         async move { s.sweep_once().await.expect("the sweep succeeds") }

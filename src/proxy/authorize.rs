@@ -84,9 +84,11 @@ impl Proxy {
         }
         // Rows 3-6. The bearer token, and the token it names.
         let presented = bearer(req.headers())?;
-        let token = self.authenticate(presented, client_ip, &mut ctx.previous_secret)?;
-        ctx.token = Some(token.clone());
+        // One clock read for the whole decision.
         let now = self.clock.now();
+        let (token, previous) = self.authenticate(presented, client_ip, now)?;
+        ctx.previous_secret = previous;
+        ctx.token = Some(token.clone());
         let mut status = self.status_at(&token, now);
         if token.status == Status::Active && status == Effective::Inactive(InactiveReason::Idle) {
             // About to refuse a token as idle: another instance sharing the store may have
@@ -102,11 +104,11 @@ impl Proxy {
         // Row 7. The path the router and the upstream will both see.
         let path = path::normalise_cow(req.uri().path())
             .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
-        // Row 8. Status, row 9. IP block (counted in the IP's record).
         // Row 7a. Past its expires_at: 401, and not a failed authentication.
         if status == Effective::Inactive(InactiveReason::Expired) {
             return Err(ProxyError::TokenExpired);
         }
+        // Row 8. Status, row 9. IP block (counted in the IP's record).
         if status != Effective::Active {
             return Err(ProxyError::TokenInactive);
         }
@@ -209,35 +211,37 @@ impl Proxy {
     /// unknown secret counts as a failed authentication of `client_ip`. With a shared store
     /// that is unreachable (two atomic loads, no await): an unknown secret is 503 (another
     /// instance may have created it), and a known token is served only while the outage is
-    /// younger than `store.outage_grace`.
+    /// younger than `store.outage_grace`. Also says whether the secret was the token's
+    /// previous one (in its rotation grace at `now`).
     fn authenticate(
         &self,
         presented: &[u8],
         client_ip: IpAddr,
-        previous: &mut bool,
-    ) -> Result<Arc<TokenState>, ProxyError> {
+        now: Timestamp,
+    ) -> Result<(Arc<TokenState>, bool), ProxyError> {
         let Ok(hash) = token::parse_bearer(presented) else {
             self.limiter.record_failure(client_ip);
             return Err(ProxyError::InvalidToken);
         };
         let mut found = self.index.get(&hash);
+        let mut previous = false;
         if found.is_none() {
             // A secret replaced by a regenerate with a grace works until the grace ends;
             // after it, it is as unknown as any other.
             found = self
                 .index
                 .get_previous(&hash)
-                .filter(|t| t.previous.is_some_and(|p| self.clock.now() < p.until));
+                .filter(|t| t.previous.is_some_and(|p| now < p.until));
             if found.is_some() {
-                *previous = true;
+                previous = true;
                 self.metrics.previous_secret_use();
             }
         }
         self.metrics.lookup(found.is_some());
         let down = self.store.health().filter(|h| !h.is_up());
         match (found, down) {
-            (Some(t), None) => Ok(t),
-            (Some(t), Some(h)) if h.serves_known(self.clock.now()) => Ok(t),
+            (Some(t), None) => Ok((t, previous)),
+            (Some(t), Some(h)) if h.serves_known(now) => Ok((t, previous)),
             (_, Some(_)) => Err(ProxyError::StoreUnavailable),
             (None, None) => {
                 self.limiter.record_failure(client_ip);
