@@ -5,12 +5,13 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use tokengate::access::AccessNames;
 use tokengate::clock::Timestamp;
 use tokengate::model::{PreviousSecret, Status, TokenId, TokenRecord, TokenWithBlocks};
 use tokengate::proxy::path::normalise;
 use tokengate::proxy::route::RouteTable;
 use tokengate::state::TokenIndex;
-use tokengate::token::{parse_bearer, Access, Secret, SecretHash};
+use tokengate::token::{parse_bearer, Secret, SecretHash};
 use tokengate::usage::UsageRecorder;
 
 fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
@@ -19,7 +20,7 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
             id: TokenId::parse_stored(&format!("00000000-0000-4000-8000-{i:012}")).unwrap(),
             name: format!("token-{i}"),
             description: None,
-            access: Access::SECURITY_DIRECTOR,
+            access: AccessNames::new(["security-director".to_string()]),
             secret_hash: hash,
             status: Status::Active,
             inactive_reason: None,

@@ -120,7 +120,7 @@ impl Gateway {
             }
         }
         let index = Arc::new(
-            TokenIndex::load(store.as_ref())
+            TokenIndex::load(store.as_ref(), config.access_types.clone())
                 .await
                 .context("loading tokens from the store")?,
         );

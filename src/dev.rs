@@ -16,12 +16,13 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::app::{Gateway, StartOptions};
 use crate::client::AdminClient;
 use crate::clock::SystemClock;
 use crate::config::{Config, RouteConfig, StoreUrl};
 use crate::server::{self, ConnInfo, ServerOptions};
-use crate::token::{self, Access};
+use crate::token;
 
 /// An upstream that answers every request with what it received (minus any Authorization).
 pub(crate) async fn spawn_echo(
@@ -111,9 +112,15 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         forward_authorization: false,
         tls: Default::default(),
     };
+    let bit = |name: &str| {
+        config
+            .access_types
+            .bit(name)
+            .expect("the default config has the seed's access types")
+    };
     config.routes = vec![
-        route("/sd/", Access::SECURITY_DIRECTOR, sd),
-        route("/feeds/", Access::THIRD_PARTY_FEEDS, feeds),
+        route("/sd/", bit("security-director"), sd),
+        route("/feeds/", bit("third-party-feeds"), feeds),
     ];
     let admin_key = token::generate_admin_key();
     let gw = Gateway::start(

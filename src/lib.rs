@@ -6,6 +6,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod access;
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod audit;

@@ -8,9 +8,10 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
+use crate::access::AccessNames;
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
-use crate::token::{Access, SecretHash};
+use crate::token::SecretHash;
 
 /// A token's stable identifier: a UUID, spelled lower-case and hyphenated wherever it is
 /// stored or shown. Never reused.
@@ -125,7 +126,8 @@ pub struct TokenRecord {
     pub id: TokenId,
     pub name: String,
     pub description: Option<String>,
-    pub access: Access,
+    /// The access types it holds, by name (configured or not: see `crate::access`).
+    pub access: AccessNames,
     pub secret_hash: SecretHash,
     pub status: Status,
     pub inactive_reason: Option<InactiveReason>,

@@ -23,11 +23,12 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use hashbrown::HashTable;
 use http::HeaderValue;
 
+use crate::access::{Access, AccessTypes};
 use crate::clock::Timestamp;
 use crate::model::{InactiveReason, PreviousSecret, Status, TokenId, TokenRecord, TokenWithBlocks};
 use crate::net::BlockEntry;
 use crate::store::{ChangeSink, Store, StoreResult};
-use crate::token::{Access, SecretHash};
+use crate::token::SecretHash;
 
 /// What the proxy needs to know about one token.
 #[derive(Debug)]
@@ -58,23 +59,12 @@ pub struct TokenState {
 pub struct Identity {
     pub name: HeaderValue,
     pub id: HeaderValue,
-}
-
-/// The `x-tokengate-access` value: one of three static strings, nothing per token.
-pub fn access_header(a: Access) -> HeaderValue {
-    match (
-        a.contains(Access::SECURITY_DIRECTOR),
-        a.contains(Access::THIRD_PARTY_FEEDS),
-    ) {
-        (true, true) => HeaderValue::from_static("security-director,third-party-feeds"),
-        (true, false) => HeaderValue::from_static("security-director"),
-        (false, true) => HeaderValue::from_static("third-party-feeds"),
-        (false, false) => HeaderValue::from_static(""),
-    }
+    /// `x-tokengate-access`: the configured types the token grants, sorted, comma-joined.
+    pub access: HeaderValue,
 }
 
 impl TokenState {
-    fn from_record(t: TokenWithBlocks) -> Option<TokenState> {
+    fn from_record(t: TokenWithBlocks, types: &AccessTypes) -> Option<TokenState> {
         let r: TokenRecord = t.token;
         let id = r.id;
         Some(TokenState {
@@ -89,14 +79,15 @@ impl TokenState {
             last_used: AtomicI64::new(r.last_used_at.map_or(0, |t| t.0)),
             rechecked_at: AtomicI64::new(i64::MIN / 2),
             identity: OnceLock::new(),
-            access: r.access,
+            access: types.grant(&r.access),
             status: r.status,
             inactive_reason: r.inactive_reason,
         })
     }
 
     /// The identity header values (built on first use, then shared by every request).
-    pub fn identity(&self) -> &Identity {
+    /// `types` is the registry the token's access was granted from (its index's).
+    pub fn identity(&self, types: &AccessTypes) -> &Identity {
         self.identity.get_or_init(|| {
             // Names are [A-Za-z0-9-] (validated before they were stored), so this is a valid
             // header value; fall back to a placeholder rather than panic on an edited database.
@@ -105,7 +96,10 @@ impl TokenState {
             let mut buf = [0u8; 36];
             let id = HeaderValue::from_str(self.id.encode(&mut buf))
                 .unwrap_or(HeaderValue::from_static("invalid"));
-            Box::new(Identity { name, id })
+            // Access type names are [a-z0-9-] (validated by the config).
+            let access = HeaderValue::from_str(&types.header_of(self.access))
+                .unwrap_or(HeaderValue::from_static(""));
+            Box::new(Identity { name, id, access })
         })
     }
 
@@ -234,10 +228,20 @@ pub struct TokenIndex {
     id_hasher: RandomState,
     /// Serialises refreshes, so two admin changes to one token apply in commit order.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// What the tokens' access names grant (the config's `[[access_types]]`).
+    access_types: Arc<AccessTypes>,
 }
 
 impl Default for TokenIndex {
+    /// An empty index granting the seed's two access types.
     fn default() -> Self {
+        TokenIndex::new(Arc::new(AccessTypes::seed()))
+    }
+}
+
+impl TokenIndex {
+    /// An empty index granting `access_types`.
+    pub fn new(access_types: Arc<AccessTypes>) -> Self {
         TokenIndex {
             by_hash: Table::new(),
             by_previous: Table::new(),
@@ -245,7 +249,13 @@ impl Default for TokenIndex {
             by_id: Table::new(),
             id_hasher: RandomState::new(),
             refresh_lock: tokio::sync::Mutex::new(()),
+            access_types,
         }
+    }
+
+    /// The access types this index grants from.
+    pub fn access_types(&self) -> &AccessTypes {
+        &self.access_types
     }
 }
 
@@ -255,8 +265,11 @@ pub use crate::store::LOAD_BATCH;
 impl TokenIndex {
     /// Loads every token from the store, streamed in batches: memory holds one batch of
     /// store records at a time besides the index, never the whole table twice.
-    pub async fn load(store: &dyn Store) -> StoreResult<TokenIndex> {
-        let index = TokenIndex::default();
+    pub async fn load(
+        store: &dyn Store,
+        access_types: Arc<AccessTypes>,
+    ) -> StoreResult<TokenIndex> {
+        let index = TokenIndex::new(access_types);
         index.stream_from(store, |_| {}).await?;
         Ok(index)
     }
@@ -363,7 +376,7 @@ impl TokenIndex {
     /// Adds or replaces one token (start-up load, refresh; benches seed with it). Returns
     /// its id, or `None` if the record was refused (an id that is not a UUID).
     pub fn upsert(&self, t: TokenWithBlocks) -> Option<TokenId> {
-        let state = Arc::new(TokenState::from_record(t)?);
+        let state = Arc::new(TokenState::from_record(t, &self.access_types)?);
         let id = state.id;
         let idk = self.id_key(&id);
         let hk = Self::hash_key(&state.hash);
@@ -496,6 +509,7 @@ impl ChangeSink for IndexFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::AccessNames;
 
     fn record(id: &str, name: &str, hash: SecretHash) -> TokenWithBlocks {
         TokenWithBlocks {
@@ -503,7 +517,7 @@ mod tests {
                 id: TokenId::parse_stored(id).expect("a canonical id"),
                 name: name.to_string(),
                 description: None,
-                access: Access::SECURITY_DIRECTOR,
+                access: AccessNames::new(["security-director".to_string()]),
                 secret_hash: hash,
                 status: Status::Active,
                 inactive_reason: None,
@@ -522,11 +536,31 @@ mod tests {
     const ID: &str = "6f1c1d2e-8b3a-4c5d-9e7f-0a1b2c3d4e5f";
 
     #[test]
-    fn access_header_matches_the_joined_names() {
-        for bits in 0..4u8 {
-            let a = Access::from_bits(bits);
-            assert_eq!(access_header(a), a.joined().as_str());
-        }
+    fn the_index_grants_from_its_own_access_types() {
+        use crate::access::AccessType;
+        let t = |n: &str| AccessType {
+            name: n.into(),
+            label: n.into(),
+        };
+        let types = Arc::new(AccessTypes::new(vec![t("reports"), t("billing")]).unwrap());
+        let index = TokenIndex::new(types.clone());
+        let mut r = record(ID, "one", SecretHash::of(b"a"));
+        r.token.access =
+            AccessNames::new(["security-director", "reports", "billing"].map(String::from));
+        index.upsert(r);
+        let got = index.get(&SecretHash::of(b"a")).unwrap();
+        assert!(got.access.contains(types.bit("reports").unwrap()));
+        assert!(got.access.contains(types.bit("billing").unwrap()));
+        // The seed type is held but not configured here: it grants nothing, and the
+        // header names only what is granted, sorted.
+        assert_eq!(got.identity(&types).access, "billing,reports");
+        let seed = TokenIndex::default();
+        let mut r = record(ID, "one", SecretHash::of(b"a"));
+        r.token.access = AccessNames::new(["reports".to_string()]);
+        seed.upsert(r);
+        let got = seed.get(&SecretHash::of(b"a")).unwrap();
+        assert!(got.access.is_empty());
+        assert_eq!(got.identity(seed.access_types()).access, "");
     }
 
     #[test]
@@ -581,8 +615,8 @@ mod tests {
         let (a, b) = (SecretHash::of(b"a"), SecretHash::of(b"b"));
         index.upsert(record(ID, "one", a));
         let first = index.get(&a).expect("found by hash");
-        assert_eq!(first.identity().name, "one");
-        assert_eq!(first.identity().id, ID);
+        assert_eq!(first.identity(index.access_types()).name, "one");
+        assert_eq!(first.identity(index.access_types()).id, ID);
         first.touch(Timestamp(9_000));
         // Same id, new secret (a regenerate): the old hash is gone, the use is kept.
         index.upsert(record(ID, "one", b));

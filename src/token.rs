@@ -1,4 +1,4 @@
-//! Token vocabulary: secrets, their hashes, and validation of names, descriptions and access.
+//! Token vocabulary: secrets, their hashes, and validation of names and descriptions.
 //!
 //! This is the only module that sees a plaintext secret. A [`Secret`] is generated here, shown
 //! once by the admin layer (create / regenerate) and then dropped; everything else handles the
@@ -202,82 +202,6 @@ impl Hasher for PrefixHasher {
 
 pub type BuildPrefixHasher = BuildHasherDefault<PrefixHasher>;
 
-/// The set of access types a token holds, as a bit set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Access(u8);
-
-/// The access types, in their sorted wire order.
-pub const ACCESS_TYPES: [(&str, Access); 2] = [
-    ("security-director", Access::SECURITY_DIRECTOR),
-    ("third-party-feeds", Access::THIRD_PARTY_FEEDS),
-];
-
-impl Access {
-    pub const SECURITY_DIRECTOR: Access = Access(1);
-    pub const THIRD_PARTY_FEEDS: Access = Access(2);
-
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-
-    /// From stored bits; unknown bits are dropped.
-    pub fn from_bits(bits: u8) -> Access {
-        Access(bits & 0b11)
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Whether every type in `needed` is held.
-    pub fn contains(self, needed: Access) -> bool {
-        self.0 & needed.0 == needed.0
-    }
-
-    pub fn union(self, other: Access) -> Access {
-        Access(self.0 | other.0)
-    }
-
-    /// One access type by its wire name.
-    pub fn parse_one(s: &str) -> Option<Access> {
-        ACCESS_TYPES.iter().find(|(n, _)| *n == s).map(|(_, a)| *a)
-    }
-
-    /// A non-empty list of wire names; duplicates fold. Errors carry a message for a 400.
-    pub fn parse_list<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Access, String> {
-        let mut acc = Access::default();
-        for n in names {
-            match Access::parse_one(n) {
-                Some(a) => acc = acc.union(a),
-                None => {
-                    return Err(format!(
-                        "unknown access type {:?}: expected security-director or third-party-feeds",
-                        truncate_for_message(n)
-                    ))
-                }
-            }
-        }
-        if acc.is_empty() {
-            return Err("at least one access type is required".into());
-        }
-        Ok(acc)
-    }
-
-    /// Wire names, sorted.
-    pub fn names(self) -> Vec<&'static str> {
-        ACCESS_TYPES
-            .iter()
-            .filter(|(_, a)| self.contains(*a))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-
-    /// Sorted, comma-joined, no spaces: the `x-tokengate-access` header value.
-    pub fn joined(self) -> String {
-        self.names().join(",")
-    }
-}
-
 /// Keeps user input quoted in error messages short.
 pub fn truncate_for_message(s: &str) -> String {
     if s.chars().count() <= 64 {
@@ -431,22 +355,6 @@ mod tests {
     fn descriptions_count_scalar_values() {
         assert!(validate_description(&"é".repeat(1024)).is_ok());
         assert!(validate_description(&"é".repeat(1025)).is_err());
-    }
-
-    #[test]
-    fn access_lists() {
-        let a = Access::parse_list([
-            "third-party-feeds",
-            "security-director",
-            "third-party-feeds",
-        ])
-        .unwrap();
-        assert_eq!(a.names(), vec!["security-director", "third-party-feeds"]);
-        assert_eq!(a.joined(), "security-director,third-party-feeds");
-        assert!(Access::parse_list([]).is_err());
-        assert!(Access::parse_list(["admin"]).is_err());
-        assert!(a.contains(Access::SECURITY_DIRECTOR));
-        assert!(!Access::THIRD_PARTY_FEEDS.contains(Access::SECURITY_DIRECTOR));
     }
 
     #[test]

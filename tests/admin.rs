@@ -16,7 +16,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::Clock;
-use tokengate::token::Access;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const SD: &str = "security-director";
@@ -159,8 +158,8 @@ fn row<'a>(rows: &'a [Value], ip: &str) -> &'a Value {
 async fn routed() -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
         .start()
         .await;
     (gw, up)
@@ -465,7 +464,7 @@ async fn failed_admin_authentications_hit_the_per_ip_failure_limit() {
     let (gw, up) = {
         let up = Upstream::start().await;
         let gw = TestGateway::builder()
-            .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+            .route("/sd/", "security-director", up.addr)
             .configure(|c| c.proxy.failed_auth_limit = LIMIT)
             .start()
             .await;
@@ -1653,7 +1652,7 @@ async fn ip_list_orders_newest_use_first_then_never_used_by_ip() {
 async fn state_survives_a_restart_and_is_enforced() {
     let up = Upstream::start().await;
     let mut gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (keep, _) = gw.create_token("keep", &[SD]).await;

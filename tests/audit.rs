@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
-use tokengate::token::Access;
 
 async fn audit(gw: &TestGateway, query: &str) -> Vec<Value> {
     let r = gw
@@ -25,7 +24,7 @@ async fn audit(gw: &TestGateway, query: &str) -> Vec<Value> {
 async fn every_admin_mutation_writes_one_entry_with_actor_ip_and_details() {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (secret, created) = gw.create_token("Feed-A", &["security-director"]).await;

@@ -13,7 +13,6 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use support::*;
-use tokengate::token::Access;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 const SD: &str = "security-director";
@@ -170,8 +169,8 @@ async fn show(gw: &TestGateway, name: &str) -> Value {
 async fn routed() -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
         .start()
         .await;
     (gw, up)
@@ -717,4 +716,42 @@ async fn dev_prints_a_curl_line_that_works() {
         !dir.path().join("data").exists(),
         "dev created data/ in its working directory"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_types_lists_the_configured_ones_in_config_order() {
+    let gw = TestGateway::builder()
+        .configure(|c| {
+            c.access_types = access_types(&[("reports", "Reports API"), ("billing", "Billing")])
+        })
+        .start()
+        .await;
+    let cli = Cli::new(&gw);
+    let o = cli.run(&["access-types"]).await;
+    o.ok();
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{o}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("LABEL"),
+        "{o}"
+    );
+    assert!(
+        lines[1].starts_with("reports") && lines[1].ends_with("Reports API"),
+        "{o}"
+    );
+    assert!(
+        lines[2].starts_with("billing") && lines[2].ends_with("Billing"),
+        "{o}"
+    );
+    let o = cli.run(&["--json", "access-types"]).await;
+    o.ok();
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["access_types"][1]["name"], "billing", "{o}");
+    // Creation through the CLI reads the same set.
+    cli.run(&["token", "create", "r", "--access", "security-director"])
+        .await
+        .refused();
+    cli.run(&["token", "create", "r", "--access", "reports"])
+        .await
+        .ok();
 }

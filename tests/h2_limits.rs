@@ -16,7 +16,6 @@ use bytes::{Bytes, BytesMut};
 use http::Request;
 use support::*;
 use tokengate::server::{H2_MAX_LOCAL_ERROR_RESET_STREAMS, H2_MAX_PENDING_ACCEPT_RESET_STREAMS};
-use tokengate::token::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -29,7 +28,7 @@ const MAX_HEADER_BYTES: usize = 4096;
 async fn gateway() -> (Upstream, TestGateway, String) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| {
             c.proxy.h2_max_concurrent_streams = MAX_STREAMS;
             c.proxy.max_header_bytes = MAX_HEADER_BYTES;

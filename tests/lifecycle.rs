@@ -20,7 +20,6 @@ use tokengate::policy::{self, Effective};
 use tokengate::state::TokenIndex;
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{Store, SweepOutcome};
-use tokengate::token::Access;
 use tokengate::usage::UsageRecorder;
 
 const SD: &str = "security-director";
@@ -37,8 +36,8 @@ const NEVER: Duration = Duration::from_secs(365 * 86_400);
 async fn gateway(f: impl FnOnce(&mut Config)) -> (Upstream, TestGateway) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .route("/tpf/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .route("/sd/", "security-director", up.addr)
+        .route("/tpf/", "third-party-feeds", up.addr)
         .configure(|c| {
             c.lifecycle.sweep_interval = NEVER;
             f(c);
@@ -844,7 +843,11 @@ async fn sweeps_of_two_instances_sharing_a_store_change_each_token_once() {
     };
     let other_store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).await.unwrap());
     let other = Sweeper {
-        index: Arc::new(TokenIndex::load(other_store.as_ref()).await.unwrap()),
+        index: Arc::new(
+            TokenIndex::load(other_store.as_ref(), gw.config.access_types.clone())
+                .await
+                .unwrap(),
+        ),
         store: other_store,
         usage: Arc::new(UsageRecorder::new(gw.config.usage.max_ips_per_token)),
         clock: Arc::new(gw.clock.clone()),

@@ -8,7 +8,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
 use support::*;
-use tokengate::token::{Access, Secret};
+use tokengate::token::Secret;
 
 /// The token's name: in no request the proxy listener receives (paths, query, headers), so
 /// only the gateway's own knowledge of the token can put it on an access-log line.
@@ -28,7 +28,7 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
 
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| c.proxy.access_log = true)
         .start()
         .await;

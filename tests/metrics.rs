@@ -7,7 +7,6 @@ use http::Method;
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
 use support::*;
-use tokengate::token::Access;
 
 async fn scrape(gw: &TestGateway) -> (Scrape, String) {
     let r = gw.admin(Method::GET, "/metrics", None).await;
@@ -74,7 +73,7 @@ fn existing(s: &Scrape) -> Vec<String> {
 async fn counters_move_with_each_status_and_parse_as_prometheus_text() {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("metered", &["security-director"]).await;

@@ -1,5 +1,6 @@
 //! Databases made by the release before expiry open with this build: the migrations add the
-//! expiry and rotation columns, every token keeps working, and none of them expires. Both
+//! expiry and rotation columns and turn the access bits into names, every token keeps working
+//! with the access it had, and none of them expires. Both
 //! fixtures were written by that release's binary (`token create`, `token deactivate`): the
 //! SQLite file as it left it, the PostgreSQL schema as `pg_dump --inserts` printed it (its
 //! schema name replaced by `__SCHEMA__`). The `.secret` files hold the secret of each one's
@@ -12,7 +13,6 @@ use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::{ManualClock, Timestamp};
 use tokengate::config::StoreUrl;
-use tokengate::token::Access;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -20,8 +20,18 @@ const FIXTURE: &str = concat!(
 );
 const SECRET: &str = include_str!("fixtures/sqlite-before-expiry.secret");
 
-#[tokio::test]
-async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() {
+/// A gateway on a copy of the SQLite fixture (in the returned directory, as `release.db`),
+/// with one route, its clock a minute after the fixture's tokens were made; and that time.
+async fn sqlite_fixture(
+    prefix: &str,
+    access: &str,
+) -> (
+    tempfile::TempDir,
+    Timestamp,
+    ManualClock,
+    Upstream,
+    TestGateway,
+) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("release.db");
     std::fs::copy(FIXTURE, &db).unwrap();
@@ -31,10 +41,16 @@ async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() 
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
         .clock(&clock)
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .configure(|c| c.store.url = StoreUrl::Sqlite(db.clone()))
+        .route(prefix, access, up.addr)
+        .configure(|c| c.store.url = StoreUrl::Sqlite(db))
         .start()
         .await;
+    (dir, made, clock, up, gw)
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() {
+    let (_dir, made, clock, _up, gw) = sqlite_fixture("/sd/", "security-director").await;
     let secret = SECRET.trim();
     gw.get("/sd/x", Some(secret)).await.expect(200, None);
     let live = gw.token("release-live").await;
@@ -102,7 +118,7 @@ async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_
     let gw = TestGateway::builder()
         .postgres(&schema)
         .clock(&clock)
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let secret = PG_SECRET.trim();
@@ -125,7 +141,16 @@ async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
+    // The legacy access bits became names (migration 4).
+    assert_eq!(
+        old["access"],
+        json!(["security-director", "third-party-feeds"])
+    );
+    assert_eq!(
+        gw.token("release-live").await["access"],
+        json!(["security-director"])
+    );
     // Rotation works on the migrated rows.
     let r = gw
         .admin(
@@ -136,4 +161,32 @@ async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_
         .await;
     r.expect(200, None);
     gw.get("/sd/y", Some(secret)).await.expect(200, None);
+}
+
+#[tokio::test]
+async fn a_row_the_previous_release_writes_after_the_migration_keeps_its_access() {
+    // During a rolling upgrade an instance of the previous release may write a token after
+    // this build migrated the database: it sets only the legacy bits. They are read as names.
+    let (dir, _, _, _up, mut gw) = sqlite_fixture("/feeds/", "third-party-feeds").await;
+    let db = dir.path().join("release.db");
+    let secret = SECRET.trim();
+    gw.get("/feeds/x", Some(secret))
+        .await
+        .expect(403, Some("access_denied"));
+    gw.stop().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE tokens SET access = 2, access_types = NULL WHERE name = 'release-live'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+    gw.restart().await;
+    assert_eq!(
+        gw.token("release-live").await["access"],
+        json!(["third-party-feeds"])
+    );
+    gw.get("/feeds/x", Some(secret)).await.expect(200, None);
 }

@@ -20,7 +20,6 @@ use http::Method;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::config::Config;
-use tokengate::token::Access;
 
 const SD: &str = "security-director";
 const DAY: Duration = Duration::from_secs(86_400);
@@ -39,7 +38,7 @@ async fn pair(
     let up = Upstream::start().await;
     let a = TestGateway::builder()
         .postgres(&schema)
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| {
             c.lifecycle.sweep_interval = NEVER;
             f(c);
@@ -428,7 +427,7 @@ async fn instances_starting_together_migrate_once() {
         .await
         .expect("schema_migrations");
     let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2, 3], "each migration applied once");
+    assert_eq!(versions, [1, 2, 3, 4], "each migration applied once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +451,7 @@ async fn a_store_outage_serves_cached_tokens_for_the_grace_then_recovers() {
                     c.lifecycle.sweep_interval = NEVER;
                 })
                 .clock(&clock)
-                .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+                .route("/sd/", "security-director", up.addr)
                 .start()
                 .await
         }

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use tokengate::token::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -190,7 +189,7 @@ impl RawUpstream {
 
 async fn gateway_to(addr: SocketAddr) -> (TestGateway, String) {
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, addr)
+        .route("/sd/", "security-director", addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("t", &["security-director"]).await;

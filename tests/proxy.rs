@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use support::*;
-use tokengate::token::{Access, Secret};
+use tokengate::token::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,7 +27,7 @@ const REALM_INVALID: &str = "Bearer realm=\"tokengate\", error=\"invalid_token\"
 async fn sd_gateway() -> (Upstream, TestGateway) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     (up, gw)
@@ -39,7 +39,7 @@ async fn sd_gateway_with(
 ) -> (Upstream, TestGateway) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(f)
         .start()
         .await;
@@ -518,7 +518,7 @@ async fn access_denied_is_403() {
 async fn refused_upstream_is_502() {
     let dead = refused_addr().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, dead)
+        .route("/sd/", "security-director", dead)
         .start()
         .await;
     let (secret, _) = gw.create_token("t", &[SD]).await;
@@ -605,9 +605,9 @@ async fn host_routes_win_over_hostless_then_longest_prefix() {
     let longer = Upstream::start().await;
     let hosted = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, hostless.addr)
-        .route("/sd/v2/", Access::SECURITY_DIRECTOR, longer.addr)
-        .route_with("/", Access::SECURITY_DIRECTOR, hosted.addr, |r| {
+        .route("/sd/", "security-director", hostless.addr)
+        .route("/sd/v2/", "security-director", longer.addr)
+        .route_with("/", "security-director", hosted.addr, |r| {
             r.host = Some("api.example".into())
         })
         .start()
@@ -678,8 +678,8 @@ async fn strip_prefix_true_and_false() {
     let stripped = Upstream::start().await;
     let kept = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, stripped.addr)
-        .route_with("/keep/", Access::SECURITY_DIRECTOR, kept.addr, |r| {
+        .route("/sd/", "security-director", stripped.addr)
+        .route_with("/keep/", "security-director", kept.addr, |r| {
             r.strip_prefix = false
         })
         .start()
@@ -733,8 +733,8 @@ async fn host_is_rewritten_unless_preserve_host() {
     let rewritten = Upstream::start().await;
     let preserved = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, rewritten.addr)
-        .route_with("/keep/", Access::SECURITY_DIRECTOR, preserved.addr, |r| {
+        .route("/sd/", "security-director", rewritten.addr)
+        .route_with("/keep/", "security-director", preserved.addr, |r| {
             r.preserve_host = true
         })
         .start()
@@ -804,8 +804,8 @@ async fn authorization_is_removed_unless_the_route_forwards_it() {
     let removed = Upstream::start().await;
     let forwarded = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, removed.addr)
-        .route_with("/fwd/", Access::SECURITY_DIRECTOR, forwarded.addr, |r| {
+        .route("/sd/", "security-director", removed.addr)
+        .route_with("/fwd/", "security-director", forwarded.addr, |r| {
             r.forward_authorization = true
         })
         .start()
@@ -1135,8 +1135,8 @@ async fn usage_counts_only_forwarded_requests() {
     let sd = Upstream::start().await;
     let feeds = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, sd.addr)
-        .route("/feeds/", Access::THIRD_PARTY_FEEDS, feeds.addr)
+        .route("/sd/", "security-director", sd.addr)
+        .route("/feeds/", "third-party-feeds", feeds.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("t", &[SD]).await;

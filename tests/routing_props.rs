@@ -12,7 +12,6 @@ use proptest::test_runner::{Config as PropConfig, TestRunner};
 use support::*;
 use tokengate::proxy::path::normalise;
 use tokengate::proxy::route::RouteTable;
-use tokengate::token::Access;
 
 /// Path pieces an attacker would combine.
 fn piece() -> impl Strategy<Value = &'static str> {
@@ -128,8 +127,8 @@ async fn generated_paths_through_the_gateway_never_reach_another_route() {
     let sd = Upstream::start().await;
     let feeds = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, sd.addr)
-        .route_with("/feeds/", Access::THIRD_PARTY_FEEDS, feeds.addr, |r| {
+        .route("/sd/", "security-director", sd.addr)
+        .route_with("/feeds/", "third-party-feeds", feeds.addr, |r| {
             r.strip_prefix = false
         })
         .start()

@@ -1,13 +1,12 @@
 mod support;
 
 use support::*;
-use tokengate::token::Access;
 
 #[tokio::test]
 async fn a_created_token_reaches_its_upstream() {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("feed-a", &["security-director"]).await;

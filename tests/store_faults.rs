@@ -22,12 +22,11 @@ use http::Method;
 use serde_json::json;
 use support::*;
 use tokengate::config::StoreUrl;
-use tokengate::token::Access;
 
 async fn gateway() -> (Upstream, TestGateway, String) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| {
             c.usage.flush_interval = Duration::from_millis(200);
             c.proxy.access_log = false;

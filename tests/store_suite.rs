@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::*;
 use tokengate::clock::Clock;
-use tokengate::token::{Access, SecretHash};
+use tokengate::token::SecretHash;
 
 const SD: &str = "security-director";
 const TPF: &str = "third-party-feeds";
@@ -57,8 +57,8 @@ impl Backend {
         let up = Upstream::start().await;
         let gw = self
             .builder()
-            .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-            .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+            .route("/sd/", "security-director", up.addr)
+            .route("/feeds/", "third-party-feeds", up.addr)
             .configure(|c| {
                 c.lifecycle.sweep_interval = NEVER;
                 f(c);

@@ -28,7 +28,6 @@ use serde_json::{json, Value};
 use support::*;
 use tokengate::app::{Gateway, StartOptions};
 use tokengate::config::{Config, ServerTlsConfig, StoreUrl};
-use tokengate::token::Access;
 use tokio::net::{TcpListener, TcpStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
@@ -361,7 +360,7 @@ async fn https_proxying_over_http1_and_h2_by_alpn() {
     let files = tempfile::tempdir().unwrap();
     let tls = listener_files(files.path(), "proxy", &leaf);
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| c.proxy.tls = Some(tls))
         .start()
         .await;
@@ -444,7 +443,7 @@ async fn a_slow_tls_handshake_does_not_block_the_listener() {
     let files = tempfile::tempdir().unwrap();
     let tls = listener_files(files.path(), "proxy", &leaf);
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| {
             c.proxy.tls = Some(tls);
             c.proxy.header_read_timeout = Duration::from_millis(500);
@@ -480,13 +479,13 @@ async fn https_upstreams_with_a_private_ca_and_a_server_name_override() {
     let ca_file = write(files.path(), "backend-ca.pem", &ca.pem());
     let ca_file2 = ca_file.clone();
     let gw = TestGateway::builder()
-        .route_with("/sd/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/sd/", "security-director", backend, |r| {
             r.upstream = format!("https://localhost:{}/api", backend.port())
                 .parse()
                 .unwrap();
             r.tls.ca_file = Some(ca_file);
         })
-        .route_with("/named/", Access::SECURITY_DIRECTOR, named, |r| {
+        .route_with("/named/", "security-director", named, |r| {
             r.upstream = format!("https://127.0.0.1:{}", named.port())
                 .parse()
                 .unwrap();
@@ -521,27 +520,27 @@ async fn a_wrong_upstream_certificate_is_502() {
     let right_ca = write(files.path(), "ca.pem", &ca.pem());
     let gw = TestGateway::builder()
         // Verified against a CA that did not sign the upstream's certificate.
-        .route_with("/wrong-ca/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/wrong-ca/", "security-director", backend, |r| {
             r.upstream = format!("https://localhost:{}", backend.port())
                 .parse()
                 .unwrap();
             r.tls.ca_file = Some(other_ca);
         })
         // The platform's roots do not know a private CA either.
-        .route_with("/platform/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/platform/", "security-director", backend, |r| {
             r.upstream = format!("https://127.0.0.1:{}", backend.port())
                 .parse()
                 .unwrap();
         })
         // The right CA, but a certificate for another name.
-        .route_with("/misnamed/", Access::SECURITY_DIRECTOR, misnamed, |r| {
+        .route_with("/misnamed/", "security-director", misnamed, |r| {
             r.upstream = format!("https://localhost:{}", misnamed.port())
                 .parse()
                 .unwrap();
             r.tls.ca_file = Some(right_ca);
         })
         // https:// to a server that only speaks plain HTTP.
-        .route_with("/plain/", Access::SECURITY_DIRECTOR, plain.addr, |r| {
+        .route_with("/plain/", "security-director", plain.addr, |r| {
             r.upstream = format!("https://127.0.0.1:{}", plain.addr.port())
                 .parse()
                 .unwrap();
@@ -577,7 +576,7 @@ async fn mutual_tls_to_an_upstream() {
     let key = write(files.path(), "gw.key", &gw_cert.key_pem);
     let ca_file2 = ca_file.clone();
     let gw = TestGateway::builder()
-        .route_with("/mtls/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/mtls/", "security-director", backend, |r| {
             r.upstream = format!("https://localhost:{}", backend.port())
                 .parse()
                 .unwrap();
@@ -586,7 +585,7 @@ async fn mutual_tls_to_an_upstream() {
             r.tls.client_key = Some(key);
         })
         // The same backend by another name, without a client certificate.
-        .route_with("/no-cert/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/no-cert/", "security-director", backend, |r| {
             r.upstream = format!("https://127.0.0.1:{}", backend.port())
                 .parse()
                 .unwrap();
@@ -845,7 +844,7 @@ async fn certificate_reload_under_a_live_keep_alive_connection() {
     let files = tempfile::tempdir().unwrap();
     let tls = listener_files(files.path(), "proxy", &first);
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| c.proxy.tls = Some(tls))
         .start()
         .await;
@@ -1073,7 +1072,10 @@ fn route_to(
     let mut r = tokengate::config::RouteConfig {
         path_prefix: "/sd/".into(),
         host: None,
-        access: Access::SECURITY_DIRECTOR,
+        access: tokengate::config::Config::defaults()
+            .access_types
+            .bit("security-director")
+            .unwrap(),
         upstream: format!("http://{addr}").parse().unwrap(),
         strip_prefix: true,
         preserve_host: false,
@@ -1089,7 +1091,7 @@ async fn a_plain_gateway_still_serves_plain_http() {
     // What `tokengate dev` runs: the defaults, no TLS anywhere.
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("plain", &[SD]).await;
@@ -1110,12 +1112,12 @@ async fn two_routes_to_one_origin_keep_their_own_tls_settings() {
         .unwrap();
     let url2 = url.clone();
     let gw = TestGateway::builder()
-        .route_with("/private/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/private/", "security-director", backend, |r| {
             r.upstream = url;
             r.tls.ca_file = Some(ca_file);
         })
         // The same origin with the platform's roots, which do not know the private CA.
-        .route_with("/platform/", Access::SECURITY_DIRECTOR, backend, |r| {
+        .route_with("/platform/", "security-director", backend, |r| {
             r.upstream = url2;
         })
         .start()

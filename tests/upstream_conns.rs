@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokengate::token::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -52,7 +51,7 @@ impl Client {
 async fn gateway() -> (Upstream, TestGateway, String) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
@@ -167,7 +166,7 @@ async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
 async fn a_reused_connection_closed_by_the_upstream_does_not_fail_the_next_request() {
     let (addr, mut closed) = closing_upstream().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, addr)
+        .route("/sd/", "security-director", addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
@@ -185,8 +184,8 @@ async fn a_reused_connection_closed_by_the_upstream_does_not_fail_the_next_reque
 async fn each_upstream_origin_keeps_its_own_connection() {
     let (a, b) = (Upstream::start().await, Upstream::start().await);
     let gw = TestGateway::builder()
-        .route("/a/", Access::SECURITY_DIRECTOR, a.addr)
-        .route("/b/", Access::SECURITY_DIRECTOR, b.addr)
+        .route("/a/", "security-director", a.addr)
+        .route("/b/", "security-director", b.addr)
         .start()
         .await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
@@ -205,7 +204,7 @@ async fn each_request_on_a_connection_gets_its_whole_upstream_timeout() {
     // request fires during a later one, which must then keep waiting for its own deadline.
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(|c| c.proxy.upstream_timeout = Duration::from_millis(1000))
         .start()
         .await;
@@ -277,7 +276,7 @@ async fn a_client_using_more_origins_than_it_keeps_still_reuses_connections() {
     }
     let mut builder = TestGateway::builder();
     for (i, (addr, _)) in ups.iter().enumerate() {
-        builder = builder.route(&format!("/u{i}/"), Access::SECURITY_DIRECTOR, *addr);
+        builder = builder.route(&format!("/u{i}/"), "security-director", *addr);
     }
     let gw = builder.start().await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;

@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tokengate::token::Access;
 
 trait Warnings {
     fn warnings(&self) -> Vec<String>;
@@ -39,8 +38,8 @@ async fn an_upstream_failure_is_logged_once_with_its_cause() {
     let refused = refused_addr().await;
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/down/", Access::SECURITY_DIRECTOR, refused)
-        .route("/slow/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/down/", "security-director", refused)
+        .route("/slow/", "security-director", up.addr)
         .configure(|c| c.proxy.upstream_timeout = Duration::from_millis(300))
         .start()
         .await;

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
-use crate::token::{self, Access};
+use crate::token;
 
 use super::error::{invalid, invalid_body, AdminError};
 
@@ -128,7 +128,8 @@ impl Body for NewToken {}
 pub(crate) struct NewTokenParts {
     pub(crate) name: String,
     pub(crate) description: Option<String>,
-    pub(crate) access: Access,
+    /// As asked for: checked against the configured access types by the handler.
+    pub(crate) access: Vec<String>,
     pub(crate) expiry: Option<Expiry>,
 }
 
@@ -198,8 +199,10 @@ impl TokenPatch {
         self.description.as_ref().map(|d| d.0.clone())
     }
 
-    pub(crate) fn access(&self) -> Option<Access> {
-        self.access.as_ref().map(|a| a.0)
+    /// The access types asked for, unchecked against the configured ones (the handler
+    /// knows what the token already holds).
+    pub(crate) fn access(&self) -> Option<Vec<String>> {
+        self.access.as_ref().map(|a| a.0.clone())
     }
 
     /// `None` when the patch does not touch the expiry.
@@ -350,9 +353,9 @@ impl Field for Description {
     }
 }
 
-/// A non-empty list of access types.
+/// A non-empty list of access type names (which ones are configured is the handler's check).
 #[derive(Debug)]
-struct AccessList(Access);
+struct AccessList(Vec<String>);
 
 impl Field for AccessList {
     fn check(v: Value) -> Result<Self, String> {
@@ -360,13 +363,16 @@ impl Field for AccessList {
             return Err("access must be an array of access types".into());
         };
         let mut names = Vec::with_capacity(items.len());
-        for item in &items {
+        for item in items {
             match item {
-                Value::String(s) => names.push(s.as_str()),
+                Value::String(s) => names.push(s),
                 _ => return Err("access must be an array of strings".into()),
             }
         }
-        Access::parse_list(names).map(AccessList)
+        if names.is_empty() {
+            return Err("at least one access type is required".into());
+        }
+        Ok(AccessList(names))
     }
 }
 
@@ -534,8 +540,8 @@ mod tests {
         ));
         let p = parts(json!({"name": "a", "description": null, "access": [sd, sd]})).unwrap();
         assert_eq!(
-            (p.name.as_str(), p.description, p.access.names(), p.expiry),
-            ("a", None, vec![sd], None)
+            (p.name.as_str(), p.description, p.access, p.expiry),
+            ("a", None, vec![sd.to_string(), sd.to_string()], None)
         );
         let p = parts(json!({"name": "a", "access": [sd], "expires_in": "90d"})).unwrap();
         assert_eq!(
@@ -580,10 +586,7 @@ mod tests {
         assert_eq!(p.access(), None);
         let p = parse::<TokenPatch>(br#"{"access": ["third-party-feeds"]}"#).unwrap();
         assert_eq!(p.description(), None);
-        assert_eq!(
-            p.access().map(Access::names),
-            Some(vec!["third-party-feeds"])
-        );
+        assert_eq!(p.access(), Some(vec!["third-party-feeds".to_string()]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub(crate) struct TokenDto {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
-    pub access: Vec<&'static str>,
+    pub access: Vec<String>,
     pub status: Status,
     pub inactive_reason: Option<InactiveReason>,
     pub created_at: String,
@@ -80,4 +80,16 @@ pub(crate) struct AuditDto {
 #[derive(Debug, Serialize)]
 pub(crate) struct AuditList {
     pub entries: Vec<AuditDto>,
+}
+
+/// `GET /v1/access-types`: the configured types, in config order.
+#[derive(Debug, Serialize)]
+pub(crate) struct AccessTypeList<'a> {
+    pub access_types: Vec<AccessTypeDto<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AccessTypeDto<'a> {
+    pub name: &'a str,
+    pub label: &'a str,
 }

@@ -11,6 +11,7 @@
 //! its query string through `query`. Handlers return an `AdminError` for every refusal;
 //! `error` alone turns it into a response.
 
+mod access_types;
 mod audit;
 mod body;
 pub(crate) mod console;

@@ -68,6 +68,10 @@ impl Admin {
                 Method::GET => Ok(self.metrics()),
                 _ => Err(AdminError::MethodNotAllowed),
             },
+            ["v1", "access-types"] => match call.method {
+                Method::GET => Ok(self.access_types()),
+                _ => Err(AdminError::MethodNotAllowed),
+            },
             ["v1", "audit"] => match call.method {
                 Method::GET => self.audit(query).await,
                 _ => Err(AdminError::MethodNotAllowed),

@@ -47,7 +47,7 @@ impl Admin {
             id: rec.id.to_string(),
             name: rec.name.clone(),
             description: rec.description.clone(),
-            access: rec.access.names(),
+            access: rec.access.as_slice().to_vec(),
             status,
             inactive_reason: reason,
             created_at: rec.created_at.rfc3339(),
@@ -179,6 +179,11 @@ impl Admin {
 
     pub(super) async fn create(&self, actor: &Actor, body: Bytes) -> AdminResult {
         let parts = body::parse::<NewToken>(&body)?.into_parts()?;
+        let access = self
+            .index
+            .access_types()
+            .check_request(parts.access, None)
+            .map_err(|m| invalid("access", m))?;
         let now = self.now();
         let expires_at = self.checked_expiry(parts.expiry, now, true)?.flatten();
         let secret = Secret::generate();
@@ -186,7 +191,7 @@ impl Admin {
             id: TokenId::generate(),
             name: parts.name,
             description: parts.description,
-            access: parts.access,
+            access,
             secret_hash: secret.hash(),
             status: Status::Active,
             inactive_reason: None,
@@ -220,7 +225,7 @@ impl Admin {
             &rec,
             serde_json::json!({
                 "description": rec.description,
-                "access": rec.access.names(),
+                "access": rec.access.as_slice(),
                 "expires_at": rec.expires_at.map(Timestamp::rfc3339),
             }),
         );
@@ -242,8 +247,23 @@ impl Admin {
         let description = patch.description();
         let access = patch.access();
         let expires_at = self.checked_expiry(patch.expiry()?, self.now(), false)?;
+        let types = self.index.access_types();
+        // Which types are acceptable depends on what the token holds (it may keep a type no
+        // longer configured): checked against the record read, refusing the whole patch.
+        let mut refused = None;
         let rec = self
             .mutate_one(actor, AuditAction::Update, name, |rec| {
+                let access = match access
+                    .clone()
+                    .map(|a| types.check_request(a, Some(&rec.access)))
+                {
+                    None => None,
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(m)) => {
+                        refused = Some(m);
+                        return None;
+                    }
+                };
                 let mut changes = Map::new();
                 if let Some(d) = &description {
                     changes.insert(
@@ -255,7 +275,7 @@ impl Admin {
                 if let Some(a) = access {
                     changes.insert(
                         "access".into(),
-                        serde_json::json!({"from": rec.access.names(), "to": a.names()}),
+                        serde_json::json!({"from": rec.access.as_slice(), "to": a.as_slice()}),
                     );
                     rec.access = a;
                 }
@@ -272,6 +292,9 @@ impl Admin {
                 Some(Value::Object(changes))
             })
             .await?;
+        if let Some(m) = refused {
+            return Err(invalid("access", m));
+        }
         Ok(json_response(StatusCode::OK, &self.dto(&rec, self.now())))
     }
 

@@ -68,6 +68,8 @@ pub enum Command {
     /// See and block the client IPs of a token.
     #[command(subcommand)]
     Ip(IpCmd),
+    /// List the configured access types (name and label).
+    AccessTypes,
     /// Show the audit log (all tokens, or one).
     Audit {
         token: Option<String>,
@@ -81,7 +83,7 @@ pub enum TokenCmd {
     /// Create a token; prints its secret once.
     Create {
         name: String,
-        /// security-director and/or third-party-feeds, comma-separated.
+        /// Configured access types, comma-separated (see `tokengate access-types`).
         #[arg(long, value_delimiter = ',', required = true)]
         access: Vec<String>,
         #[arg(long)]
@@ -196,6 +198,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => crate::dev::run().await,
         Command::Token(cmd) => token_cmd(&cli.global, cmd).await,
         Command::Ip(cmd) => ip_cmd(&cli.global, cmd).await,
+        Command::AccessTypes => {
+            let c = admin_client(&cli.global)?;
+            let v = c.call(Method::GET, "/v1/access-types", None).await?;
+            let json = cli.global.json;
+            print_answer(
+                json,
+                &v,
+                "access_types",
+                &ACCESS_TYPE_HEADER,
+                access_type_row,
+            );
+            Ok(())
+        }
         Command::Audit { token, limit } => {
             let c = admin_client(&cli.global)?;
             let mut path = format!("/v1/audit?limit={limit}");
@@ -203,16 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 path.push_str(&format!("&token={}", enc(&t)));
             }
             let v = c.call(Method::GET, &path, None).await?;
-            if cli.global.json {
-                print_json(&v);
-            } else {
-                let rows = v
-                    .get("entries")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                print_table(&AUDIT_HEADER, rows.iter().map(audit_row));
-            }
+            print_answer(cli.global.json, &v, "entries", &AUDIT_HEADER, audit_row);
             Ok(())
         }
     }
@@ -444,12 +450,7 @@ async fn status_cmd(
         )
         .await?;
     if !g.json {
-        let rows = v
-            .get("tokens")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        print_table(&TOKEN_HEADER, rows.iter().map(token_row));
+        print_rows(&v, "tokens", &TOKEN_HEADER, token_row);
     }
     Ok(v)
 }

@@ -80,6 +80,35 @@ pub(super) fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String
     print!("{}", table(header, rows));
 }
 
+/// The array `v[key]` of an API answer as a table, one row per element.
+pub(super) fn print_rows(
+    v: &Value,
+    key: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) {
+    let rows = v
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    print_table(header, rows.iter().map(row));
+}
+
+/// An API answer: its JSON with `--json`, else the array `v[key]` as a table.
+pub(super) fn print_answer(
+    json: bool,
+    v: &Value,
+    key: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) {
+    if json {
+        print_json(v);
+    } else {
+        print_rows(v, key, header, row);
+    }
+}
+
 /// A table: the header, then one line per row; every column but the last padded to its
 /// widest cell. Cells are already [`printable`].
 pub(super) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
@@ -108,6 +137,12 @@ pub(super) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) ->
         line(r);
     }
     text
+}
+
+pub(super) const ACCESS_TYPE_HEADER: [&str; 2] = ["NAME", "LABEL"];
+
+pub(super) fn access_type_row(t: &Value) -> Vec<String> {
+    vec![s(t, "name"), s(t, "label")]
 }
 
 pub(super) const AUDIT_HEADER: [&str; 6] =

@@ -10,12 +10,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::access::{Access, AccessType, AccessTypes};
 use crate::net::canonical_net;
-use crate::token::Access;
 use crate::uri::host::normalise_host;
 use crate::uri::path::normalise;
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub usage: UsageConfig,
     pub lifecycle: LifecycleConfig,
     pub audit: AuditConfig,
+    /// The configured access types (`[[access_types]]`), shared with the index and the admin API.
+    pub access_types: Arc<AccessTypes>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -345,10 +348,11 @@ impl RawConfig {
         let audit = AuditConfig {
             retention: positive("audit.retention", &self.audit.retention)?,
         };
+        let access_types = Arc::new(access_types(self.access_types)?);
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in self.routes.unwrap_or_default().into_iter().enumerate() {
-            let route = validate_route(i, r, proxy.forward_authorization)?;
+            let route = validate_route(i, r, proxy.forward_authorization, &access_types)?;
             if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
                 return Err(invalid(
                     format!("routes[{i}].path_prefix"),
@@ -364,12 +368,39 @@ impl RawConfig {
             usage,
             lifecycle,
             audit,
+            access_types,
             routes,
         })
     }
 }
 
-fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig, ConfigError> {
+/// `[[access_types]]`, or the seed's two when the file declares none.
+fn access_types(raw: Option<Vec<RawAccessType>>) -> Result<AccessTypes, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(AccessTypes::seed());
+    };
+    let types = raw
+        .into_iter()
+        .map(|t| AccessType {
+            name: t.name,
+            label: t.label,
+        })
+        .collect();
+    AccessTypes::new(types).map_err(|e| {
+        let key = match e.index {
+            Some(i) => format!("access_types[{i}].{}", e.field),
+            None => "access_types".to_string(),
+        };
+        invalid(key, e.message)
+    })
+}
+
+fn validate_route(
+    i: usize,
+    r: RawRoute,
+    global_fwd: bool,
+    types: &AccessTypes,
+) -> Result<RouteConfig, ConfigError> {
     let key = |k: &str| format!("routes[{i}].{k}");
     let prefix = r.path_prefix;
     if !prefix.starts_with('/') || !prefix.ends_with('/') {
@@ -395,13 +426,10 @@ fn validate_route(i: usize, r: RawRoute, global_fwd: bool) -> Result<RouteConfig
                 .into_owned(),
         ),
     };
-    let access = Access::parse_one(&r.access).ok_or_else(|| {
+    let access = types.bit(&r.access).ok_or_else(|| {
         invalid(
             key("access"),
-            format!(
-                "unknown access type {:?}: expected security-director or third-party-feeds",
-                r.access
-            ),
+            format!("route {prefix:?}: {}", types.unknown_route_type(&r.access)),
         )
     })?;
     let upstream: http::Uri = r

@@ -20,9 +20,19 @@ pub struct RawConfig {
     pub lifecycle: RawLifecycle,
     #[serde(default)]
     pub audit: RawAudit,
+    /// `None` when the file has no `[[access_types]]` (the seed's two apply).
+    #[serde(default)]
+    pub access_types: Option<Vec<RawAccessType>>,
     /// `None` when the file has no `[[routes]]`.
     #[serde(default)]
     pub routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessType {
+    pub name: String,
+    pub label: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -222,3 +222,42 @@ mod tls_tests {
         load(&two("ca_file = \"a.pem\"", "ca_file = \"b.pem\"")).unwrap();
     }
 }
+
+#[test]
+fn access_types_default_to_the_seeds_two_and_routes_must_name_a_configured_one() {
+    let c = Config::defaults();
+    let names: Vec<_> = c.access_types.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["security-director", "third-party-feeds"]);
+
+    let own = "[[access_types]]\nname = \"billing\"\nlabel = \"Billing API\"\n\
+               [[access_types]]\nname = \"reports\"\nlabel = \"Reports\"\n";
+    let route = |access: &str| {
+        format!("[[routes]]\npath_prefix = \"/b/\"\naccess = \"{access}\"\nupstream = \"http://127.0.0.1:1\"\n")
+    };
+    let c = load_str(&format!("{own}{}", route("reports")), &[]).unwrap();
+    let labels: Vec<_> = c.access_types.iter().map(|t| t.label.as_str()).collect();
+    assert_eq!(labels, ["Billing API", "Reports"]);
+    assert_eq!(Some(c.routes[0].access), c.access_types.bit("reports"));
+
+    // Declaring types replaces the default two: a route naming a seed type is an error that
+    // names the route and the configured types.
+    let e = load_str(&format!("{own}{}", route("security-director")), &[]).unwrap_err();
+    let e = e.to_string();
+    assert!(e.starts_with("routes[0].access: route \"/b/\""), "{e}");
+    assert!(e.contains("billing, reports"), "{e}");
+
+    let e = load_str(
+        "[[access_types]]\nname = \"Bad Name\"\nlabel = \"x\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("access_types[0].name:"), "{e}");
+    let e = load_str(
+        "[[access_types]]\nname = \"a\"\nlabel = \"x\"\n[[access_types]]\nname = \"a\"\nlabel = \"y\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("access_types[1].name:"), "{e}");
+    let e = load_str("[[access_types]]\nname = \"a\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("label"), "{e}");
+}

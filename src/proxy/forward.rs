@@ -59,7 +59,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
-        let identity = token.identity();
+        let identity = token.identity(self.index.access_types());
         headers::prepare_request(
             &mut parts.headers,
             &Forwarding {
@@ -76,7 +76,7 @@ impl Proxy {
                 keep_authorization: route.forward_authorization,
                 token_name: &identity.name,
                 token_id: &identity.id,
-                token_access: &crate::state::access_header(token.access),
+                token_access: &identity.access,
             },
         );
         if affine {

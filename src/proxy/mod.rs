@@ -30,6 +30,7 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::access::Access;
 use crate::clock::SharedClock;
 use crate::config::{Config, LifecycleConfig, ProxyConfig};
 use crate::error::ProxyBody;
@@ -39,7 +40,6 @@ use crate::server::ConnInfo;
 use crate::shared::Shared;
 use crate::state::{TokenIndex, TokenState};
 use crate::store::Store;
-use crate::token::Access;
 use crate::usage::UsageRecorder;
 
 use self::route::RouteTable;

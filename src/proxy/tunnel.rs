@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 
+use crate::access::Access;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
 use crate::counted::Counted;
 use crate::model::TokenId;
 use crate::policy::{self, Effective};
 use crate::state::TokenIndex;
-use crate::token::Access;
 
 /// Copies bytes both ways between an upgraded client and upstream connection (WebSocket).
 ///

@@ -3,18 +3,19 @@
 //! decoded here, from the column lists both stores select ([`TOKEN_COLUMNS`], [`IP_COLUMNS`],
 //! [`AUDIT_COLUMNS`]).
 
+use crate::access::AccessNames;
 use crate::clock::Timestamp;
 use crate::model::{AuditEntry, InactiveReason, IpRecord, PreviousSecret, Status, TokenRecord};
 use crate::net::BlockEntry;
-use crate::token::{Access, SecretHash};
+use crate::token::SecretHash;
 
 /// How many columns [`TOKEN_COLUMNS`] has (a query may select more after them).
-pub(super) const TOKEN_COLUMN_COUNT: usize = 15;
+pub(super) const TOKEN_COLUMN_COUNT: usize = 16;
 
 /// A token's columns, in the order [`token`] reads them (from column 0).
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
      inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at, \
-     previous_secret_hash, previous_secret_expires_at";
+     previous_secret_hash, previous_secret_expires_at, access_types";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -38,7 +39,7 @@ pub(super) trait Columns {
     /// Column `i` as `T`; the driver's own error if it holds something else.
     fn column<T: Value>(&self, i: usize) -> Result<T, Self::Error>;
 
-    /// The access bits, an integer as wide as the dialect stores it.
+    /// The legacy access bits, an integer as wide as the dialect stores it.
     fn access(&self, i: usize) -> Result<i64, Self::Error>;
 
     /// Column `i` holds a value of the right type that the gateway never writes.
@@ -61,7 +62,7 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         id: row.column(0)?,
         name: row.column(1)?,
         description: row.column(2)?,
-        access: Access::from_bits(u8::try_from(row.access(3)?).unwrap_or(0)),
+        access: access(row)?,
         secret_hash: SecretHash::from_bytes(hash),
         status: Status::from_db(&status),
         inactive_reason: InactiveReason::from_db(reason.as_deref()),
@@ -72,6 +73,16 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         version: row.column(11)?,
         expires_at: ts(row.column(12)?),
         previous_secret: previous_secret(row, 13)?,
+    })
+}
+
+/// The access names (column 15); a row whose names are null was written by the previous
+/// release (during a rolling upgrade): its legacy bits (column 3) say the same.
+fn access<R: Columns>(row: &R) -> Result<AccessNames, R::Error> {
+    let names: Option<String> = row.column(15)?;
+    Ok(match names {
+        Some(n) => AccessNames::from_stored(&n),
+        None => AccessNames::from_legacy_bits(row.access(3)?),
     })
 }
 

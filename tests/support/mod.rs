@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use tokengate::app::{Gateway, StartOptions};
 use tokengate::clock::ManualClock;
 use tokengate::config::{Config, RouteConfig, StoreUrl};
-use tokengate::token::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -72,17 +71,23 @@ impl Builder {
     }
 
     /// A route `prefix` → `upstream` with `strip_prefix = true`.
-    pub fn route(self, prefix: &str, access: Access, upstream: SocketAddr) -> Builder {
+    /// `access` names a configured access type (configure custom ones first).
+    pub fn route(self, prefix: &str, access: &str, upstream: SocketAddr) -> Builder {
         self.route_with(prefix, access, upstream, |_| {})
     }
 
     pub fn route_with(
         mut self,
         prefix: &str,
-        access: Access,
+        access: &str,
         upstream: SocketAddr,
         f: impl FnOnce(&mut RouteConfig),
     ) -> Builder {
+        let access = self
+            .config
+            .access_types
+            .bit(access)
+            .unwrap_or_else(|| panic!("{access:?} is not a configured access type"));
         let mut r = RouteConfig {
             path_prefix: prefix.into(),
             host: None,
@@ -948,7 +953,7 @@ pub async fn gateway_with_token(
 ) -> (Upstream, TestGateway, String) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+        .route("/sd/", "security-director", up.addr)
         .configure(f)
         .start()
         .await;
@@ -988,9 +993,20 @@ pub async fn gateway_on(
     f: impl FnOnce(&mut Config),
 ) -> Option<(Upstream, TestGateway, Option<Arc<PgSchema>>)> {
     let up = Upstream::start().await;
-    let mut b = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
+    let b = TestGateway::builder()
+        .route("/sd/", "security-director", up.addr)
         .configure(f);
+    let (gw, schema) = start_on(postgres, test, b).await?;
+    Some((up, gw, schema))
+}
+
+/// Starts `b` on its SQLite file, or (`postgres`) on a fresh PostgreSQL schema: `None` when
+/// the test skips for want of a server.
+pub async fn start_on(
+    postgres: bool,
+    test: &str,
+    mut b: Builder,
+) -> Option<(TestGateway, Option<Arc<PgSchema>>)> {
     let mut schema = None;
     if postgres {
         let url = postgres_url(test)?;
@@ -998,7 +1014,19 @@ pub async fn gateway_on(
         b = b.postgres(&s);
         schema = Some(s);
     }
-    Some((up, b.start().await, schema))
+    Some((b.start().await, schema))
+}
+
+/// Configured access types (`Config::access_types`) from `(name, label)` pairs.
+pub fn access_types(types: &[(&str, &str)]) -> Arc<tokengate::access::AccessTypes> {
+    let types = types
+        .iter()
+        .map(|(name, label)| tokengate::access::AccessType {
+            name: name.to_string(),
+            label: label.to_string(),
+        })
+        .collect();
+    Arc::new(tokengate::access::AccessTypes::new(types).expect("valid access types"))
 }
 
 /// Runs each `async fn NAME(postgres: bool, test: &str)` as two tests, `sqlite::NAME` and

@@ -87,14 +87,16 @@ impl Inner {
         let tx = c.transaction().await?;
         let generation = bump(&tx).await?;
         let key = crate::token::name_key(&t.name);
-        let access = i16::from(t.access.bits());
+        let access = t.access.legacy_bits();
+        let access_types = t.access.stored();
         let hash = t.secret_hash.as_bytes().to_vec();
         let res = tx
             .execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
-                    expires_at, previous_secret_hash, previous_secret_expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                    $17)",
                 &[
                     &t.id,
                     &t.name,
@@ -112,6 +114,7 @@ impl Inner {
                     &t.expires_at.map(|x| x.0),
                     &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                     &t.previous_secret.map(|p| p.until.0),
+                    &access_types,
                 ],
             )
             .await;
@@ -148,14 +151,16 @@ impl Inner {
         // Row locks in id order (the text order of canonical ids is the same).
         ordered.sort_by_key(|t| t.id);
         for t in &ordered {
-            let access = i16::from(t.access.bits());
+            let access = t.access.legacy_bits();
+            let access_types = t.access.stored();
             let hash = t.secret_hash.as_bytes().to_vec();
             let n = tx
                 .execute(
                     "UPDATE tokens SET description = $2, access = $3, secret_hash = $4,
                         status = $5, inactive_reason = $6, activated_at = $7,
                         deactivated_at = $8, expires_at = $10, previous_secret_hash = $11,
-                        previous_secret_expires_at = $12, version = version + 1
+                        previous_secret_expires_at = $12, access_types = $13,
+                            version = version + 1
                      WHERE id = $1 AND version = $9",
                     &[
                         &t.id,
@@ -170,6 +175,7 @@ impl Inner {
                         &t.expires_at.map(|x| x.0),
                         &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                         &t.previous_secret.map(|p| p.until.0),
+                        &access_types,
                     ],
                 )
                 .await?;

@@ -162,14 +162,15 @@ impl Store for SqliteStore {
             let res = tx.execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
-                    expires_at, previous_secret_hash, previous_secret_expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17)",
                 params![
                     t.id,
                     t.name,
                     crate::token::name_key(&t.name),
                     t.description,
-                    t.access.bits(),
+                    t.access.legacy_bits(),
                     t.secret_hash.as_bytes().as_slice(),
                     t.status.as_str(),
                     t.inactive_reason.map(|r| r.as_str()),
@@ -181,6 +182,7 @@ impl Store for SqliteStore {
                     t.expires_at.map(|x| x.0),
                     t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                     t.previous_secret.map(|p| p.until.0),
+                    t.access.stored(),
                 ],
             );
             match res {
@@ -219,12 +221,13 @@ impl Store for SqliteStore {
                         "UPDATE tokens SET description = ?2, access = ?3, secret_hash = ?4,
                             status = ?5, inactive_reason = ?6, activated_at = ?7,
                             deactivated_at = ?8, expires_at = ?10, previous_secret_hash = ?11,
-                            previous_secret_expires_at = ?12, version = version + 1
+                            previous_secret_expires_at = ?12, access_types = ?13,
+                            version = version + 1
                          WHERE id = ?1 AND version = ?9",
                         params![
                             t.id,
                             t.description,
-                            t.access.bits(),
+                            t.access.legacy_bits(),
                             t.secret_hash.as_bytes().as_slice(),
                             t.status.as_str(),
                             t.inactive_reason.map(|r| r.as_str()),
@@ -234,6 +237,7 @@ impl Store for SqliteStore {
                             t.expires_at.map(|x| x.0),
                             t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                             t.previous_secret.map(|p| p.until.0),
+                            t.access.stored(),
                         ],
                     )
                     .map_err(unavailable)?;
@@ -634,15 +638,16 @@ fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::AccessNames;
     use crate::model::{AuditAction, Status};
-    use crate::token::{Access, SecretHash};
+    use crate::token::SecretHash;
 
     fn record(name: &str, secret: &[u8]) -> (TokenRecord, AuditEntry) {
         let token = TokenRecord {
             id: TokenId::generate(),
             name: name.to_string(),
             description: None,
-            access: Access::SECURITY_DIRECTOR,
+            access: AccessNames::new(["security-director".to_string()]),
             secret_hash: SecretHash::of(secret),
             status: Status::Active,
             inactive_reason: None,

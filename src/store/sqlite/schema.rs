@@ -67,6 +67,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE tokens ADD COLUMN previous_secret_hash BLOB;
     ALTER TABLE tokens ADD COLUMN previous_secret_expires_at INTEGER;",
     ),
+    (
+        5,
+        // Access types by name (SPEC §6 `[[access_types]]`), from the legacy bits of the
+        // seed's two. The bits are still written for the seed's two (see `AccessNames`).
+        "ALTER TABLE tokens ADD COLUMN access_types TEXT;
+    UPDATE tokens SET access_types = CASE access & 3
+        WHEN 1 THEN 'security-director'
+        WHEN 2 THEN 'third-party-feeds'
+        WHEN 3 THEN 'security-director,third-party-feeds'
+        ELSE '' END;",
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {
