@@ -26,7 +26,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
 use support::*;
-use tokengate::token::Access;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -459,8 +458,8 @@ fn screenshots_wanted() -> Option<PathBuf> {
 async fn gateway() -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
         .start()
         .await;
     (gw, up)
@@ -535,6 +534,21 @@ async fn console_is_served_without_the_key_with_the_security_headers() {
     }
     let page = gw.admin_as(Method::GET, "/", None, None).await.text();
     assert!(page.contains("src=\"/console/app.js\""), "{page}");
+    // Access types come from the API: no product of the seed is named by the page itself.
+    let script = gw
+        .admin_as(Method::GET, "/console/app.js", None, None)
+        .await
+        .text();
+    for text in [&page, &script] {
+        for name in [
+            "Security Director",
+            "security-director",
+            "Third Party",
+            "third-party-feeds",
+        ] {
+            assert!(!text.contains(name), "the console names {name:?}");
+        }
+    }
     assert!(!page.contains("<script>"), "no inline script");
     // The page holds no data: everything it shows still needs the key.
     gw.admin_as(Method::GET, "/v1/tokens", None, None)
@@ -579,7 +593,7 @@ async fn console_end_to_end() {
     // Create: API validation errors appear next to the field that caused them.
     b.click("#open-create").await;
     b.fill("#create-name", "bad name").await;
-    b.click("#create-access-sd").await;
+    b.click("#create-access-security-director").await;
     b.click("#create-submit").await;
     b.wait_text("#create-name-error", "only letters").await;
     assert_eq!(
@@ -591,11 +605,11 @@ async fn console_end_to_end() {
         json!("true")
     );
     b.fill("#create-name", "feed-a").await;
-    b.click("#create-access-sd").await; // unticks it: no access at all
+    b.click("#create-access-security-director").await; // unticks it: no access at all
     b.click("#create-submit").await;
     b.wait_text("#create-access-error", "access").await;
     assert_eq!(b.text("#create-name-error").await, "");
-    b.click("#create-access-sd").await;
+    b.click("#create-access-security-director").await;
     b.fill("#create-description", "SIEM export").await;
     b.click("#create-submit").await;
 
@@ -645,7 +659,7 @@ async fn console_end_to_end() {
     // A second token with a clashing name: 409 name_taken, shown at the name field.
     b.click("#open-create").await;
     b.fill("#create-name", "FEED-A").await;
-    b.click("#create-access-tpf").await;
+    b.click("#create-access-third-party-feeds").await;
     b.click("#create-submit").await;
     b.wait_text("#create-name-error", "already exists").await;
     b.click("#create-cancel").await;
@@ -702,10 +716,10 @@ async fn console_end_to_end() {
 
     // Edit description and access; an empty access set is refused next to it.
     b.fill("#edit-description", "SIEM export, nightly").await;
-    b.click("#edit-access-sd").await;
+    b.click("#edit-access-security-director").await;
     b.click("#edit-save").await;
     b.wait_text("#edit-access-error", "access").await;
-    b.click("#edit-access-tpf").await;
+    b.click("#edit-access-third-party-feeds").await;
     b.click("#edit-save").await;
     b.wait_text("#edit-ok", "Saved").await;
     b.wait_text("#token-facts", "SIEM export, nightly").await;
@@ -868,7 +882,7 @@ async fn console_shows_html_and_script_as_plain_text() {
     b.click("#open-create").await;
     b.fill("#create-name", "evil-2").await;
     b.fill("#create-description", payload).await;
-    b.click("#create-access-tpf").await;
+    b.click("#create-access-third-party-feeds").await;
     b.click("#create-submit").await;
     b.ready("#secret-dialog").await;
     b.click("#secret-done").await;
@@ -880,7 +894,7 @@ async fn console_shows_html_and_script_as_plain_text() {
     b.click("#open-create").await;
     b.fill("#create-name", "<img src=x onerror=window.pwned=3>")
         .await;
-    b.click("#create-access-sd").await;
+    b.click("#create-access-security-director").await;
     b.click("#create-submit").await;
     b.wait_text("#create-name-error", "name").await;
     b.click("#create-cancel").await;
@@ -922,8 +936,8 @@ async fn console_cidr_blocks_and_screenshots() {
     };
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
-        .route("/sd/", Access::SECURITY_DIRECTOR, up.addr)
-        .route("/feeds/", Access::THIRD_PARTY_FEEDS, up.addr)
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
         .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
         .start()
         .await;
@@ -1094,7 +1108,7 @@ async fn console_expiry_and_rotation_grace() {
     // Create with "In 90 days".
     b.click("#open-create").await;
     b.fill("#create-name", "expiring").await;
-    b.click("#create-access-sd").await;
+    b.click("#create-access-security-director").await;
     b.choose("#create-expiry", "90d").await;
     b.click("#create-submit").await;
     b.ready("#secret-dialog").await;
@@ -1166,4 +1180,71 @@ async fn console_expiry_and_rotation_grace() {
         gw.token("expiring").await["previous_secret_expires_at"],
         json!(until)
     );
+}
+
+/// Issue 17: check boxes, badges and labels come from `/v1/access-types`: a gateway with its
+/// own types shows those (labels as text), and a token made and edited in the page gets them.
+#[tokio::test]
+async fn console_access_types_come_from_the_config() {
+    let Some(b) = Browser::start("console_access_types_come_from_the_config").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .configure(|c| {
+            c.access_types =
+                access_types(&[("reports", "Reports <b>API</b>"), ("billing", "Billing")])
+        })
+        .route("/reports/", "reports", up.addr)
+        .start()
+        .await;
+    sign_in(&b, &gw).await;
+    b.click("#open-create").await;
+    b.ready("#create-access-reports").await;
+    b.ready("#create-access-billing").await;
+    let choices = b.text("#create-access-options").await;
+    assert!(choices.contains("Reports <b>API</b>"), "{choices}");
+    assert!(choices.contains("Billing"), "{choices}");
+    let boxes = b
+        .js(
+            "return document.querySelectorAll('#create-access-options input').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(boxes, json!(2));
+    b.fill("#create-name", "reporter").await;
+    b.click("#create-access-reports").await;
+    b.click("#create-submit").await;
+    b.ready("#secret-dialog").await;
+    let secret = b.value("#secret-value").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    assert_eq!(gw.token("reporter").await["access"], json!(["reports"]));
+    gw.get("/reports/x", Some(&secret)).await.expect(200, None);
+
+    // The list's badge carries the label, as text.
+    let row = b
+        .wait_text("#token-rows tr[data-name='reporter']", "Reports <b>API</b>")
+        .await;
+    assert!(!row.contains("reports,"), "{row}");
+    // The edit form offers the configured types, ticked as the token holds them.
+    b.click("#token-rows tr[data-name='reporter'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    let ticked = b
+        .js(
+            "return [document.getElementById('edit-access-reports').checked, \
+                     document.getElementById('edit-access-billing').checked]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(ticked, json!([true, false]));
+    b.click("#edit-access-billing").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-ok", "Saved").await;
+    assert_eq!(
+        gw.token("reporter").await["access"],
+        json!(["billing", "reports"])
+    );
+    b.wait_text("#token-facts", "Billing").await;
 }

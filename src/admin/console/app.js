@@ -13,10 +13,9 @@
 
   var KEY_STORE = 'tokengate.adminKey';
   var PAGE_SIZE = 500;
-  var ACCESS = [
-    ['security-director', 'Security Director'],
-    ['third-party-feeds', 'Third Party feeds']
-  ];
+  // The configured access types ({name, label}, config order), from /v1/access-types once
+  // signed in: check boxes, badges and labels all come from it.
+  var ACCESS = null;
 
   function $(id) { return document.getElementById(id); }
 
@@ -50,9 +49,37 @@
     $(id).textContent = text || '';
   }
 
+  function accessType(name) {
+    for (var i = 0; ACCESS && i < ACCESS.length; i++) if (ACCESS[i].name === name) return ACCESS[i];
+    return null;
+  }
+
+  // A type no longer configured is shown by its name: it grants nothing.
   function accessLabel(a) {
-    for (var i = 0; i < ACCESS.length; i++) if (ACCESS[i][0] === a) return ACCESS[i][1];
-    return a;
+    var t = accessType(a);
+    return t ? t.label : a + ' (not configured)';
+  }
+
+  // One check box per configured type, plus the types in `held` that are no longer
+  // configured (so a token can keep or drop them; the API never lets one be added).
+  function renderAccessChoices(prefix, held) {
+    var box = $(prefix + '-options');
+    clear(box);
+    var choices = (ACCESS || []).map(function (t) { return [t.name, t.label]; });
+    (held || []).forEach(function (n) {
+      if (!accessType(n)) choices.push([n, accessLabel(n)]);
+    });
+    choices.forEach(function (c) {
+      box.appendChild(el('label', { class: 'check' },
+        el('input', { type: 'checkbox', name: 'access', value: c[0], id: prefix + '-' + c[0], checked: (held || []).indexOf(c[0]) >= 0 }),
+        ' ' + c[1]));
+    });
+  }
+
+  function checkedAccess(prefix) {
+    var boxes = $(prefix + '-options').querySelectorAll('input[type=checkbox]');
+    return Array.prototype.filter.call(boxes, function (b) { return b.checked; })
+      .map(function (b) { return b.value; });
   }
 
   function pad(n) { return n < 10 ? '0' + n : String(n); }
@@ -198,6 +225,7 @@
 
   function forgetKey() {
     try { window.sessionStorage.removeItem(KEY_STORE); } catch (e) { /* nothing stored */ }
+    ACCESS = null;
     state.tokens = [];
     state.next = null;
     state.selected.clear();
@@ -224,6 +252,18 @@
   function route(fromNavigation) {
     if (!storedKey()) {
       showSignin('');
+      return;
+    }
+    if (!ACCESS) {
+      // Once per sign-in: every view below needs the configured access types.
+      api('GET', '/v1/access-types').then(function (d) {
+        ACCESS = d.access_types;
+        route(fromNavigation);
+      }, function (e) {
+        if (e.status === 401) return;
+        showView('view-list');
+        setText('list-error', 'The access types could not be loaded: ' + e.message);
+      });
       return;
     }
     var m = /^#\/tokens\/([^/]+)$/.exec(window.location.hash);
@@ -392,7 +432,7 @@
 
   // --- create ---
 
-  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-sd', expires_at: 'create-expiry' };
+  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-options', expires_at: 'create-expiry' };
 
   // The expiry a select (and its date input) asks for, as body fields: `null` to keep
   // (edit only), `{}` for no change of the default, else expires_in / expires_at.
@@ -413,16 +453,11 @@
 
   function openCreate() {
     $('create-form').reset();
+    renderAccessChoices('create-access', []);
     syncExpiryDate('create');
     clearFormErrors('create', CREATE_FIELDS);
     $('create-dialog').showModal();
     $('create-name').focus();
-  }
-
-  function checkedAccess(prefix) {
-    return ACCESS.map(function (a) { return a[0]; }).filter(function (a) {
-      return $(prefix + (a === 'security-director' ? '-sd' : '-tpf')).checked;
-    });
   }
 
   function submitCreate(ev) {
@@ -522,7 +557,7 @@
 
   // --- token page ---
 
-  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-sd', expires_at: 'edit-expiry' };
+  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-options', expires_at: 'edit-expiry' };
 
   function showToken(name, fromNavigation) {
     var seq = ++state.tokenSeq;
@@ -587,8 +622,7 @@
     fact(dl, 'Deleted if unused on', when(t.delete_at));
     if (fillForm) {
       $('edit-description').value = t.description || '';
-      $('edit-access-sd').checked = t.access.indexOf('security-director') >= 0;
-      $('edit-access-tpf').checked = t.access.indexOf('third-party-feeds') >= 0;
+      renderAccessChoices('edit-access', t.access);
       $('edit-expiry').value = 'keep';
       syncExpiryDate('edit');
     }
