@@ -26,6 +26,7 @@ pub mod model;
 pub(crate) mod net;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub(crate) mod shared;
 pub mod state;
