@@ -44,7 +44,7 @@
 //! [`RateLimiter::local`] counts in this process alone (`backend = "local"`): a sharded
 //! [`dashmap::DashMap`] from token id to a slot whose TAT is one `AtomicI64` updated by a
 //! compare-and-swap loop, exact under concurrency, with no allocation once a token's slot
-//! exists. `RateLimiter::redis` keeps one budget per token shared by every instance
+//! exists. [`RateLimiter::redis`] keeps one budget per token shared by every instance
 //! (`backend = "redis"`): one atomic Lua script per check (EVALSHA, EVAL-loaded again after
 //! NOSCRIPT) on the key `tokengate:rl:<uuid>`, written with a millisecond expiry (`SET … PX`,
 //! the PEXPIRE of the key) so idle keys vanish; one multiplexed connection that reconnects by
@@ -68,6 +68,7 @@
 //!     https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-ratelimit-headers-09
 
 mod local;
+mod redis;
 
 use std::fmt;
 use std::time::Duration;
@@ -301,6 +302,7 @@ pub struct RateLimiter {
 
 enum Backend {
     Local(local::Local),
+    Redis(redis::Redis),
 }
 
 impl RateLimiter {
@@ -311,6 +313,17 @@ impl RateLimiter {
         }
     }
 
+    /// One budget per token shared by every instance using the Redis server at `url`
+    /// (`redis://host:port[/db]`, `redis://:password@host`, `unix:///path`). Does not connect
+    /// here: the connection is opened in the background, so start-up does not wait for Redis
+    /// (nor fail when it is down) and it is re-opened by itself whenever it is lost. Each check
+    /// waits at most `timeout` for Redis. Must be called inside the Tokio runtime.
+    pub fn redis(url: &str, timeout: Duration) -> Result<RateLimiter, String> {
+        Ok(RateLimiter {
+            backend: Backend::Redis(redis::Redis::new(url, timeout)?),
+        })
+    }
+
     /// Checks one use by `key` (the token's id) at `now` (the gateway clock) against `limit`,
     /// drawing on the budget if it is admitted. The first check of a key starts from a full
     /// bucket; a key checked with a different limit than before keeps what it has used, at
@@ -318,6 +331,7 @@ impl RateLimiter {
     pub async fn check(&self, key: Uuid, limit: RateLimit, now: Timestamp) -> Verdict {
         match &self.backend {
             Backend::Local(l) => l.check(key, limit, now),
+            Backend::Redis(r) => r.check(key, limit, now).await,
         }
     }
 
@@ -328,6 +342,7 @@ impl RateLimiter {
     pub fn forget(&self, key: Uuid) {
         match &self.backend {
             Backend::Local(l) => l.forget(key),
+            Backend::Redis(_) => {}
         }
     }
 
@@ -336,6 +351,7 @@ impl RateLimiter {
     pub fn backend_errors(&self) -> u64 {
         match &self.backend {
             Backend::Local(_) => 0,
+            Backend::Redis(r) => r.errors(),
         }
     }
 
@@ -345,6 +361,7 @@ impl RateLimiter {
     pub fn prune(&self, now: Timestamp) {
         match &self.backend {
             Backend::Local(l) => l.prune(now),
+            Backend::Redis(_) => {}
         }
     }
 }
