@@ -761,6 +761,28 @@ mod tests {
     }
 
     #[test]
+    fn redis_wants_a_url_a_timeout_and_the_runtime_but_no_server() {
+        let t = Duration::from_millis(50);
+        let err = |r: Result<RateLimiter, String>| r.err().expect("refused");
+        assert!(err(RateLimiter::redis("redis://127.0.0.1:1", t)).contains("Tokio runtime"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in = rt.enter();
+        let e = err(RateLimiter::redis("http://:hunter2@127.0.0.1:1", t));
+        assert!(e.starts_with("invalid rate_limit.redis_url"), "{e}");
+        assert!(
+            !e.contains("hunter2"),
+            "the password stays out of messages: {e}"
+        );
+        assert!(err(RateLimiter::redis("rediss://127.0.0.1:1", t)).contains("redis_url"));
+        assert!(err(RateLimiter::redis("redis://127.0.0.1:1", Duration::ZERO)).contains("timeout"));
+        // Nothing listens on port 1: created all the same, without waiting.
+        assert!(RateLimiter::redis("redis://127.0.0.1:1", t).is_ok());
+    }
+
+    #[test]
     fn headers_are_draft_09_structured_fields() {
         assert_eq!(policy_header(lim(100, "1m")), "\"default\";q=100;w=60");
         assert_eq!(policy_header(lim(5, "1500ms")), "\"default\";q=5;w=2");
