@@ -30,6 +30,8 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
             last_used_at: None,
             expires_at: None,
             previous_secret: None,
+            rate_limit: None,
+            allowed_ips: None,
             version: 1,
         },
         blocks: Vec::new(),

@@ -15,11 +15,12 @@ use tokio::task::JoinHandle;
 use crate::admin::key::{AdminKey, KeySource};
 use crate::admin::Admin;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError, ServerTlsConfig, StoreUrl};
+use crate::config::{Config, ConfigError, RateLimitBackend, ServerTlsConfig, StoreUrl};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyConn};
+use crate::ratelimit::RateLimiter;
 use crate::server::{self, ConnInfo, ServerOptions};
 use crate::shared::Shared;
 use crate::state::{IndexFollower, TokenIndex};
@@ -134,6 +135,13 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new(
             config.routes.iter().map(|r| r.path_prefix.as_str()),
         ));
+        let rate_limiter = Arc::new(match &config.rate_limit.backend {
+            RateLimitBackend::Local => RateLimiter::local(),
+            RateLimitBackend::Redis { url } => {
+                RateLimiter::redis(url, config.rate_limit.redis_timeout)
+                    .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?
+            }
+        });
         let shared = Shared {
             store: store.clone(),
             index: index.clone(),
@@ -141,6 +149,7 @@ impl Gateway {
             limiter: limiter.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            rate_limiter: rate_limiter.clone(),
         };
         let proxy = Arc::new(Proxy::new(&config, &shared)?);
         let admin = Arc::new(Admin::new(&config, &shared, key));
@@ -221,6 +230,11 @@ impl Gateway {
                     .run(config.lifecycle.sweep_interval, rx.clone()),
             ),
         ];
+        background.push(tokio::spawn(prune_rate_limits(
+            rate_limiter,
+            clock.clone(),
+            rx.clone(),
+        )));
         // A shared store: follow the changes other instances commit (none for SQLite).
         let follower = Arc::new(IndexFollower {
             index: index.clone(),
@@ -304,6 +318,23 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Drops the local rate-limit state of tokens whose bucket is full again (lossless: a full
+/// bucket is what a token without state has), so memory follows the tokens in use.
+async fn prune_rate_limits(
+    limiter: Arc<RateLimiter>,
+    clock: SharedClock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limiter.prune(clock.now()),
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -8,7 +8,14 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::ratelimit::RateLimit;
+
 /// The proxy's response body: a small static/owned body, or the upstream's stream.
+/// The IETF RateLimit header fields (see `crate::ratelimit` for the draft followed).
+pub(crate) const RATELIMIT_POLICY: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 pub(crate) type ProxyBody = Either<Full<Bytes>, hyper::body::Incoming>;
 
 macro_rules! json_body {
@@ -45,10 +52,19 @@ pub enum ProxyError {
     TokenInactive,
     #[error("client IP blocked for this token")]
     IpBlocked,
+    #[error("client IP not in the token's allow-list")]
+    IpNotAllowed,
     #[error("no route")]
     NoRoute,
     #[error("access denied")]
     AccessDenied,
+    #[error("rate limited")]
+    RateLimited {
+        retry_after_secs: u64,
+        limit: RateLimit,
+    },
+    #[error("rate limit backend unavailable")]
+    RateLimitUnavailable,
     #[error("bad gateway")]
     BadGateway,
     #[error("gateway timeout")]
@@ -61,14 +77,19 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::TooManyFailures { .. } | ProxyError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::MissingToken | ProxyError::InvalidToken | ProxyError::TokenExpired => {
                 StatusCode::UNAUTHORIZED
             }
-            ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::TokenInactive | ProxyError::IpBlocked | ProxyError::AccessDenied => {
-                StatusCode::FORBIDDEN
+            ProxyError::StoreUnavailable | ProxyError::RateLimitUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::TokenInactive
+            | ProxyError::IpBlocked
+            | ProxyError::IpNotAllowed
+            | ProxyError::AccessDenied => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -88,8 +109,11 @@ impl ProxyError {
             ProxyError::TokenExpired => "token_expired",
             ProxyError::TokenInactive => "token_inactive",
             ProxyError::IpBlocked => "ip_blocked",
+            ProxyError::IpNotAllowed => "ip_not_allowed",
             ProxyError::NoRoute => "no_route",
             ProxyError::AccessDenied => "access_denied",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::BadGateway => "bad_gateway",
             ProxyError::GatewayTimeout => "gateway_timeout",
         }
@@ -126,6 +150,18 @@ impl ProxyError {
             ProxyError::IpBlocked => {
                 json_body!("ip_blocked", "this client address is blocked for the token")
             }
+            ProxyError::IpNotAllowed => json_body!(
+                "ip_not_allowed",
+                "this client address is not allowed to use the token"
+            ),
+            ProxyError::RateLimited { .. } => json_body!(
+                "rate_limited",
+                "the token is over its rate limit; retry later"
+            ),
+            ProxyError::RateLimitUnavailable => json_body!(
+                "rate_limit_unavailable",
+                "the rate limit cannot be checked right now; retry later"
+            ),
             ProxyError::NoRoute => json_body!("no_route", "no route matches this request"),
             ProxyError::AccessDenied => {
                 json_body!(
@@ -182,6 +218,18 @@ impl ProxyError {
             ProxyError::TooManyFailures { retry_after_secs } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
+            ProxyError::RateLimited {
+                retry_after_secs,
+                limit,
+            } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                h.insert(RATELIMIT_POLICY, crate::ratelimit::policy_header(limit));
+                // draft-09: on a 429, `t` is when to come back, as Retry-After says.
+                h.insert(
+                    RATELIMIT,
+                    crate::ratelimit::ratelimit_header(limit, 0, retry_after_secs),
+                );
+            }
             _ => {}
         }
         resp
@@ -208,6 +256,12 @@ mod tests {
             ProxyError::TokenExpired,
             ProxyError::TokenInactive,
             ProxyError::IpBlocked,
+            ProxyError::IpNotAllowed,
+            ProxyError::RateLimited {
+                retry_after_secs: 1,
+                limit: RateLimit::new(5, std::time::Duration::from_secs(60)).unwrap(),
+            },
+            ProxyError::RateLimitUnavailable,
             ProxyError::NoRoute,
             ProxyError::AccessDenied,
             ProxyError::BadGateway,

@@ -32,7 +32,7 @@ const STATUS_SLOTS: usize = 500;
 
 /// The refusal codes counted in `tokengate_auth_refusals_total` (every proxy refusal that is
 /// the gateway's decision; upstream failures are in the per-status request counts).
-pub const REFUSALS: [&str; 12] = [
+pub const REFUSALS: [&str; 15] = [
     "invalid_request",
     "not_implemented",
     "headers_too_large",
@@ -43,8 +43,11 @@ pub const REFUSALS: [&str; 12] = [
     "token_expired",
     "token_inactive",
     "ip_blocked",
+    "ip_not_allowed",
     "no_route",
     "access_denied",
+    "rate_limited",
+    "rate_limit_unavailable",
 ];
 
 #[derive(Debug)]
@@ -194,6 +197,7 @@ pub struct Scrape {
     pub usage: Arc<UsageRecorder>,
     pub clock: SharedClock,
     pub lifecycle: LifecycleConfig,
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -332,6 +336,13 @@ impl Collector for Scrape {
             "Requests authenticated with a token's previous secret during a rotation grace \
              (when it stays at zero, clients have moved to the new secret).",
             m.previous_secret_uses.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "tokengate_rate_limit_backend_errors",
+            "Rate-limit checks the backend (Redis) failed or did not answer in time; each was \
+             let through or refused 503 as rate_limit.on_backend_error says.",
+            self.rate_limiter.backend_errors(),
         )?;
         counter(
             &mut enc,

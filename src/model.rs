@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::access::AccessNames;
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
+use crate::ratelimit::RateLimit;
 use crate::token::SecretHash;
 
 /// A token's stable identifier: a UUID, spelled lower-case and hyphenated wherever it is
@@ -139,6 +140,11 @@ pub struct TokenRecord {
     pub expires_at: Option<Timestamp>,
     /// After a regenerate with a grace: the replaced secret, working until its end.
     pub previous_secret: Option<PreviousSecret>,
+    /// Per-token rate limit (SPEC §1 `rate_limit`); `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// The client IPs and networks it may be used from (SPEC §1 `allowed_ips`), canonical;
+    /// `None` = any.
+    pub allowed_ips: Option<Vec<BlockEntry>>,
     pub version: i64,
 }
 

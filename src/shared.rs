@@ -19,4 +19,6 @@ pub struct Shared {
     pub limiter: Arc<FailureLimiter>,
     pub clock: SharedClock,
     pub metrics: Arc<Metrics>,
+    /// Per-token rate limits (local or Redis).
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
 }

@@ -27,6 +27,7 @@ use crate::access::{Access, AccessTypes};
 use crate::clock::Timestamp;
 use crate::model::{InactiveReason, PreviousSecret, Status, TokenId, TokenRecord, TokenWithBlocks};
 use crate::net::BlockEntry;
+use crate::ratelimit::RateLimit;
 use crate::store::{ChangeSink, Store, StoreResult};
 use crate::token::SecretHash;
 
@@ -39,9 +40,6 @@ pub struct TokenState {
     pub blocks: Box<[BlockEntry]>,
     pub created_at: Timestamp,
     pub activated_at: Option<Timestamp>,
-    pub expires_at: Option<Timestamp>,
-    /// The replaced secret still in its grace (rotation), indexed too.
-    pub previous: Option<PreviousSecret>,
     /// Latest use known to this instance, in ms (0 = never): the store's `last_used_at`
     /// raised by local uses not flushed yet. Carried over when the token is refreshed.
     last_used: AtomicI64,
@@ -52,6 +50,43 @@ pub struct TokenState {
     pub access: Access,
     pub status: Status,
     pub inactive_reason: Option<InactiveReason>,
+    /// Its expiry, previous secret, rate limit and allow-list, when it has any (most tokens
+    /// have none: one pointer in every token, not their 80 bytes).
+    extras: Option<Box<Extras>>,
+}
+
+/// A token's optional settings.
+#[derive(Debug, Default)]
+struct Extras {
+    expires_at: Option<Timestamp>,
+    /// The replaced secret still in its grace (rotation), indexed too.
+    previous: Option<PreviousSecret>,
+    rate_limit: Option<RateLimit>,
+    /// Canonical entries; `None` = any client IP.
+    allowed_ips: Option<Box<[BlockEntry]>>,
+}
+
+impl TokenState {
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.extras.as_ref().and_then(|e| e.expires_at)
+    }
+
+    /// The replaced secret still in its grace (rotation), if any.
+    pub fn previous(&self) -> Option<PreviousSecret> {
+        self.extras.as_ref().and_then(|e| e.previous)
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.extras.as_ref().and_then(|e| e.rate_limit)
+    }
+
+    /// Whether `ip` may use the token (always, without an allow-list).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        match self.extras.as_ref().and_then(|e| e.allowed_ips.as_ref()) {
+            None => true,
+            Some(list) => list.iter().any(|e| e.contains(ip)),
+        }
+    }
 }
 
 /// The identity header values sent upstream, built once per token (on first use).
@@ -74,14 +109,25 @@ impl TokenState {
             blocks: t.blocks.into_boxed_slice(),
             created_at: r.created_at,
             activated_at: r.activated_at,
-            expires_at: r.expires_at,
-            previous: r.previous_secret,
             last_used: AtomicI64::new(r.last_used_at.map_or(0, |t| t.0)),
             rechecked_at: AtomicI64::new(i64::MIN / 2),
             identity: OnceLock::new(),
             access: types.grant(&r.access),
             status: r.status,
             inactive_reason: r.inactive_reason,
+            extras: Some(Extras {
+                expires_at: r.expires_at,
+                previous: r.previous_secret,
+                rate_limit: r.rate_limit,
+                allowed_ips: r.allowed_ips.map(Vec::into_boxed_slice),
+            })
+            .filter(|e| {
+                e.expires_at.is_some()
+                    || e.previous.is_some()
+                    || e.rate_limit.is_some()
+                    || e.allowed_ips.is_some()
+            })
+            .map(Box::new),
         })
     }
 
@@ -116,7 +162,7 @@ impl TokenState {
             created_at: self.created_at,
             activated_at: self.activated_at,
             last_used_at: self.last_used_at(),
-            expires_at: self.expires_at,
+            expires_at: self.expires_at(),
         }
     }
 
@@ -316,16 +362,16 @@ impl TokenIndex {
             return None;
         }
         self.by_previous.find(Self::hash_key(hash), |t| {
-            t.previous.is_some_and(|p| p.hash == *hash)
+            t.previous().is_some_and(|p| p.hash == *hash)
         })
     }
 
     fn previous_key(t: &TokenState) -> u64 {
-        t.previous.map_or(0, |p| Self::hash_key(&p.hash))
+        t.previous().map_or(0, |p| Self::hash_key(&p.hash))
     }
 
     fn unindex_previous(&self, t: &Arc<TokenState>) {
-        if t.previous.is_some()
+        if t.previous().is_some()
             && self
                 .by_previous
                 .remove(Self::previous_key(t), |x| std::ptr::eq(x, &**t))
@@ -395,7 +441,7 @@ impl TokenIndex {
         );
         // The previous secret (rotation) goes in before the old state leaves `by_hash`, so the
         // replaced secret is never unknown during its grace.
-        if let Some(p) = state.previous {
+        if let Some(p) = state.previous() {
             let replaced = self.by_previous.insert(
                 Self::hash_key(&p.hash),
                 state.clone(),
@@ -422,7 +468,8 @@ impl TokenIndex {
                     .remove(Self::hash_key(&p.hash), |x| std::ptr::eq(x, &*p));
             }
             // The old state's previous secret, unless the new state's replaced it in place.
-            if p.previous.is_some() && p.previous.map(|x| x.hash) != state.previous.map(|x| x.hash)
+            if p.previous().is_some()
+                && p.previous().map(|x| x.hash) != state.previous().map(|x| x.hash)
             {
                 self.unindex_previous(&p);
             }
@@ -527,6 +574,8 @@ mod tests {
                 last_used_at: Some(Timestamp(5_000)),
                 expires_at: None,
                 previous_secret: None,
+                rate_limit: None,
+                allowed_ips: None,
                 version: 1,
             },
             blocks: Vec::new(),
@@ -646,5 +695,16 @@ mod tests {
         assert!(index.get(&SecretHash::of(b"unknown")).is_none());
         assert_eq!(index.used_since(Timestamp(4_999)).len(), 10_000);
         assert!(index.used_since(Timestamp(5_000)).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// The per-token memory budget of the module comment: a token without limits pays one
+    /// pointer for them.
+    #[test]
+    fn a_token_state_stays_within_its_allocation_budget() {
+        let size = std::mem::size_of::<super::TokenState>();
+        assert!(size <= 160, "TokenState is {size} bytes");
     }
 }

@@ -406,7 +406,11 @@ async fn control_characters_of_a_description_are_printed_escaped() {
     ] {
         let o = cli.run(args).await;
         o.ok();
-        assert_eq!(raw_controls(&o.stdout), [], "raw control characters: {o:?}");
+        assert_eq!(
+            raw_controls(&o.stdout),
+            Vec::<char>::new(),
+            "raw control characters: {o:?}"
+        );
         // The audit log shows the description inside JSON details, with JSON's escapes.
         let shown = if args[0] == "audit" {
             r"nightly \u001b[31mfeed\r\u0000\u{7f}\u{9b}2J\u{202e}end"
@@ -423,7 +427,11 @@ async fn control_characters_of_a_description_are_printed_escaped() {
     ] {
         let o = cli.run(args).await;
         o.ok();
-        assert_eq!(raw_controls(&o.stdout), [], "raw control characters: {o:?}");
+        assert_eq!(
+            raw_controls(&o.stdout),
+            Vec::<char>::new(),
+            "raw control characters: {o:?}"
+        );
         let v = o.json();
         let t = if args[2] == "list" {
             &v["tokens"][0]
@@ -754,4 +762,65 @@ async fn access_types_lists_the_configured_ones_in_config_order() {
     cli.run(&["token", "create", "r", "--access", "reports"])
         .await
         .ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_and_allowed_ips_flags() {
+    let gw = TestGateway::builder().start().await;
+    let cli = Cli::new(&gw);
+    cli.run(&[
+        "token",
+        "create",
+        "feed",
+        "--access",
+        SD,
+        "--rate-limit",
+        "100/1m",
+        "--allowed-ips",
+        "192.0.2.1,10.0.0.0/8",
+    ])
+    .await
+    .ok();
+    let t = show(&gw, "feed").await;
+    assert_eq!(t["rate_limit"], json!({"requests": 100, "per": "1m"}));
+    assert_eq!(t["allowed_ips"], json!(["192.0.2.1", "10.0.0.0/8"]));
+    // A malformed limit is a usage error, said before any request.
+    let o = cli
+        .run(&["token", "update", "feed", "--rate-limit", "lots"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o}");
+    // An address the API refuses is an API refusal.
+    cli.run(&["token", "update", "feed", "--allowed-ips", "not-an-ip"])
+        .await
+        .refused();
+    cli.run(&[
+        "token",
+        "update",
+        "feed",
+        "--rate-limit",
+        "5/30s",
+        "--allowed-ips",
+        "198.51.100.0/24",
+    ])
+    .await
+    .ok();
+    let t = show(&gw, "feed").await;
+    assert_eq!(t["rate_limit"], json!({"requests": 5, "per": "30s"}));
+    assert_eq!(t["allowed_ips"], json!(["198.51.100.0/24"]));
+    cli.run(&[
+        "token",
+        "update",
+        "feed",
+        "--rate-limit",
+        "none",
+        "--allowed-ips",
+        "any",
+    ])
+    .await
+    .ok();
+    let t = show(&gw, "feed").await;
+    assert_eq!(
+        (&t["rate_limit"], &t["allowed_ips"]),
+        (&Value::Null, &Value::Null)
+    );
 }

@@ -70,6 +70,11 @@ async fn a_database_of_the_previous_release_opens_and_its_tokens_keep_working() 
         json!(["security-director", "third-party-feeds"])
     );
     assert_eq!(old["description"], "made by the release before expiry");
+    // No limit and no allow-list on the migrated rows.
+    assert_eq!(
+        (&old["rate_limit"], &old["allowed_ips"]),
+        (&Value::Null, &Value::Null)
+    );
     // The migrated rows take the new fields.
     gw.admin(
         Method::PATCH,
@@ -141,7 +146,7 @@ async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     // The legacy access bits became names (migration 4).
     assert_eq!(
         old["access"],

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
+use crate::ratelimit::RateLimit;
 use crate::token;
 
 use super::error::{invalid, invalid_body, AdminError};
@@ -120,6 +121,10 @@ pub(crate) struct NewToken {
     expires_at: Option<ExpiresAt>,
     #[serde(default, deserialize_with = "checked")]
     expires_in: Option<ExpiresIn>,
+    #[serde(default, deserialize_with = "checked")]
+    rate_limit: Option<RateLimitField>,
+    #[serde(default, deserialize_with = "checked")]
+    allowed_ips: Option<AllowedIps>,
 }
 
 impl Body for NewToken {}
@@ -131,6 +136,8 @@ pub(crate) struct NewTokenParts {
     /// As asked for: checked against the configured access types by the handler.
     pub(crate) access: Vec<String>,
     pub(crate) expiry: Option<Expiry>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) allowed_ips: Option<Vec<BlockEntry>>,
 }
 
 impl NewToken {
@@ -146,6 +153,8 @@ impl NewToken {
             description: self.description.and_then(|d| d.0),
             access: access.0,
             expiry: expiry(self.expires_at, self.expires_in)?,
+            rate_limit: self.rate_limit.and_then(|r| r.0),
+            allowed_ips: self.allowed_ips.and_then(|a| a.0),
         })
     }
 }
@@ -187,6 +196,10 @@ pub(crate) struct TokenPatch {
     expires_at: Option<ExpiresAt>,
     #[serde(default, deserialize_with = "checked")]
     expires_in: Option<ExpiresIn>,
+    #[serde(default, deserialize_with = "checked")]
+    rate_limit: Option<RateLimitField>,
+    #[serde(default, deserialize_with = "checked")]
+    allowed_ips: Option<AllowedIps>,
 }
 
 impl Body for TokenPatch {
@@ -203,6 +216,16 @@ impl TokenPatch {
     /// knows what the token already holds).
     pub(crate) fn access(&self) -> Option<Vec<String>> {
         self.access.as_ref().map(|a| a.0.clone())
+    }
+
+    /// `None` = absent; `Some(None)` = null (no limit); `Some(Some(l))` = set.
+    pub(crate) fn rate_limit(&self) -> Option<Option<RateLimit>> {
+        self.rate_limit.as_ref().map(|r| r.0)
+    }
+
+    /// `None` = absent; `Some(None)` = null (any client IP); `Some(Some(list))` = set.
+    pub(crate) fn allowed_ips(&self) -> Option<Option<Vec<BlockEntry>>> {
+        self.allowed_ips.as_ref().map(|a| a.0.clone())
     }
 
     /// `None` when the patch does not touch the expiry.
@@ -397,6 +420,59 @@ impl Field for Ips {
             .map(|s| BlockEntry::parse(s))
             .collect::<Result<_, _>>()
             .map(Ips)
+    }
+}
+
+/// `rate_limit`: `{"requests": N, "per": "<duration>"}`, or `null` for none.
+#[derive(Debug)]
+struct RateLimitField(Option<RateLimit>);
+
+impl Field for RateLimitField {
+    fn check(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Null => Ok(RateLimitField(None)),
+            Value::Object(_) => serde_json::from_value::<RateLimit>(v)
+                .map(|l| RateLimitField(Some(l)))
+                .map_err(|e| e.to_string()),
+            _ => {
+                Err("rate_limit must be {\"requests\": N, \"per\": \"<duration>\"} or null".into())
+            }
+        }
+    }
+}
+
+/// The most entries an allow-list holds (SPEC §1).
+pub(crate) const MAX_ALLOWED_IPS: usize = 100;
+
+/// `allowed_ips`: 1 to 100 IPs or CIDRs, canonicalised like block entries (duplicates folded),
+/// or `null` for any client IP.
+#[derive(Debug)]
+struct AllowedIps(Option<Vec<BlockEntry>>);
+
+impl Field for AllowedIps {
+    fn check(v: Value) -> Result<Self, String> {
+        let Value::Array(items) = v else {
+            return match v {
+                Value::Null => Ok(AllowedIps(None)),
+                _ => Err(not_a_list("allowed_ips")),
+            };
+        };
+        if items.is_empty() || items.len() > MAX_ALLOWED_IPS {
+            return Err(format!(
+                "allowed_ips must hold 1 to {MAX_ALLOWED_IPS} entries (null allows any client IP)"
+            ));
+        }
+        let mut list: Vec<BlockEntry> = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::String(s) = item else {
+                return Err(not_a_list("allowed_ips"));
+            };
+            let e = BlockEntry::parse(&s)?;
+            if !list.contains(&e) {
+                list.push(e);
+            }
+        }
+        Ok(AllowedIps(Some(list)))
     }
 }
 

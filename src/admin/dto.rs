@@ -21,9 +21,9 @@ pub(crate) struct TokenDto {
     pub expires_at: Option<String>,
     /// While a replaced secret still works (a regenerate with a grace): until when.
     pub previous_secret_expires_at: Option<String>,
-    /// Per-token rate limits are not built yet: always `null`.
-    pub rate_limit: Option<serde_json::Value>,
-    /// Per-token allow-lists are not built yet: always `null` (any client IP).
+    /// `{"requests": N, "per": "1m"}`, or `null` for none.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Canonical IPs and CIDRs, or `null` for any client IP.
     pub allowed_ips: Option<Vec<String>>,
     pub inactive_at: Option<String>,
     pub delete_at: Option<String>,

@@ -87,6 +87,7 @@ impl Admin {
                 usage: shared.usage.clone(),
                 clock: shared.clock.clone(),
                 lifecycle: config.lifecycle,
+                rate_limiter: shared.rate_limiter.clone(),
             },
             metrics_public: config.admin.metrics_public,
         }

@@ -60,8 +60,8 @@ impl Admin {
                 .previous_secret
                 .filter(|p| p.until > now)
                 .map(|p| p.until.rfc3339()),
-            rate_limit: None,
-            allowed_ips: None,
+            rate_limit: rec.rate_limit,
+            allowed_ips: allowed_text(&rec.allowed_ips),
             inactive_at: (status == Status::Active)
                 .then(|| since.plus(self.lifecycle.inactive_after).rfc3339()),
             delete_at: Some(since.plus(self.lifecycle.delete_after).rfc3339()),
@@ -201,6 +201,8 @@ impl Admin {
             last_used_at: None,
             expires_at,
             previous_secret: None,
+            rate_limit: parts.rate_limit,
+            allowed_ips: parts.allowed_ips,
             version: 1,
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
@@ -227,6 +229,8 @@ impl Admin {
                 "description": rec.description,
                 "access": rec.access.as_slice(),
                 "expires_at": rec.expires_at.map(Timestamp::rfc3339),
+                "rate_limit": rec.rate_limit,
+                "allowed_ips": allowed_text(&rec.allowed_ips),
             }),
         );
         self.store.insert_token(&rec, &entry).await?;
@@ -247,6 +251,8 @@ impl Admin {
         let description = patch.description();
         let access = patch.access();
         let expires_at = self.checked_expiry(patch.expiry()?, self.now(), false)?;
+        let rate_limit = patch.rate_limit();
+        let allowed_ips = patch.allowed_ips();
         let types = self.index.access_types();
         // Which types are acceptable depends on what the token holds (it may keep a type no
         // longer configured): checked against the record read, refusing the whole patch.
@@ -288,6 +294,23 @@ impl Admin {
                         }),
                     );
                     rec.expires_at = e;
+                }
+                if let Some(l) = rate_limit {
+                    changes.insert(
+                        "rate_limit".into(),
+                        serde_json::json!({"from": rec.rate_limit, "to": l}),
+                    );
+                    rec.rate_limit = l;
+                }
+                if let Some(a) = &allowed_ips {
+                    changes.insert(
+                        "allowed_ips".into(),
+                        serde_json::json!({
+                            "from": allowed_text(&rec.allowed_ips),
+                            "to": allowed_text(a),
+                        }),
+                    );
+                    rec.allowed_ips = a.clone();
                 }
                 Some(Value::Object(changes))
             })
@@ -479,4 +502,10 @@ impl Admin {
         }
         Err(AdminError::Conflict)
     }
+}
+
+/// An allow-list as the API shows it: canonical entries, or `null` for any client IP.
+fn allowed_text(list: &Option<Vec<crate::net::BlockEntry>>) -> Option<Vec<String>> {
+    list.as_ref()
+        .map(|l| l.iter().map(ToString::to_string).collect())
 }

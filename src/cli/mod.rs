@@ -94,6 +94,12 @@ pub enum TokenCmd {
         /// Expire at this RFC 3339 UTC time (e.g. 2027-01-31T00:00:00Z).
         #[arg(long)]
         expires_at: Option<String>,
+        /// At most N requests per DURATION, in bursts of up to N (e.g. 100/1m).
+        #[arg(long, value_name = "N/DURATION")]
+        rate_limit: Option<String>,
+        /// Only these client IPs and CIDRs may use it, comma-separated.
+        #[arg(long, value_name = "IP_OR_CIDR,...", value_delimiter = ',')]
+        allowed_ips: Option<Vec<String>>,
     },
     /// List tokens.
     List {
@@ -106,7 +112,7 @@ pub enum TokenCmd {
     },
     /// Show one token.
     Show { name: String },
-    /// Change a token's description, access or expiry.
+    /// Change a token's description, access, expiry, rate limit or allow-list.
     Update {
         name: String,
         #[arg(long)]
@@ -119,6 +125,12 @@ pub enum TokenCmd {
         /// A new expiry: an RFC 3339 UTC time, or `never`.
         #[arg(long)]
         expires_at: Option<String>,
+        /// A new rate limit (e.g. 100/1m), or `none`.
+        #[arg(long, value_name = "N/DURATION|none")]
+        rate_limit: Option<String>,
+        /// A new allow-list (comma-separated IPs and CIDRs), or `any`.
+        #[arg(long, value_name = "LIST|any")]
+        allowed_ips: Option<String>,
     },
     /// Delete a token for good.
     Delete { name: String },
@@ -224,6 +236,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `N/DURATION` (e.g. `100/1m`) as the API's `{"requests", "per"}`; a usage error otherwise.
+fn rate_limit_json(s: &str) -> anyhow::Result<Value> {
+    let limit = crate::ratelimit::RateLimit::parse_cli(s)
+        .map_err(|e| UsageError(format!("--rate-limit {s:?}: {e}")))?;
+    Ok(serde_json::to_value(limit)?)
+}
+
 async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_path, std::env::vars())?;
     let gw = Gateway::start(config, StartOptions::default()).await?;
@@ -295,8 +314,16 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             description,
             expires_in,
             expires_at,
+            rate_limit,
+            allowed_ips,
         } => {
             let mut body = json!({"name": name, "access": access});
+            if let Some(r) = rate_limit {
+                body["rate_limit"] = rate_limit_json(&r)?;
+            }
+            if let Some(list) = allowed_ips {
+                body["allowed_ips"] = json!(list);
+            }
             if let Some(d) = description {
                 body["description"] = Value::String(d);
             }
@@ -361,8 +388,26 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             clear_description,
             access,
             expires_at,
+            rate_limit,
+            allowed_ips,
         } => {
             let mut body = serde_json::Map::new();
+            if let Some(r) = rate_limit {
+                let v = if r.eq_ignore_ascii_case("none") {
+                    Value::Null
+                } else {
+                    rate_limit_json(&r)?
+                };
+                body.insert("rate_limit".into(), v);
+            }
+            if let Some(list) = allowed_ips {
+                let v = if list.eq_ignore_ascii_case("any") {
+                    Value::Null
+                } else {
+                    json!(list.split(',').map(str::trim).collect::<Vec<_>>())
+                };
+                body.insert("allowed_ips".into(), v);
+            }
             if let Some(d) = description {
                 body.insert("description".into(), Value::String(d));
             }
@@ -382,8 +427,8 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             }
             if body.is_empty() {
                 return Err(UsageError(
-                    "nothing to update: give --description, --clear-description, --access or \
-                     --expires-at"
+                    "nothing to update: give --description, --clear-description, --access, \
+                     --expires-at, --rate-limit or --allowed-ips"
                         .into(),
                 )
                 .into());

@@ -59,6 +59,7 @@ pub struct Config {
     pub usage: UsageConfig,
     pub lifecycle: LifecycleConfig,
     pub audit: AuditConfig,
+    pub rate_limit: RateLimitConfig,
     /// The configured access types (`[[access_types]]`), shared with the index and the admin API.
     pub access_types: Arc<AccessTypes>,
     pub routes: Vec<RouteConfig>,
@@ -157,6 +158,35 @@ pub struct LifecycleConfig {
     pub max_expiry: Option<Duration>,
     /// The longest `grace` a regenerate may ask for.
     pub max_rotation_grace: Duration,
+}
+
+/// `[rate_limit]`: where per-token budgets are counted (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub backend: RateLimitBackend,
+    /// What a check does when Redis cannot answer in time.
+    pub on_backend_error: OnBackendError,
+    /// Also send the RateLimit headers on forwarded responses.
+    pub headers: bool,
+    /// How long one Redis check may take (an addition: `rate_limit.redis_timeout`).
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    /// Each instance counts alone.
+    Local,
+    /// One budget per token in Redis, shared by every instance (the URL may hold a password:
+    /// never logged).
+    Redis { url: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Let the request through (and count the backend error).
+    Allow,
+    /// Answer 503 `rate_limit_unavailable`.
+    Deny,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +378,7 @@ impl RawConfig {
         let audit = AuditConfig {
             retention: positive("audit.retention", &self.audit.retention)?,
         };
+        let rate_limit = rate_limit(&self.rate_limit)?;
         let access_types = Arc::new(access_types(self.access_types)?);
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
@@ -368,10 +399,65 @@ impl RawConfig {
             usage,
             lifecycle,
             audit,
+            rate_limit,
             access_types,
             routes,
         })
     }
+}
+
+fn rate_limit(r: &RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    let backend = match r.backend.as_str() {
+        "local" => RateLimitBackend::Local,
+        "redis" => {
+            // Checked here so a typo stops start-up naming the key; never echoed (a password).
+            let url = r.redis_url.trim();
+            if url.starts_with("rediss://") {
+                return Err(invalid(
+                    "rate_limit.redis_url",
+                    "rediss:// (Redis over TLS) is not supported yet: use redis:// on a trusted network",
+                ));
+            }
+            if !url.starts_with("redis://") || url.len() == "redis://".len() {
+                return Err(invalid(
+                    "rate_limit.redis_url",
+                    "expected redis://[user:password@]host[:port][/db]",
+                ));
+            }
+            RateLimitBackend::Redis {
+                url: url.to_string(),
+            }
+        }
+        other => {
+            return Err(invalid(
+                "rate_limit.backend",
+                format!("{other:?}: expected \"local\" or \"redis\""),
+            ))
+        }
+    };
+    let on_backend_error = match r.on_backend_error.as_str() {
+        "allow" => OnBackendError::Allow,
+        "deny" => OnBackendError::Deny,
+        other => {
+            return Err(invalid(
+                "rate_limit.on_backend_error",
+                format!("{other:?}: expected \"allow\" or \"deny\""),
+            ))
+        }
+    };
+    let redis_timeout = positive("rate_limit.redis_timeout", &r.redis_timeout)?;
+    if redis_timeout > Duration::from_secs(5) {
+        return Err(invalid(
+            "rate_limit.redis_timeout",
+            "must be at most 5s (it is spent on every request while Redis is slow)",
+        ));
+    }
+    Ok(RateLimitConfig {
+        backend,
+        on_backend_error,
+        headers: r.headers,
+        redis_timeout,
+    })
 }
 
 /// `[[access_types]]`, or the seed's two when the file declares none.

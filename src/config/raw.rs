@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub lifecycle: RawLifecycle,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
     /// `None` when the file has no `[[access_types]]` (the seed's two apply).
     #[serde(default)]
     pub access_types: Option<Vec<RawAccessType>>,
@@ -167,6 +169,29 @@ impl Default for RawLifecycle {
             sweep_interval: "1m".into(),
             max_expiry: None,
             max_rotation_grace: "7d".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub backend: String,
+    pub redis_url: String,
+    pub on_backend_error: String,
+    #[serde(deserialize_with = "lenient")]
+    pub headers: bool,
+    pub redis_timeout: String,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        RawRateLimit {
+            backend: "local".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            on_backend_error: "allow".into(),
+            headers: false,
+            redis_timeout: "50ms".into(),
         }
     }
 }

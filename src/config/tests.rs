@@ -261,3 +261,45 @@ fn access_types_default_to_the_seeds_two_and_routes_must_name_a_configured_one()
     let e = load_str("[[access_types]]\nname = \"a\"\n", &[]).unwrap_err();
     assert!(e.to_string().contains("label"), "{e}");
 }
+
+#[test]
+fn rate_limit_section_defaults_to_local_and_checks_its_keys() {
+    let c = Config::defaults();
+    assert_eq!(c.rate_limit.backend, RateLimitBackend::Local);
+    assert_eq!(c.rate_limit.on_backend_error, OnBackendError::Allow);
+    assert!(!c.rate_limit.headers);
+    let c = load_str(
+        "[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://:pw@10.0.0.9:6380/2\"\non_backend_error = \"deny\"\nheaders = true\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.rate_limit.backend,
+        RateLimitBackend::Redis {
+            url: "redis://:pw@10.0.0.9:6380/2".into()
+        }
+    );
+    assert_eq!(c.rate_limit.on_backend_error, OnBackendError::Deny);
+    assert!(c.rate_limit.headers);
+    for (toml, key) in [
+        ("backend = \"memcached\"", "rate_limit.backend:"),
+        (
+            "on_backend_error = \"maybe\"",
+            "rate_limit.on_backend_error:",
+        ),
+        ("redis_timeout = \"1m\"", "rate_limit.redis_timeout:"),
+    ] {
+        let e = load_str(&format!("[rate_limit]\n{toml}\n"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with(key), "{e}");
+    }
+    let e = load_str(
+        "[rate_limit]\nbackend = \"redis\"\nredis_url = \"http://:secret@h\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("rate_limit.redis_url:") && !e.contains("secret"),
+        "{e}"
+    );
+}

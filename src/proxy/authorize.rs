@@ -14,10 +14,12 @@ use http::{HeaderMap, Method, Request, Version};
 use super::headers::X_FORWARDED_FOR;
 use super::{Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
 use crate::clock::Timestamp;
+use crate::config::OnBackendError;
 use crate::error::ProxyError;
 use crate::model::{InactiveReason, Status};
 use crate::net;
 use crate::policy::{self, Effective};
+use crate::ratelimit::{self, RateLimit, Verdict};
 use crate::state::TokenState;
 use crate::token;
 use crate::uri::host::normalise_host;
@@ -34,6 +36,9 @@ pub(crate) struct Authorized<'a> {
     normalised: Option<String>,
     /// Bytes of the path that `strip_prefix` removes.
     strip: usize,
+    /// The token's rate limit, the uses left and the seconds until its bucket is full, for
+    /// the RateLimit headers of the forwarded response (`rate_limit.headers`).
+    pub(crate) rate: Option<(RateLimit, u32, u64)>,
 }
 
 impl Authorized<'_> {
@@ -116,6 +121,11 @@ impl Proxy {
             self.usage.record_denied(token.id, client_ip);
             return Err(ProxyError::IpBlocked);
         }
+        // Row 9a. The token's allow-list (after blocks: a block always wins).
+        if !token.allows(client_ip) {
+            self.usage.record_denied(token.id, client_ip);
+            return Err(ProxyError::IpNotAllowed);
+        }
         // Row 10. Route, row 11. access.
         let m = self
             .routes
@@ -127,6 +137,12 @@ impl Proxy {
         if !token.access.contains(route.access) {
             return Err(ProxyError::AccessDenied);
         }
+        // Row 11a. The token's rate limit: only a request every check above let through
+        // draws on it, and a refused one is not a use.
+        let rate = match token.rate_limit() {
+            Some(limit) => self.check_rate(&token, limit, now).await?,
+            None => None,
+        };
         // Every check passed: this is a use, whatever the upstream answers.
         token.touch(now);
         self.usage.record_use(token.id, client_ip, now);
@@ -152,6 +168,7 @@ impl Proxy {
             route,
             normalised,
             strip,
+            rate,
         })
     }
 
@@ -231,7 +248,7 @@ impl Proxy {
             found = self
                 .index
                 .get_previous(&hash)
-                .filter(|t| t.previous.is_some_and(|p| now < p.until));
+                .filter(|t| t.previous().is_some_and(|p| now < p.until));
             if found.is_some() {
                 previous = true;
                 self.metrics.previous_secret_use();
@@ -247,6 +264,30 @@ impl Proxy {
                 self.limiter.record_failure(client_ip);
                 Err(ProxyError::InvalidToken)
             }
+        }
+    }
+
+    /// Row 11a: one check of the token's budget (local: no await; Redis: one round trip).
+    async fn check_rate(
+        &self,
+        token: &TokenState,
+        limit: RateLimit,
+        now: Timestamp,
+    ) -> Result<Option<(RateLimit, u32, u64)>, ProxyError> {
+        match self.rate_limiter.check(token.id.uuid(), limit, now).await {
+            Verdict::Admitted {
+                remaining,
+                reset_ms,
+            } => Ok(Some((limit, remaining, ratelimit::reset_secs(reset_ms)))),
+            Verdict::Limited { retry_after_ms, .. } => Err(ProxyError::RateLimited {
+                retry_after_secs: ratelimit::retry_after_secs(retry_after_ms),
+                limit,
+            }),
+            // Counted by the limiter (`tokengate_rate_limit_backend_errors_total`).
+            Verdict::Unavailable => match self.rate_limit.on_backend_error {
+                OnBackendError::Allow => Ok(None),
+                OnBackendError::Deny => Err(ProxyError::RateLimitUnavailable),
+            },
         }
     }
 }

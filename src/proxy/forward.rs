@@ -15,6 +15,8 @@ use super::headers::{self, Forwarding};
 use super::tunnel::{tunnel, TunnelWatch};
 use super::{upstream, Proxy, ProxyConn, Upstream};
 use crate::error::{ProxyBody, ProxyError};
+use crate::error::{RATELIMIT, RATELIMIT_POLICY};
+use crate::ratelimit;
 
 impl Proxy {
     /// The second phase: rewrites the authorized request for its upstream, sends it
@@ -30,6 +32,7 @@ impl Proxy {
             peer,
             ref token,
             route,
+            rate,
             ..
         } = auth;
         let upstream_path = auth.upstream_path(req.uri().path());
@@ -162,6 +165,16 @@ impl Proxy {
         // The client is answered in its own protocol, whatever the upstream spoke (an
         // HTTP/1.0 upstream must not turn a keep-alive client's connection into one-shot).
         rparts.version = client_version;
+        if let (true, Some((limit, remaining, reset))) = (self.rate_limit.headers, rate) {
+            // The gateway's own fields: an upstream's are replaced, never passed beside them.
+            rparts
+                .headers
+                .insert(RATELIMIT_POLICY, ratelimit::policy_header(limit));
+            rparts.headers.insert(
+                RATELIMIT,
+                ratelimit::ratelimit_header(limit, remaining, reset),
+            );
+        }
         Ok(Response::from_parts(rparts, Either::Right(rbody)))
     }
 }

@@ -32,10 +32,11 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::clock::SharedClock;
-use crate::config::{Config, LifecycleConfig, ProxyConfig};
+use crate::config::{Config, LifecycleConfig, ProxyConfig, RateLimitConfig};
 use crate::error::ProxyBody;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::server::ConnInfo;
 use crate::shared::Shared;
 use crate::state::{TokenIndex, TokenState};
@@ -103,6 +104,8 @@ pub struct Proxy {
     /// Read only on the idle-refusal path (see `recheck_idle`), never on a request that passes.
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    rate_limiter: Arc<RateLimiter>,
+    rate_limit: RateLimitConfig,
     /// Connection-affine upstream connections, and the pooled client (`upstream`).
     upstream: upstream::Upstreams,
 }
@@ -191,6 +194,8 @@ impl Proxy {
             clock: shared.clock.clone(),
             store: shared.store.clone(),
             metrics: shared.metrics.clone(),
+            rate_limiter: shared.rate_limiter.clone(),
+            rate_limit: config.rate_limit.clone(),
             upstream,
         })
     }

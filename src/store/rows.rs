@@ -7,15 +7,17 @@ use crate::access::AccessNames;
 use crate::clock::Timestamp;
 use crate::model::{AuditEntry, InactiveReason, IpRecord, PreviousSecret, Status, TokenRecord};
 use crate::net::BlockEntry;
+use crate::ratelimit::RateLimit;
 use crate::token::SecretHash;
 
 /// How many columns [`TOKEN_COLUMNS`] has (a query may select more after them).
-pub(super) const TOKEN_COLUMN_COUNT: usize = 16;
+pub(super) const TOKEN_COLUMN_COUNT: usize = 19;
 
 /// A token's columns, in the order [`token`] reads them (from column 0).
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
      inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at, \
-     previous_secret_hash, previous_secret_expires_at, access_types";
+     previous_secret_hash, previous_secret_expires_at, access_types, rate_limit_requests, \
+     rate_limit_per_ms, allowed_ips";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -73,6 +75,8 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         version: row.column(11)?,
         expires_at: ts(row.column(12)?),
         previous_secret: previous_secret(row, 13)?,
+        rate_limit: rate_limit(row, 16)?,
+        allowed_ips: allowed_ips(row, 18)?,
     })
 }
 
@@ -84,6 +88,54 @@ fn access<R: Columns>(row: &R) -> Result<AccessNames, R::Error> {
         Some(n) => AccessNames::from_stored(&n),
         None => AccessNames::from_legacy_bits(row.access(3)?),
     })
+}
+
+/// The rate limit (columns `i`, `i + 1`: requests, per in ms): both, or neither.
+fn rate_limit<R: Columns>(row: &R, i: usize) -> Result<Option<RateLimit>, R::Error> {
+    let requests: Option<i64> = row.column(i)?;
+    let per_ms: Option<i64> = row.column(i + 1)?;
+    match (requests, per_ms) {
+        (Some(n), Some(ms)) => {
+            let per = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            RateLimit::new(u64::try_from(n).unwrap_or(0), per)
+                .map(Some)
+                .map_err(|e| row.corrupt(i, &e))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The allow-list (column `i`): canonical entries joined by `,`; null = any client IP.
+fn allowed_ips<R: Columns>(row: &R, i: usize) -> Result<Option<Vec<BlockEntry>>, R::Error> {
+    let list: Option<String> = row.column(i)?;
+    list.map(|l| {
+        l.split(',')
+            .map(block_entry)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| row.corrupt(i, &e))
+    })
+    .transpose()
+}
+
+/// The store's form of an allow-list (see [`allowed_ips`]).
+pub(super) fn allowed_ips_text(list: &Option<Vec<BlockEntry>>) -> Option<String> {
+    list.as_ref().map(|l| {
+        l.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// The store's form of a rate limit: requests and per in ms.
+pub(super) fn rate_limit_columns(l: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
+    match l {
+        Some(l) => (
+            Some(i64::from(l.requests())),
+            Some(i64::try_from(l.per().as_millis()).unwrap_or(i64::MAX)),
+        ),
+        None => (None, None),
+    }
 }
 
 /// The replaced secret's hash and end (columns `i`, `i + 1`): both, or neither.

@@ -21,6 +21,8 @@ use tokengate::config::{Config, RouteConfig, StoreUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod redis;
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghijklmnop";
 
 // === the gateway ===
@@ -301,13 +303,19 @@ impl TestGateway {
 
     /// Creates a token through the admin API; returns (secret, token JSON).
     pub async fn create_token(&self, name: &str, access: &[&str]) -> (String, Value) {
-        let r = self
-            .admin(
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"name": name, "access": access})),
-            )
-            .await;
+        self.create_token_with(json!({"name": name, "access": access}))
+            .await
+    }
+
+    /// `PATCH /v1/tokens/{name}` with `body`.
+    pub async fn patch_token(&self, name: &str, body: Value) -> Resp {
+        self.admin(Method::PATCH, &format!("/v1/tokens/{name}"), Some(body))
+            .await
+    }
+
+    /// Creates a token from a whole `POST /v1/tokens` body; returns (secret, token JSON).
+    pub async fn create_token_with(&self, body: Value) -> (String, Value) {
+        let r = self.admin(Method::POST, "/v1/tokens", Some(body)).await;
         r.expect(201, None);
         let v = r.json();
         (v["token"].as_str().unwrap().to_string(), v)

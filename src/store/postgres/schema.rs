@@ -79,6 +79,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
             WHEN 3 THEN 'security-director,third-party-feeds'
             ELSE '' END;",
     ),
+    (
+        5,
+        // Rate limits and allow-lists (SPEC §1): null = none / any client IP.
+        "ALTER TABLE tokens ADD COLUMN rate_limit_requests bigint,
+            ADD COLUMN rate_limit_per_ms bigint, ADD COLUMN allowed_ips text;",
+    ),
 ];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).

@@ -11,6 +11,7 @@ use super::{corrupt, Fail, Inner};
 use crate::audit;
 use crate::clock::Timestamp;
 use crate::model::{AuditEntry, TokenRecord, UsageDelta};
+use crate::store::rows;
 use crate::store::sql::{self, Dialect};
 use crate::store::{Conflict, StoreError, SweepCutoffs, SweepOutcome};
 
@@ -89,14 +90,17 @@ impl Inner {
         let key = crate::token::name_key(&t.name);
         let access = t.access.legacy_bits();
         let access_types = t.access.stored();
+        let rate = rows::rate_limit_columns(t.rate_limit);
+        let allowed = rows::allowed_ips_text(&t.allowed_ips);
         let hash = t.secret_hash.as_bytes().to_vec();
         let res = tx
             .execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
-                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types)
+                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types,
+                    rate_limit_requests, rate_limit_per_ms, allowed_ips)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17)",
+                    $17, $18, $19, $20)",
                 &[
                     &t.id,
                     &t.name,
@@ -115,6 +119,9 @@ impl Inner {
                     &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                     &t.previous_secret.map(|p| p.until.0),
                     &access_types,
+                    &rate.0,
+                    &rate.1,
+                    &allowed,
                 ],
             )
             .await;
@@ -153,6 +160,8 @@ impl Inner {
         for t in &ordered {
             let access = t.access.legacy_bits();
             let access_types = t.access.stored();
+            let rate = rows::rate_limit_columns(t.rate_limit);
+            let allowed = rows::allowed_ips_text(&t.allowed_ips);
             let hash = t.secret_hash.as_bytes().to_vec();
             let n = tx
                 .execute(
@@ -160,6 +169,7 @@ impl Inner {
                         status = $5, inactive_reason = $6, activated_at = $7,
                         deactivated_at = $8, expires_at = $10, previous_secret_hash = $11,
                         previous_secret_expires_at = $12, access_types = $13,
+                            rate_limit_requests = $14, rate_limit_per_ms = $15, allowed_ips = $16,
                             version = version + 1
                      WHERE id = $1 AND version = $9",
                     &[
@@ -176,6 +186,9 @@ impl Inner {
                         &t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                         &t.previous_secret.map(|p| p.until.0),
                         &access_types,
+                        &rate.0,
+                        &rate.1,
+                        &allowed,
                     ],
                 )
                 .await?;

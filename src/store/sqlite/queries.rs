@@ -159,12 +159,15 @@ impl Store for SqliteStore {
         let audit = audit.clone();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
+            let rate = rows::rate_limit_columns(t.rate_limit);
+            let allowed = rows::allowed_ips_text(&t.allowed_ips);
             let res = tx.execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
-                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types)
+                    expires_at, previous_secret_hash, previous_secret_expires_at, access_types,
+                    rate_limit_requests, rate_limit_per_ms, allowed_ips)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17)",
+                    ?17, ?18, ?19, ?20)",
                 params![
                     t.id,
                     t.name,
@@ -183,6 +186,9 @@ impl Store for SqliteStore {
                     t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                     t.previous_secret.map(|p| p.until.0),
                     t.access.stored(),
+                    rate.0,
+                    rate.1,
+                    allowed,
                 ],
             );
             match res {
@@ -216,12 +222,15 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for t in &tokens {
+                let rate = rows::rate_limit_columns(t.rate_limit);
+                let allowed = rows::allowed_ips_text(&t.allowed_ips);
                 let n = tx
                     .execute(
                         "UPDATE tokens SET description = ?2, access = ?3, secret_hash = ?4,
                             status = ?5, inactive_reason = ?6, activated_at = ?7,
                             deactivated_at = ?8, expires_at = ?10, previous_secret_hash = ?11,
                             previous_secret_expires_at = ?12, access_types = ?13,
+                            rate_limit_requests = ?14, rate_limit_per_ms = ?15, allowed_ips = ?16,
                             version = version + 1
                          WHERE id = ?1 AND version = ?9",
                         params![
@@ -238,6 +247,9 @@ impl Store for SqliteStore {
                             t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
                             t.previous_secret.map(|p| p.until.0),
                             t.access.stored(),
+                            rate.0,
+                            rate.1,
+                            allowed,
                         ],
                     )
                     .map_err(unavailable)?;
@@ -657,6 +669,8 @@ mod tests {
             last_used_at: None,
             expires_at: None,
             previous_secret: None,
+            rate_limit: None,
+            allowed_ips: None,
             version: 1,
         };
         let audit = AuditEntry {

@@ -78,6 +78,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
         WHEN 3 THEN 'security-director,third-party-feeds'
         ELSE '' END;",
     ),
+    (
+        6,
+        // Rate limits and allow-lists (SPEC §1): null = none / any client IP.
+        "ALTER TABLE tokens ADD COLUMN rate_limit_requests INTEGER;
+    ALTER TABLE tokens ADD COLUMN rate_limit_per_ms INTEGER;
+    ALTER TABLE tokens ADD COLUMN allowed_ips TEXT;",
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {
