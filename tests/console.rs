@@ -488,6 +488,18 @@ async fn get_from(gw: &TestGateway, path: &str, secret: &str, ip: &str) -> Resp 
     .await
 }
 
+/// Waits for the confirmation dialog, checks that its text names `needle`, and confirms.
+async fn confirm(b: &Browser, needle: &str) {
+    b.ready("#confirm-ok").await;
+    let text = b.text("#confirm-dialog").await;
+    assert!(
+        text.contains(needle),
+        "the confirmation {text:?} lacks {needle:?}"
+    );
+    b.click("#confirm-ok").await;
+    b.wait_gone("#confirm-dialog").await;
+}
+
 /// Creates a token with a description through the admin API; returns its secret.
 async fn create(gw: &TestGateway, name: &str, description: &str, access: &[&str]) -> String {
     let r = gw
@@ -680,9 +692,10 @@ async fn console_end_to_end() {
         "{facts}"
     );
 
-    // Block it from the table: the next proxied request is refused.
+    // Block it from the table (after a confirmation): the next proxied request is refused.
     b.click(&format!("{ip_row} input[type=checkbox]")).await;
     b.click("#ips-block").await;
+    confirm(&b, "127.0.0.1").await;
     b.wait_text(&format!("{ip_row} td.blocked"), "Blocked")
         .await;
     gw.get("/sd/hello", Some(&secret))
@@ -699,6 +712,7 @@ async fn console_end_to_end() {
     // Block an address not seen yet; a bad one is refused next to the input.
     b.fill("#block-input", "10.0.0.300").await;
     b.click("#block-submit").await;
+    confirm(&b, "10.0.0.300").await;
     b.wait(
         "an error next to the block input",
         "return document.getElementById('block-error').textContent.length > 0",
@@ -706,6 +720,7 @@ async fn console_end_to_end() {
     )
     .await;
     b.fill("#block-input", "198.51.100.0/24\u{E007}").await;
+    confirm(&b, "198.51.100.0/24").await;
     b.wait_text(
         "#ip-rows tr[data-ip='198.51.100.0/24'] td.blocked",
         "Blocked",
@@ -756,7 +771,15 @@ async fn console_end_to_end() {
     let row = "#token-rows tr[data-name='feed-a']";
     b.click(&format!("{row} input[type=checkbox]")).await;
     b.wait_text("#list-selection", "1 selected").await;
+    // Deactivate asks first; cancelling changes nothing.
     b.click("#bulk-deactivate").await;
+    b.ready("#confirm-cancel").await;
+    b.wait_text("#confirm-dialog", "Deactivate feed-a").await;
+    b.click("#confirm-cancel").await;
+    b.wait_gone("#confirm-dialog").await;
+    gw.get("/feeds/x", Some(&secret)).await.expect(200, None);
+    b.click("#bulk-deactivate").await;
+    confirm(&b, "refused until it is activated again").await;
     b.wait_text(&format!("{row} td.status"), "Inactive").await;
     assert!(b
         .text(&format!("{row} td.status"))
@@ -817,6 +840,7 @@ async fn console_end_to_end() {
     b.click("#select-all-tokens").await;
     b.wait_text("#list-selection", "2 selected").await;
     b.click("#bulk-deactivate").await;
+    confirm(&b, "Deactivate 2 tokens").await;
     b.wait_text("#bulk-ok", "Deactivated 2 tokens").await;
 
     // A bulk action on a token deleted meanwhile: the API's 404 appears by the buttons.
@@ -902,6 +926,8 @@ async fn console_shows_html_and_script_as_plain_text() {
     b.click("#token-rows tr[data-name='evil'] td.name a").await;
     b.wait_text("#token-facts", "onerror").await;
     b.fill("#block-input", "<b>1.2.3.4</b>\u{E007}").await;
+    // The confirmation names the entry as text too.
+    confirm(&b, "<b>1.2.3.4</b>").await;
     b.wait(
         "an error next to the block input",
         "return document.getElementById('block-error').textContent.length > 0",
@@ -1061,6 +1087,7 @@ async fn console_cidr_blocks_and_screenshots() {
     );
     b.fill("#block-input", "203.0.113.0/24").await;
     b.click("#block-submit").await;
+    confirm(&b, "203.0.113.0/24").await;
     let covered = "#ip-rows tr[data-ip='203.0.113.9']";
     b.wait_text(&format!("{covered} td.blocked"), "203.0.113.0/24")
         .await;
@@ -1076,6 +1103,7 @@ async fn console_cidr_blocks_and_screenshots() {
         .await;
     b.click(&format!("{covered} input[type=checkbox]")).await;
     b.click("#ips-block").await;
+    confirm(&b, "198.51.100.23").await;
     b.wait_text("#ip-rows tr[data-ip='198.51.100.23'] td.blocked", "Blocked")
         .await;
     assert_eq!(b.text("#ips-error").await, "");
@@ -1247,4 +1275,299 @@ async fn console_access_types_come_from_the_config() {
         json!(["billing", "reports"])
     );
     b.wait_text("#token-facts", "Billing").await;
+}
+
+/// Rate limit and allow-list on the token page (SPEC §7): set a limit in the edit form (in
+/// force at the proxy), an invalid allowed IP refused next to its field, "Allow only these"
+/// from the IP table (after a confirmation) makes the selected address the whole allow-list,
+/// and emptying the fields clears both (null). Deactivating from the token page asks first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_rate_limit_and_allow_list() {
+    let Some(b) = Browser::start("console_rate_limit_and_allow_list").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", "security-director", up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let secret = create(&gw, "partner", "Partner feed", &["security-director"]).await;
+    let t = gw.token("partner").await;
+    assert_eq!(t["rate_limit"], Value::Null, "{t}");
+    assert_eq!(t["allowed_ips"], Value::Null, "{t}");
+
+    sign_in(&b, &gw).await;
+    b.click("#token-rows tr[data-name='partner'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-facts", "Rate limit").await;
+    assert_eq!(b.text("#token-facts dd.rate-limit").await, "none");
+    assert_eq!(b.text("#token-facts dd.allowed-ips").await, "any");
+    assert_eq!(b.value("#edit-rate-requests").await, "");
+    assert_eq!(b.value("#edit-allowed-ips").await, "");
+
+    // Not a number: refused in the page, next to the field; out of range: the API's message.
+    b.fill("#edit-rate-requests", "lots").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-rate_limit-error", "whole number").await;
+    b.fill("#edit-rate-requests", "0").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-rate_limit-error", "1 to 1000000").await;
+    assert_eq!(gw.token("partner").await["rate_limit"], Value::Null);
+
+    // 2 per minute.
+    b.fill("#edit-rate-requests", "2").await;
+    b.choose("#edit-rate-per", "1h").await;
+    b.choose("#edit-rate-per", "1m").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-ok", "Saved").await;
+    assert_eq!(b.text("#edit-rate_limit-error").await, "");
+    let t = gw.token("partner").await;
+    assert_eq!(t["rate_limit"], json!({"requests": 2, "per": "1m"}), "{t}");
+    assert_eq!(t["allowed_ips"], Value::Null, "{t}");
+    b.wait_text("#token-facts dd.rate-limit", "2 per 1m").await;
+
+    // An entry that is no IP: the API's message next to the allow-list, and nothing changes.
+    b.fill("#edit-allowed-ips", "192.0.2.1, not-an-ip").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-allowed_ips-error", "not-an-ip").await;
+    assert!(
+        b.text("#edit-allowed_ips-error")
+            .await
+            .contains("not an IP address"),
+        "{}",
+        b.text("#edit-allowed_ips-error").await
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('edit-allowed-ips').getAttribute('aria-invalid')",
+            json!([])
+        )
+        .await,
+        json!("true")
+    );
+    let t = gw.token("partner").await;
+    assert_eq!(t["allowed_ips"], Value::Null, "{t}");
+    assert_eq!(t["rate_limit"], json!({"requests": 2, "per": "1m"}), "{t}");
+
+    // Two clients; the limit set in the page is in force (a third use within the minute).
+    let (chosen, other) = ("203.0.113.7", "198.51.100.23");
+    get_from(&gw, "/sd/x", &secret, chosen)
+        .await
+        .expect(200, None);
+    get_from(&gw, "/sd/x", &secret, other)
+        .await
+        .expect(200, None);
+    get_from(&gw, "/sd/x", &secret, chosen)
+        .await
+        .expect(429, Some("rate_limited"));
+    gw.clock.advance(Duration::from_secs(60));
+
+    b.click("#ips-refresh").await;
+    b.wait(
+        "two client IPs",
+        "return document.querySelectorAll('#ip-rows tr').length === 2",
+        json!([]),
+    )
+    .await;
+    let disabled = "return document.getElementById('ips-allow-only').disabled";
+    assert_eq!(
+        b.js(disabled, json!([])).await,
+        json!(true),
+        "nothing selected"
+    );
+    let chosen_row = format!("#ip-rows tr[data-ip='{chosen}']");
+    b.click(&format!("{chosen_row} input[type=checkbox]")).await;
+    assert_eq!(b.js(disabled, json!([])).await, json!(false));
+    // It asks first; cancelling changes nothing.
+    b.click("#ips-allow-only").await;
+    b.ready("#confirm-cancel").await;
+    b.click("#confirm-cancel").await;
+    b.wait_gone("#confirm-dialog").await;
+    assert_eq!(gw.token("partner").await["allowed_ips"], Value::Null);
+    b.click("#ips-allow-only").await;
+    confirm(&b, chosen).await;
+    b.wait_text("#token-facts dd.allowed-ips", chosen).await;
+    let t = gw.token("partner").await;
+    assert_eq!(t["allowed_ips"], json!([chosen]), "{t}");
+    assert_eq!(t["rate_limit"], json!({"requests": 2, "per": "1m"}), "{t}");
+    assert!(!b.text("#token-facts dd.allowed-ips").await.contains(other));
+    // The edit form follows (so a later save keeps the list); its old error is gone.
+    assert_eq!(b.value("#edit-allowed-ips").await, chosen);
+    assert_eq!(b.text("#edit-allowed_ips-error").await, "");
+    b.wait_text("#ips-ok", chosen).await;
+    get_from(&gw, "/sd/x", &secret, other)
+        .await
+        .expect(403, Some("ip_not_allowed"));
+    get_from(&gw, "/sd/x", &secret, chosen)
+        .await
+        .expect(200, None);
+    b.click("#ips-refresh").await;
+    b.wait_text(&format!("#ip-rows tr[data-ip='{other}'] td.denied"), "1")
+        .await;
+
+    // Saving the form without touching the allow-list keeps it.
+    b.fill("#edit-description", "Partner feed, capped").await;
+    b.click("#edit-save").await;
+    b.wait_text("#token-facts", "Partner feed, capped").await;
+    assert_eq!(gw.token("partner").await["allowed_ips"], json!([chosen]));
+
+    // Emptying the allow-list: any client IP again (null).
+    b.fill("#edit-allowed-ips", "").await;
+    b.click("#edit-save").await;
+    b.wait_text("#token-facts dd.allowed-ips", "any").await;
+    let t = gw.token("partner").await;
+    assert_eq!(t["allowed_ips"], Value::Null, "{t}");
+    assert_eq!(t["rate_limit"], json!({"requests": 2, "per": "1m"}), "{t}");
+    get_from(&gw, "/sd/x", &secret, other)
+        .await
+        .expect(200, None);
+    // The minute's two uses are spent; emptying the limit lifts it (null).
+    get_from(&gw, "/sd/x", &secret, other)
+        .await
+        .expect(429, Some("rate_limited"));
+    b.fill("#edit-rate-requests", "").await;
+    b.click("#edit-save").await;
+    b.wait_text("#token-facts dd.rate-limit", "none").await;
+    assert_eq!(gw.token("partner").await["rate_limit"], Value::Null);
+    get_from(&gw, "/sd/x", &secret, other)
+        .await
+        .expect(200, None);
+
+    // Deactivate on the token page asks first; activating does not.
+    b.click("#token-toggle").await;
+    b.ready("#confirm-cancel").await;
+    b.click("#confirm-cancel").await;
+    b.wait_gone("#confirm-dialog").await;
+    assert_eq!(gw.token("partner").await["status"], "active");
+    b.click("#token-toggle").await;
+    confirm(&b, "refused until it is activated again").await;
+    b.wait_text("#token-action-ok", "inactive").await;
+    assert_eq!(gw.token("partner").await["status"], "inactive");
+    b.wait_text("#token-toggle", "Activate").await;
+    b.click("#token-toggle").await;
+    b.wait_text("#token-action-ok", "The token is active").await;
+    assert_eq!(gw.token("partner").await["status"], "active");
+}
+
+/// The create dialog's optional rate limit and allowed IPs: sent when filled (errors next to
+/// their fields), left out when not; a `per` set through the API that the select does not
+/// offer ("30s") is shown and kept by a save that does not touch it; and the token page and
+/// the dialog hold at 400 px wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_create_with_rate_limit_and_allow_list() {
+    let Some(b) = Browser::start("console_create_with_rate_limit_and_allow_list").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    sign_in(&b, &gw).await;
+
+    b.click("#open-create").await;
+    b.fill("#create-name", "capped").await;
+    b.click("#create-access-security-director").await;
+    b.fill("#create-rate-requests", "1.5").await;
+    b.click("#create-submit").await;
+    b.wait_text("#create-rate_limit-error", "whole number")
+        .await;
+    b.fill("#create-rate-requests", "100").await;
+    b.choose("#create-rate-per", "1h").await;
+    b.fill("#create-allowed-ips", "192.0.2.1 bogus").await;
+    b.click("#create-submit").await;
+    b.wait_text("#create-allowed_ips-error", "bogus").await;
+    assert_eq!(b.text("#create-rate_limit-error").await, "");
+    b.fill("#create-allowed-ips", "192.0.2.1, 198.51.100.0/24")
+        .await;
+    b.click("#create-submit").await;
+    b.ready("#secret-dialog").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    let t = gw.token("capped").await;
+    assert_eq!(
+        t["rate_limit"],
+        json!({"requests": 100, "per": "1h"}),
+        "{t}"
+    );
+    assert_eq!(
+        t["allowed_ips"],
+        json!(["192.0.2.1", "198.51.100.0/24"]),
+        "{t}"
+    );
+
+    // Left empty: no limit, any client IP.
+    b.click("#open-create").await;
+    assert_eq!(b.value("#create-rate-requests").await, "");
+    assert_eq!(b.value("#create-allowed-ips").await, "");
+    b.fill("#create-name", "plain").await;
+    b.click("#create-access-security-director").await;
+    b.click("#create-submit").await;
+    b.ready("#secret-dialog").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    let t = gw.token("plain").await;
+    assert_eq!(t["rate_limit"], Value::Null, "{t}");
+    assert_eq!(t["allowed_ips"], Value::Null, "{t}");
+
+    // The token page shows what was set, and the form holds it.
+    b.wait_text("#token-rows tr[data-name='capped']", "capped")
+        .await;
+    b.click("#token-rows tr[data-name='capped'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-facts dd.rate-limit", "100 per 1h")
+        .await;
+    let allowed = b.text("#token-facts dd.allowed-ips").await;
+    assert!(
+        allowed.contains("192.0.2.1") && allowed.contains("198.51.100.0/24"),
+        "{allowed}"
+    );
+    assert_eq!(b.value("#edit-rate-requests").await, "100");
+    assert_eq!(b.value("#edit-rate-per").await, "1h");
+    assert_eq!(
+        b.value("#edit-allowed-ips").await,
+        "192.0.2.1\n198.51.100.0/24"
+    );
+
+    // A limit per 30 s, set through the API: offered as it is, and kept by a save.
+    gw.admin(
+        Method::PATCH,
+        "/v1/tokens/plain",
+        Some(json!({"rate_limit": {"requests": 5, "per": "30s"}})),
+    )
+    .await
+    .expect(200, None);
+    b.click("#back-to-list").await;
+    b.ready("#view-list").await;
+    b.click("#token-rows tr[data-name='plain'] td.name a").await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-facts dd.rate-limit", "5 per 30s").await;
+    assert_eq!(b.value("#edit-rate-per").await, "30s");
+    b.fill("#edit-description", "Edited").await;
+    b.click("#edit-save").await;
+    b.wait_text("#edit-ok", "Saved").await;
+    let t = gw.token("plain").await;
+    assert_eq!(t["description"], "Edited", "{t}");
+    assert_eq!(t["rate_limit"], json!({"requests": 5, "per": "30s"}), "{t}");
+
+    // 400 px wide: nothing sticks out sideways (tables scroll inside their frame).
+    b.set_window(400, 900).await;
+    let width = b.js("return window.innerWidth", json!([])).await;
+    assert!(width.as_u64().is_some_and(|w| w <= 400), "{width}");
+    let fits =
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth";
+    b.wait("the token page to fit 400 px", fits, json!([]))
+        .await;
+    b.click("#back-to-list").await;
+    b.ready("#view-list").await;
+    b.click("#open-create").await;
+    b.ready("#create-rate-requests").await;
+    let dialog_fits = b
+        .js(
+            "const d = document.getElementById('create-dialog'); \
+             return d.scrollWidth <= d.clientWidth && d.getBoundingClientRect().right <= window.innerWidth",
+            json!([]),
+        )
+        .await;
+    assert_eq!(dialog_fits, json!(true));
+    b.wait("the list to fit 400 px", fits, json!([])).await;
 }

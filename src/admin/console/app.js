@@ -175,6 +175,11 @@
     var field = e.field;
     if (!field && e.code === 'name_taken') field = 'name';
     if (field === 'expires_in') field = 'expires_at';
+    // A JSON path such as `rate_limit.per` is shown at its top-level field.
+    if (field && !fields[field]) {
+      var top = field.split(/[.[]/)[0];
+      if (fields[top]) field = top;
+    }
     var target = field && fields[field] ? prefix + '-' + field + '-error' : prefix + '-error';
     setText(target, e.message);
     if (field && fields[field]) {
@@ -197,6 +202,70 @@
     return e.message;
   }
 
+  // A check made in the page before any request, placed like the API's own errors.
+  function localError(field, message) {
+    return new ApiError(400, { error: 'invalid_request', field: field, message: message });
+  }
+
+  // "a, b, c and 4 more": names or addresses in a confirmation text.
+  function listText(items) {
+    var shown = items.slice(0, 5).join(', ');
+    return items.length > 5 ? shown + ' and ' + (items.length - 5) + ' more' : shown;
+  }
+
+  // --- rate limit and allow-list controls (create and edit) ---
+
+  // The `per` values the select offers, as the API spells them back (humantime).
+  var PER_PRESETS = ['1s', '1m', '1h', '1day'];
+
+  function rateText(r) {
+    if (!r) return null;
+    return r.requests + ' per ' + r.per;
+  }
+
+  // Fills the requests input and the per select; a `per` set elsewhere (say "30s") gets an
+  // option of its own so that saving the form unchanged keeps it.
+  function fillRate(prefix, r) {
+    var sel = $(prefix + '-rate-per');
+    Array.prototype.slice.call(sel.querySelectorAll('option[data-extra]')).forEach(function (o) {
+      sel.removeChild(o);
+    });
+    $(prefix + '-rate-requests').value = r ? String(r.requests) : '';
+    var per = r ? r.per : '1m';
+    if (PER_PRESETS.indexOf(per) < 0) sel.appendChild(el('option', { value: per, 'data-extra': 'true', text: per }));
+    sel.value = per;
+  }
+
+  // `{value}`: null (no limit) or {requests, per}; `{error}` when requests is not a number.
+  function rateValue(prefix) {
+    var raw = $(prefix + '-rate-requests').value.trim();
+    if (raw === '') return { value: null };
+    if (!/^[0-9]+$/.test(raw)) {
+      return { error: 'Enter a whole number of requests, or leave it empty for no limit.' };
+    }
+    return { value: { requests: Number(raw), per: $(prefix + '-rate-per').value } };
+  }
+
+  function sameRate(a, b) {
+    if (!a || !b) return !a && !b;
+    return a.requests === b.requests && a.per === b.per;
+  }
+
+  // The textarea's entries (one a line or comma-separated); null when empty (any client IP).
+  function ipsValue(prefix) {
+    var list = $(prefix + '-allowed-ips').value.split(/[\s,]+/).filter(function (s) { return s !== ''; });
+    return list.length ? list : null;
+  }
+
+  function sameIps(a, b) {
+    if (!a || !b) return !a && !b;
+    return a.length === b.length && a.every(function (v, i) { return v === b[i]; });
+  }
+
+  function fillAllowedIps(prefix, list) {
+    $(prefix + '-allowed-ips').value = (list || []).join('\n');
+  }
+
   // --- state and views ---
 
   var state = {
@@ -207,7 +276,10 @@
     token: null,
     ips: [],
     ipSelected: new Set(),
-    tokenSeq: 0
+    tokenSeq: 0,
+    // The rate limit and allow-list the edit form was filled with: a save sends them only
+    // when the form now differs, so it never undoes a change made elsewhere meanwhile.
+    editBase: { rate_limit: null, allowed_ips: null }
   };
 
   var VIEWS = ['view-signin', 'view-list', 'view-token'];
@@ -417,6 +489,20 @@
     if (names.length === 0) return;
     setText('bulk-error', '');
     setText('bulk-ok', '');
+    if (activate) {
+      runBulk(true, names);
+      return;
+    }
+    var n = names.length;
+    confirmAction('Deactivate ' + (n === 1 ? names[0] : n + ' tokens') + '?',
+      (n === 1 ? 'Every request with this token' : 'Every request with ' + listText(names)) +
+        ' is refused until it is activated again.',
+      n === 1 ? 'Deactivate token' : 'Deactivate ' + n + ' tokens').then(function (ok) {
+      if (ok) runBulk(false, names);
+    });
+  }
+
+  function runBulk(activate, names) {
     $('bulk-activate').disabled = true;
     $('bulk-deactivate').disabled = true;
     api('POST', '/v1/tokens/' + (activate ? 'activate' : 'deactivate'), { names: names }).then(function (data) {
@@ -432,7 +518,10 @@
 
   // --- create ---
 
-  var CREATE_FIELDS = { name: 'create-name', description: 'create-description', access: 'create-access-options', expires_at: 'create-expiry' };
+  var CREATE_FIELDS = {
+    name: 'create-name', description: 'create-description', access: 'create-access-options',
+    expires_at: 'create-expiry', rate_limit: 'create-rate-requests', allowed_ips: 'create-allowed-ips'
+  };
 
   // The expiry a select (and its date input) asks for, as body fields: `null` to keep
   // (edit only), `{}` for no change of the default, else expires_in / expires_at.
@@ -455,6 +544,7 @@
     $('create-form').reset();
     renderAccessChoices('create-access', []);
     syncExpiryDate('create');
+    fillRate('create', null);
     clearFormErrors('create', CREATE_FIELDS);
     $('create-dialog').showModal();
     $('create-name').focus();
@@ -470,6 +560,15 @@
     if (expiry && !('expires_at' in expiry && expiry.expires_at === null)) {
       Object.keys(expiry).forEach(function (k) { body[k] = expiry[k]; });
     }
+    // Sent only when filled: no limit and any client IP are the defaults.
+    var rate = rateValue('create');
+    if (rate.error) {
+      showFormError('create', localError('rate_limit', rate.error), CREATE_FIELDS);
+      return;
+    }
+    if (rate.value) body.rate_limit = rate.value;
+    var allowed = ipsValue('create');
+    if (allowed) body.allowed_ips = allowed;
     $('create-submit').disabled = true;
     api('POST', '/v1/tokens', body).then(function (created) {
       $('create-dialog').close();
@@ -557,7 +656,10 @@
 
   // --- token page ---
 
-  var EDIT_FIELDS = { description: 'edit-description', access: 'edit-access-options', expires_at: 'edit-expiry' };
+  var EDIT_FIELDS = {
+    description: 'edit-description', access: 'edit-access-options', expires_at: 'edit-expiry',
+    rate_limit: 'edit-rate-requests', allowed_ips: 'edit-allowed-ips'
+  };
 
   function showToken(name, fromNavigation) {
     var seq = ++state.tokenSeq;
@@ -568,6 +670,7 @@
     setText('token-action-error', '');
     setText('token-action-ok', '');
     setText('ips-error', '');
+    setText('ips-ok', '');
     setText('block-error', '');
     setText('edit-ok', '');
     clearFormErrors('edit', EDIT_FIELDS);
@@ -617,6 +720,10 @@
     fact(dl, 'Deactivated', when(t.deactivated_at));
     fact(dl, 'Last used', when(t.last_used_at, 'never'));
     fact(dl, 'Expires', when(t.expires_at, 'never'));
+    fact(dl, 'Rate limit', t.rate_limit ? rateText(t.rate_limit) : el('span', { class: 'muted', text: 'none' }), 'rate-limit');
+    var allowed = el('span', { class: t.allowed_ips ? 'allow-list' : 'muted', text: t.allowed_ips ? null : 'any' });
+    (t.allowed_ips || []).forEach(function (a) { allowed.appendChild(el('code', { text: a })); });
+    fact(dl, 'Allowed IPs', allowed, 'allowed-ips');
     if (t.previous_secret_expires_at) fact(dl, 'Old secret works until', when(t.previous_secret_expires_at));
     fact(dl, 'Lapses on', when(t.inactive_at, t.status === 'active' ? '—' : 'already inactive'));
     fact(dl, 'Deleted if unused on', when(t.delete_at));
@@ -625,6 +732,9 @@
       renderAccessChoices('edit-access', t.access);
       $('edit-expiry').value = 'keep';
       syncExpiryDate('edit');
+      fillRate('edit', t.rate_limit);
+      fillAllowedIps('edit', t.allowed_ips);
+      state.editBase = { rate_limit: t.rate_limit || null, allowed_ips: t.allowed_ips || null };
     }
   }
 
@@ -634,6 +744,18 @@
     var activate = t.status !== 'active';
     setText('token-action-error', '');
     setText('token-action-ok', '');
+    if (activate) {
+      runToggle(t, true);
+      return;
+    }
+    confirmAction('Deactivate ' + t.name + '?',
+      'Every request with this token is refused until it is activated again.',
+      'Deactivate token').then(function (ok) {
+      if (ok) runToggle(t, false);
+    });
+  }
+
+  function runToggle(t, activate) {
     $('token-toggle').disabled = true;
     api('POST', '/v1/tokens/' + (activate ? 'activate' : 'deactivate'), { names: [t.name] }).then(function (data) {
       state.token = data.tokens[0];
@@ -707,6 +829,15 @@
     };
     var expiry = expiryFields('edit');
     if (expiry) Object.keys(expiry).forEach(function (k) { body[k] = expiry[k]; });
+    // Absent = unchanged; null clears (no limit / any client IP).
+    var rate = rateValue('edit');
+    if (rate.error) {
+      showFormError('edit', localError('rate_limit', rate.error), EDIT_FIELDS);
+      return;
+    }
+    if (!sameRate(rate.value, state.editBase.rate_limit)) body.rate_limit = rate.value;
+    var allowed = ipsValue('edit');
+    if (!sameIps(allowed, state.editBase.allowed_ips)) body.allowed_ips = allowed;
     $('edit-save').disabled = true;
     api('PATCH', tokenPath(t.name), body).then(function (updated) {
       state.token = updated;
@@ -786,6 +917,7 @@
     setText('ip-selection', n === 0 ? 'No addresses selected' : n + ' selected');
     $('ips-block').disabled = n === 0;
     $('ips-unblock').disabled = n === 0;
+    $('ips-allow-only').disabled = n === 0;
     var all = $('select-all-ips');
     all.checked = n > 0 && n === state.ips.length;
     all.indeterminate = n > 0 && n < state.ips.length;
@@ -802,6 +934,7 @@
     var t = state.token;
     if (!t) return Promise.resolve(false);
     setText('ips-error', '');
+    setText('ips-ok', '');
     setText('block-error', '');
     $('block-input').removeAttribute('aria-invalid');
     return api('POST', tokenPath(t.name) + '/ips/' + (block ? 'block' : 'unblock'), { ips: ips }).then(function (data) {
@@ -819,12 +952,63 @@
     });
   }
 
+  // Blocking asks first; unblocking does not.
+  function confirmBlock(ips) {
+    var t = state.token;
+    var n = ips.length;
+    return confirmAction('Block ' + (n === 1 ? ips[0] : n + ' addresses') + '?',
+      'Requests with ' + t.name + ' from ' + (n === 1 ? 'this address' : listText(ips)) +
+        ' are refused until unblocked. Other clients are not affected.',
+      n === 1 ? 'Block' : 'Block ' + n);
+  }
+
   function blockSelected(block) {
     var ips = Array.from(state.ipSelected);
-    if (ips.length === 0) return;
-    $('ips-block').disabled = true;
-    $('ips-unblock').disabled = true;
-    changeBlocks(block, ips, 'ips-error', null).then(function () { renderIpSelection(); });
+    if (ips.length === 0 || !state.token) return;
+    (block ? confirmBlock(ips) : Promise.resolve(true)).then(function (ok) {
+      if (!ok) return;
+      $('ips-block').disabled = true;
+      $('ips-unblock').disabled = true;
+      $('ips-allow-only').disabled = true;
+      changeBlocks(block, ips, 'ips-error', null).then(function () { renderIpSelection(); });
+    });
+  }
+
+  // "Allow only these": the selected addresses become the token's whole allow-list.
+  function allowOnlySelected() {
+    var t = state.token;
+    var ips = Array.from(state.ipSelected);
+    if (!t || ips.length === 0) return;
+    var seq = state.tokenSeq;
+    setText('ips-error', '');
+    setText('ips-ok', '');
+    var n = ips.length;
+    var current = t.allowed_ips ? ' It replaces the current allow-list (' + listText(t.allowed_ips) + ').' : '';
+    confirmAction('Allow ' + t.name + ' only from ' + (n === 1 ? ips[0] : 'these ' + n + ' addresses') + '?',
+      'Requests with this token from any other client IP than ' + listText(ips) + ' are refused.' + current,
+      'Allow only these').then(function (ok) {
+      if (!ok || seq !== state.tokenSeq) return;
+      $('ips-block').disabled = true;
+      $('ips-unblock').disabled = true;
+      $('ips-allow-only').disabled = true;
+      api('PATCH', tokenPath(t.name), { allowed_ips: ips }).then(function (updated) {
+        if (seq !== state.tokenSeq) return;
+        state.token = updated;
+        renderToken(updated, false);
+        // The edit form follows, so that a later save keeps this allow-list.
+        fillAllowedIps('edit', updated.allowed_ips);
+        state.editBase.allowed_ips = updated.allowed_ips || null;
+        setText('edit-allowed_ips-error', '');
+        $('edit-allowed-ips').removeAttribute('aria-invalid');
+        state.ipSelected.clear();
+        renderIps();
+        setText('ips-ok', 'The token is now accepted only from ' + listText(updated.allowed_ips || []) + '.');
+      }, function (e) {
+        if (seq === state.tokenSeq && e.status !== 401) setText('ips-error', actionMessage(e));
+      }).then(function () {
+        if (seq === state.tokenSeq) renderIpSelection();
+      });
+    });
   }
 
   function submitBlock(ev) {
@@ -839,10 +1023,13 @@
       input.focus();
       return;
     }
-    $('block-submit').disabled = true;
-    changeBlocks(true, [value], 'block-error', input).then(function (ok) {
-      if (ok) input.value = '';
-      $('block-submit').disabled = false;
+    confirmBlock([value]).then(function (ok) {
+      if (!ok) return;
+      $('block-submit').disabled = true;
+      changeBlocks(true, [value], 'block-error', input).then(function (ok) {
+        if (ok) input.value = '';
+        $('block-submit').disabled = false;
+      });
     });
   }
 
@@ -901,6 +1088,7 @@
     $('select-all-ips').addEventListener('change', selectAllIps);
     $('ips-block').addEventListener('click', function () { blockSelected(true); });
     $('ips-unblock').addEventListener('click', function () { blockSelected(false); });
+    $('ips-allow-only').addEventListener('click', allowOnlySelected);
     $('block-form').addEventListener('submit', submitBlock);
 
     window.addEventListener('hashchange', function () { route(true); });
