@@ -34,8 +34,10 @@ async fn main() -> anyhow::Result<()> {
     {
         let mut stmt = tx.prepare(
             "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
-                inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version)
-             VALUES (?1, ?2, ?2, NULL, 3, ?3, 'active', NULL, ?4, ?4, NULL, NULL, 1)",
+                inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
+                access_types)
+             VALUES (?1, ?2, ?2, NULL, 3, ?3, 'active', NULL, ?4, ?4, NULL, NULL, 1,
+                'security-director,third-party-feeds')",
         )?;
         for i in 0..n {
             // Real secrets for a few, cheap distinct hashes for the rest: the index does not care.
