@@ -96,7 +96,12 @@ impl AccessNames {
         bit(SEED_NAMES[0]) | (bit(SEED_NAMES[1]) << 1)
     }
 
-    /// From the legacy `access` column: a row only the previous release wrote.
+    /// Whether `name` is one of the seed's two (the ones with a legacy bit).
+    pub fn is_seed(name: &str) -> bool {
+        SEED_NAMES.contains(&name)
+    }
+
+    /// From the legacy `access` column.
     pub fn from_legacy_bits(bits: i64) -> AccessNames {
         AccessNames::new(
             SEED_NAMES

@@ -139,7 +139,7 @@ impl Gateway {
             RateLimitBackend::Local => RateLimiter::local(),
             RateLimitBackend::Redis { url } => {
                 RateLimiter::redis(url, config.rate_limit.redis_timeout)
-                    .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
             }
         });
         let shared = Shared {
@@ -230,8 +230,9 @@ impl Gateway {
                     .run(config.lifecycle.sweep_interval, rx.clone()),
             ),
         ];
-        background.push(tokio::spawn(prune_rate_limits(
+        background.push(tokio::spawn(prune_windows(
             rate_limiter,
+            usage.clone(),
             clock.clone(),
             rx.clone(),
         )));
@@ -321,10 +322,12 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// Drops the local rate-limit state of tokens whose bucket is full again (lossless: a full
-/// bucket is what a token without state has), so memory follows the tokens in use.
-async fn prune_rate_limits(
+/// Every 10 s, drops the local rate-limit state of tokens whose bucket is full again
+/// (lossless: a full bucket is what a token without state has) and the ended hourly windows of
+/// the refusal-record cap, so memory follows the tokens in use.
+async fn prune_windows(
     limiter: Arc<RateLimiter>,
+    usage: Arc<UsageRecorder>,
     clock: SharedClock,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -332,7 +335,11 @@ async fn prune_rate_limits(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => limiter.prune(clock.now()),
+            _ = tick.tick() => {
+                let now = clock.now();
+                limiter.prune(now);
+                usage.prune_denied_windows(now);
+            }
             _ = stop.changed() => return,
         }
     }

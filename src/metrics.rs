@@ -326,6 +326,13 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "tokengate_usage_denied_capped",
+            "Refusals (blocked or not allowed) not recorded because their token had made its \
+             1000 new IP records of the hour.",
+            self.usage.denied_capped(),
+        )?;
+        counter(
+            &mut enc,
             "tokengate_token_cache_hits",
             "Token lookups that found the token in memory.",
             m.cache_hits.load(Ordering::Relaxed),

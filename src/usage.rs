@@ -20,6 +20,10 @@ use crate::store::{Store, StoreResult};
 
 /// Distinct (token, IP) pairs held between flushes at most.
 pub const MAX_PENDING: usize = 1_000_000;
+/// New IP records that refusals (blocked, not allowed) may create per token per hour (SPEC §3),
+/// so a client rotating addresses cannot flush a token's real history.
+pub const MAX_NEW_DENIED_PER_HOUR: u32 = 1_000;
+const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
@@ -46,6 +50,10 @@ pub struct UsageRecorder {
     dropped: AtomicU64,
     flush_errors: AtomicU64,
     max_ips_per_token: usize,
+    /// Per token: the start of its current hour (ms) and the new pairs refusals made in it.
+    new_denied: DashMap<TokenId, (i64, u32)>,
+    /// Refusals not recorded because their token's hourly cap was reached.
+    denied_capped: AtomicU64,
 }
 
 impl UsageRecorder {
@@ -55,6 +63,8 @@ impl UsageRecorder {
             dropped: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             max_ips_per_token,
+            new_denied: DashMap::new(),
+            denied_capped: AtomicU64::new(0),
         }
     }
 
@@ -69,9 +79,42 @@ impl UsageRecorder {
         });
     }
 
-    /// Records a request refused because the IP is blocked for this token.
-    pub fn record_denied(&self, token_id: TokenId, ip: IpAddr) {
-        self.update(token_id, ip, |c| c.denied += 1);
+    /// Records a request refused because the IP is blocked for this token or outside its
+    /// allow-list. A pair not pending yet counts against the token's hourly cap of new
+    /// records ([`MAX_NEW_DENIED_PER_HOUR`]); past it, such refusals are counted only in
+    /// [`UsageRecorder::denied_capped`]. (A pair already flushed to the store counts as new
+    /// here too: the cap errs on the side of fewer writes.)
+    pub fn record_denied(&self, token_id: TokenId, ip: IpAddr, now: Timestamp) {
+        if let Some(mut c) = self.pending.get_mut(&(token_id, ip)) {
+            c.denied += 1;
+            return;
+        }
+        let admitted = {
+            let mut w = self.new_denied.entry(token_id).or_insert((now.0, 0));
+            if now.0 - w.0 >= HOUR_MS || now.0 < w.0 {
+                *w = (now.0, 0);
+            }
+            w.1 < MAX_NEW_DENIED_PER_HOUR && {
+                w.1 += 1;
+                true
+            }
+        };
+        if admitted {
+            self.update(token_id, ip, |c| c.denied += 1);
+        } else {
+            self.denied_capped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals not recorded because their token had made its hourly share of new records.
+    pub fn denied_capped(&self) -> u64 {
+        self.denied_capped.load(Ordering::Relaxed)
+    }
+
+    /// Drops the hourly windows that have ended (a background tick calls it: bounded memory).
+    pub fn prune_denied_windows(&self, now: Timestamp) {
+        self.new_denied
+            .retain(|_, (start, _)| now.0 - *start < HOUR_MS && now.0 >= *start);
     }
 
     fn update(&self, token_id: TokenId, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
@@ -202,7 +245,7 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         u.record_use(t, ip, Timestamp(10));
         u.record_use(t, ip, Timestamp(20));
-        u.record_denied(t, ip);
+        u.record_denied(t, ip, Timestamp(1));
         u.record_use(t, "192.0.2.2".parse().unwrap(), Timestamp(30));
         assert_eq!(u.pending(), 2);
         let c = *u.pending.get(&(t, ip)).unwrap();
@@ -210,5 +253,36 @@ mod tests {
             (c.requests, c.denied, c.first_used, c.last_used),
             (2, 1, 10, 20)
         );
+    }
+}
+
+#[cfg(test)]
+mod denied_cap {
+    use super::*;
+
+    #[test]
+    fn refusals_make_at_most_1000_new_records_per_token_per_hour() {
+        let u = UsageRecorder::new(10_000);
+        let t = TokenId::generate();
+        let other = TokenId::generate();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let at = Timestamp(10_000_000);
+        for i in 0..1_500 {
+            u.record_denied(t, ip(i), at);
+        }
+        assert_eq!(u.pending(), 1_000);
+        assert_eq!(u.denied_capped(), 500);
+        // A pair already pending still counts its refusals; another token has its own share.
+        u.record_denied(t, ip(7), at);
+        u.record_denied(other, ip(5_000), at);
+        assert_eq!(u.pending(), 1_001);
+        assert_eq!(u.denied_capped(), 500);
+        // An hour later the token may make new records again.
+        u.record_denied(t, ip(2_000), Timestamp(at.0 + HOUR_MS - 1));
+        assert_eq!(u.denied_capped(), 501);
+        u.record_denied(t, ip(2_000), Timestamp(at.0 + HOUR_MS));
+        assert_eq!(u.pending(), 1_002);
+        u.prune_denied_windows(Timestamp(at.0 + 3 * HOUR_MS));
+        assert!(u.new_denied.is_empty());
     }
 }

@@ -187,11 +187,24 @@ async fn a_row_the_previous_release_writes_after_the_migration_keeps_its_access(
         )
         .unwrap();
     assert_eq!(n, 1);
+    // And one that drops a seed type through the previous release: only the bits change,
+    // the names column still says both. The bits win: the removed type stays removed.
+    let n = conn
+        .execute(
+            "UPDATE tokens SET access = 1 WHERE name = 'release-feed'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
     drop(conn);
     gw.restart().await;
     assert_eq!(
         gw.token("release-live").await["access"],
         json!(["third-party-feeds"])
+    );
+    assert_eq!(
+        gw.token("release-feed").await["access"],
+        json!(["security-director"])
     );
     gw.get("/feeds/x", Some(secret)).await.expect(200, None);
 }

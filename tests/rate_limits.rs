@@ -180,6 +180,8 @@ async fn bad_limits_are_refused_naming_the_field() {
             .await;
         r.expect(400, Some("invalid_request"));
         assert_eq!(r.json()["field"], "rate_limit", "{limit}: {r}");
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(!message.starts_with("unknown field"), "{limit}: {message}");
     }
 }
 

@@ -433,7 +433,17 @@ impl Field for RateLimitField {
             Value::Null => Ok(RateLimitField(None)),
             Value::Object(_) => serde_json::from_value::<RateLimit>(v)
                 .map(|l| RateLimitField(Some(l)))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    // Reworded: `parse` reads serde's "unknown field `" as the body's own.
+                    let m = e.to_string();
+                    match m.strip_prefix("unknown field `") {
+                        Some(rest) => format!(
+                            "rate_limit has only \"requests\" and \"per\", not \"{}\"",
+                            token::truncate_for_message(rest.split('`').next().unwrap_or(""))
+                        ),
+                        None => m,
+                    }
+                }),
             _ => {
                 Err("rate_limit must be {\"requests\": N, \"per\": \"<duration>\"} or null".into())
             }

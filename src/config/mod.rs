@@ -172,13 +172,23 @@ pub struct RateLimitConfig {
     pub redis_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RateLimitBackend {
     /// Each instance counts alone.
     Local,
     /// One budget per token in Redis, shared by every instance (the URL may hold a password:
     /// never logged).
     Redis { url: String },
+}
+
+/// Never prints the URL: it may hold a password.
+impl std::fmt::Debug for RateLimitBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimitBackend::Local => f.write_str("Local"),
+            RateLimitBackend::Redis { .. } => f.write_str("Redis { url: <redacted> }"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -281,6 +281,10 @@ fn rate_limit_section_defaults_to_local_and_checks_its_keys() {
     );
     assert_eq!(c.rate_limit.on_backend_error, OnBackendError::Deny);
     assert!(c.rate_limit.headers);
+    assert!(
+        !format!("{c:?}").contains(":pw@"),
+        "the Redis password in Debug"
+    );
     for (toml, key) in [
         ("backend = \"memcached\"", "rate_limit.backend:"),
         (

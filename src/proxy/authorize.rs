@@ -118,12 +118,12 @@ impl Proxy {
             return Err(ProxyError::TokenInactive);
         }
         if policy::blocked_by(&token.blocks, client_ip).is_some() {
-            self.usage.record_denied(token.id, client_ip);
+            self.usage.record_denied(token.id, client_ip, now);
             return Err(ProxyError::IpBlocked);
         }
         // Row 9a. The token's allow-list (after blocks: a block always wins).
         if !token.allows(client_ip) {
-            self.usage.record_denied(token.id, client_ip);
+            self.usage.record_denied(token.id, client_ip, now);
             return Err(ProxyError::IpNotAllowed);
         }
         // Row 10. Route, row 11. access.

@@ -331,11 +331,14 @@ impl RateLimiter {
     pub async fn check(&self, key: Uuid, limit: RateLimit, now: Timestamp) -> Verdict {
         match &self.backend {
             Backend::Local(l) => l.check(key, limit, now),
-            Backend::Redis(r) => r.check(key, limit, now).await,
+            // Boxed: the round trip's future (a timer, the script call) would otherwise be
+            // part of every request's future, with a local backend or no limit too.
+            Backend::Redis(r) => Box::pin(r.check(key, limit, now)).await,
         }
     }
 
-    /// The token was deleted or its limit changed. Local: its state is dropped (its next
+    /// Drops a token's state. Not called by the gateway today: a changed limit converts what
+    /// was used (see `check`), and `prune` reclaims a deleted token's slot. Local: its state is dropped (its next
     /// check starts from a full bucket). Redis: nothing is done; the key expires by itself
     /// once its bucket is full again, and deleting it from every instance that learns of the
     /// change would hand the token a fresh burst each time.

@@ -80,14 +80,21 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
     })
 }
 
-/// The access names (column 15); a row whose names are null was written by the previous
-/// release (during a rolling upgrade): its legacy bits (column 3) say the same.
+/// The access names: the seed's two from the legacy bits (column 3), every other name from
+/// the names column (15). This build writes both, agreeing; an instance of the previous
+/// release sharing the database during a rolling upgrade writes only the bits, so they are
+/// the truth for the seed's two (a type it removed stays removed).
 fn access<R: Columns>(row: &R) -> Result<AccessNames, R::Error> {
     let names: Option<String> = row.column(15)?;
-    Ok(match names {
-        Some(n) => AccessNames::from_stored(&n),
-        None => AccessNames::from_legacy_bits(row.access(3)?),
-    })
+    let seed = AccessNames::from_legacy_bits(row.access(3)?);
+    let own = names
+        .map(|n| AccessNames::from_stored(&n))
+        .unwrap_or_default();
+    Ok(AccessNames::new(
+        seed.iter()
+            .chain(own.iter().filter(|n| !AccessNames::is_seed(n)))
+            .map(str::to_string),
+    ))
 }
 
 /// The rate limit (columns `i`, `i + 1`: requests, per in ms): both, or neither.
