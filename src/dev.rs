@@ -150,21 +150,28 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_string();
     let proxy = gw.proxy_addr;
-    println!(
-        "tokengate dev is running (state in {}, removed on exit)\n",
-        dir.path().display()
+    let dir_shown = dir.path().display();
+    let banner = format!(
+        "tokengate dev is running (state in {dir_shown}, removed on exit)\n\n\
+         \x20 proxy        http://{proxy}   (/sd/ -> security-director echo, /feeds/ -> third-party-feeds echo)\n\
+         \x20 admin API    {admin_url}\n\
+         \x20 console      {admin_url}/\n\
+         \x20 admin key    {admin_key}\n\
+         \x20 demo token   {secret}   (shown once)\n\n\
+         Try it:\n\
+         \x20 curl -s -H 'Authorization: Bearer {secret}' http://{proxy}/sd/hello\n\n\
+         Manage tokens with the CLI:\n\
+         \x20 export TOKENGATE_ADMIN_URL={admin_url} TOKENGATE_ADMIN_KEY={admin_key}\n\
+         \x20 tokengate token list\n\n\
+         Press Ctrl-C to stop.\n"
     );
-    println!("  proxy        http://{proxy}   (/sd/ -> security-director echo, /feeds/ -> third-party-feeds echo)");
-    println!("  admin API    {admin_url}");
-    println!("  console      {admin_url}/");
-    println!("  admin key    {admin_key}");
-    println!("  demo token   {secret}   (shown once)\n");
-    println!("Try it:");
-    println!("  curl -s -H 'Authorization: Bearer {secret}' http://{proxy}/sd/hello\n");
-    println!("Manage tokens with the CLI:");
-    println!("  export TOKENGATE_ADMIN_URL={admin_url} TOKENGATE_ADMIN_KEY={admin_key}");
-    println!("  tokengate token list\n");
-    println!("Press Ctrl-C to stop.");
+    // Whoever reads stdout may stop early (`tokengate dev | head`): the demo goes on
+    // running rather than dying of a broken pipe.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     crate::app::wait_for_signal().await;
     gw.shutdown().await?;
     let _ = stop_tx.send(true);
