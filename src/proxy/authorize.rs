@@ -284,7 +284,7 @@ impl Proxy {
                 limit,
             }),
             // Counted by the limiter (`tokengate_rate_limit_backend_errors_total`).
-            Verdict::Unavailable => match self.rate_limit.on_backend_error {
+            Verdict::Unavailable => match self.on_backend_error {
                 OnBackendError::Allow => Ok(None),
                 OnBackendError::Deny => Err(ProxyError::RateLimitUnavailable),
             },

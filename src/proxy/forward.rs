@@ -165,7 +165,7 @@ impl Proxy {
         // The client is answered in its own protocol, whatever the upstream spoke (an
         // HTTP/1.0 upstream must not turn a keep-alive client's connection into one-shot).
         rparts.version = client_version;
-        if let (true, Some((limit, remaining, reset))) = (self.rate_limit.headers, rate) {
+        if let (true, Some((limit, remaining, reset))) = (self.rate_headers, rate) {
             // The gateway's own fields: an upstream's are replaced, never passed beside them.
             rparts
                 .headers

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::clock::SharedClock;
-use crate::config::{Config, LifecycleConfig, ProxyConfig, RateLimitConfig};
+use crate::config::{Config, LifecycleConfig, OnBackendError, ProxyConfig};
 use crate::error::ProxyBody;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
@@ -105,7 +105,9 @@ pub struct Proxy {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     rate_limiter: Arc<RateLimiter>,
-    rate_limit: RateLimitConfig,
+    /// `rate_limit.on_backend_error` and `rate_limit.headers` (the rest is the limiter's).
+    on_backend_error: OnBackendError,
+    rate_headers: bool,
     /// Connection-affine upstream connections, and the pooled client (`upstream`).
     upstream: upstream::Upstreams,
 }
@@ -195,7 +197,8 @@ impl Proxy {
             store: shared.store.clone(),
             metrics: shared.metrics.clone(),
             rate_limiter: shared.rate_limiter.clone(),
-            rate_limit: config.rate_limit.clone(),
+            on_backend_error: config.rate_limit.on_backend_error,
+            rate_headers: config.rate_limit.headers,
             upstream,
         })
     }

@@ -159,8 +159,7 @@ impl Store for SqliteStore {
         let audit = audit.clone();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            let rate = rows::rate_limit_columns(t.rate_limit);
-            let allowed = rows::allowed_ips_text(&t.allowed_ips);
+            let values = TokenValues::of(&t);
             let res = tx.execute(
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
@@ -168,28 +167,7 @@ impl Store for SqliteStore {
                     rate_limit_requests, rate_limit_per_ms, allowed_ips)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20)",
-                params![
-                    t.id,
-                    t.name,
-                    crate::token::name_key(&t.name),
-                    t.description,
-                    t.access.legacy_bits(),
-                    t.secret_hash.as_bytes().as_slice(),
-                    t.status.as_str(),
-                    t.inactive_reason.map(|r| r.as_str()),
-                    t.created_at.0,
-                    t.activated_at.map(|x| x.0),
-                    t.deactivated_at.map(|x| x.0),
-                    t.last_used_at.map(|x| x.0),
-                    t.version,
-                    t.expires_at.map(|x| x.0),
-                    t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
-                    t.previous_secret.map(|p| p.until.0),
-                    t.access.stored(),
-                    rate.0,
-                    rate.1,
-                    allowed,
-                ],
+                rusqlite::params_from_iter(values.params()),
             );
             match res {
                 Ok(_) => {
@@ -222,35 +200,19 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for t in &tokens {
-                let rate = rows::rate_limit_columns(t.rate_limit);
-                let allowed = rows::allowed_ips_text(&t.allowed_ips);
+                let values = TokenValues::of(t);
+                // The insert's numbering: name, name_key, created_at and last_used_at
+                // (?2, ?3, ?9, ?12) never change and are not set.
                 let n = tx
                     .execute(
-                        "UPDATE tokens SET description = ?2, access = ?3, secret_hash = ?4,
-                            status = ?5, inactive_reason = ?6, activated_at = ?7,
-                            deactivated_at = ?8, expires_at = ?10, previous_secret_hash = ?11,
-                            previous_secret_expires_at = ?12, access_types = ?13,
-                            rate_limit_requests = ?14, rate_limit_per_ms = ?15, allowed_ips = ?16,
+                        "UPDATE tokens SET description = ?4, access = ?5, secret_hash = ?6,
+                            status = ?7, inactive_reason = ?8, activated_at = ?10,
+                            deactivated_at = ?11, expires_at = ?14, previous_secret_hash = ?15,
+                            previous_secret_expires_at = ?16, access_types = ?17,
+                            rate_limit_requests = ?18, rate_limit_per_ms = ?19, allowed_ips = ?20,
                             version = version + 1
-                         WHERE id = ?1 AND version = ?9",
-                        params![
-                            t.id,
-                            t.description,
-                            t.access.legacy_bits(),
-                            t.secret_hash.as_bytes().as_slice(),
-                            t.status.as_str(),
-                            t.inactive_reason.map(|r| r.as_str()),
-                            t.activated_at.map(|x| x.0),
-                            t.deactivated_at.map(|x| x.0),
-                            t.version,
-                            t.expires_at.map(|x| x.0),
-                            t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
-                            t.previous_secret.map(|p| p.until.0),
-                            t.access.stored(),
-                            rate.0,
-                            rate.1,
-                            allowed,
-                        ],
+                         WHERE id = ?1 AND version = ?13",
+                        rusqlite::params_from_iter(values.params()),
                     )
                     .map_err(unavailable)?;
                 if n == 0 {
@@ -645,6 +607,56 @@ fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> S
         del.execute(params![token_id, entry]).map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// A token's column values in the insert's order (?1 to ?20), owned, for the insert and the
+/// update (which reads the same numbers).
+struct TokenValues<'a> {
+    t: &'a TokenRecord,
+    name_key: String,
+    previous_hash: Option<Vec<u8>>,
+    access_types: String,
+    rate: (Option<i64>, Option<i64>),
+    allowed: Option<String>,
+}
+
+impl<'a> TokenValues<'a> {
+    fn of(t: &'a TokenRecord) -> TokenValues<'a> {
+        TokenValues {
+            t,
+            name_key: crate::token::name_key(&t.name),
+            previous_hash: t.previous_secret.map(|p| p.hash.as_bytes().to_vec()),
+            access_types: t.access.stored(),
+            rate: rows::rate_limit_columns(t.rate_limit),
+            allowed: rows::allowed_ips_text(&t.allowed_ips),
+        }
+    }
+
+    fn params(&self) -> [Box<dyn rusqlite::ToSql + '_>; 20] {
+        let t = self.t;
+        [
+            Box::new(&t.id),
+            Box::new(&t.name),
+            Box::new(&self.name_key),
+            Box::new(&t.description),
+            Box::new(t.access.legacy_bits()),
+            Box::new(t.secret_hash.as_bytes().as_slice()),
+            Box::new(t.status.as_str()),
+            Box::new(t.inactive_reason.map(|r| r.as_str())),
+            Box::new(t.created_at.0),
+            Box::new(t.activated_at.map(|x| x.0)),
+            Box::new(t.deactivated_at.map(|x| x.0)),
+            Box::new(t.last_used_at.map(|x| x.0)),
+            Box::new(t.version),
+            Box::new(t.expires_at.map(|x| x.0)),
+            Box::new(&self.previous_hash),
+            Box::new(t.previous_secret.map(|p| p.until.0)),
+            Box::new(&self.access_types),
+            Box::new(self.rate.0),
+            Box::new(self.rate.1),
+            Box::new(&self.allowed),
+        ]
+    }
 }
 
 #[cfg(test)]
