@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError, RateLimitBackend, ServerTlsConfig, Stor
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyConn};
+use crate::proxy::{ForwardAuth, Proxy, ProxyConn};
 use crate::ratelimit::RateLimiter;
 use crate::server::{self, ConnInfo, ServerOptions};
 use crate::shared::Shared;
@@ -50,6 +50,8 @@ impl Default for StartOptions {
 pub struct Gateway {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-auth listener's address, when `forward_auth.listen` is set.
+    pub forward_auth_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub index: Arc<TokenIndex>,
     pub usage: Arc<UsageRecorder>,
@@ -75,6 +77,11 @@ pub fn check_listeners(config: &Config) -> anyhow::Result<()> {
             config.admin.listen
         );
     }
+    if let Some(listen) = config.forward_auth.listen {
+        if !listen.ip().is_loopback() && config.forward_auth.tls.is_none() {
+            tracing::warn!(listen = %listen, "the forward-auth listener is plain HTTP on a non-loopback address: the checks carry bearer tokens in clear text (configure forward_auth.tls)");
+        }
+    }
     if !config.proxy.listen.ip().is_loopback() && config.proxy.tls.is_none() {
         tracing::warn!(listen = %config.proxy.listen, "the proxy listener is plain HTTP on a non-loopback address: bearer tokens cross the network in clear text (configure proxy.tls)");
     }
@@ -96,6 +103,7 @@ impl Gateway {
         // its key (`proxy.tls.cert: cannot read ...`).
         let proxy_tls = load_tls("proxy.tls", config.proxy.tls.as_ref())?;
         let admin_tls = load_tls("admin.tls", config.admin.tls.as_ref())?;
+        let forward_auth_tls = load_tls("forward_auth.tls", config.forward_auth.tls.as_ref())?;
         let store: Arc<dyn Store> = match &config.store.url {
             StoreUrl::Sqlite(path) => Arc::new(
                 SqliteStore::open(path)
@@ -165,8 +173,20 @@ impl Gateway {
         let admin_listener = TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        let forward_auth_listener = match config.forward_auth.listen {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding forward_auth.listen {addr}"))?,
+            ),
+        };
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let forward_auth_addr = match &forward_auth_listener {
+            None => None,
+            Some(l) => Some(l.local_addr()?),
+        };
         let (shutdown, rx) = watch::channel(false);
         let p = &config.proxy;
         let opts = ServerOptions {
@@ -191,6 +211,13 @@ impl Gateway {
             ..opts.clone()
         };
         let proxy_handle = proxy.clone();
+        let forward_auth = Arc::new(ForwardAuth::new(&config, proxy.clone()));
+        let check_opts = ServerOptions {
+            // Callers are a few proxies holding many keep-alive connections: the per-IP share
+            // would only get in their way.
+            max_connections_per_ip: 0,
+            ..opts.clone()
+        };
         let mut servers = vec![
             tokio::spawn(server::serve_tls(
                 proxy_listener,
@@ -213,7 +240,23 @@ impl Gateway {
                 rx.clone(),
             )),
         ];
-        let tls: Vec<Arc<ServerTls>> = proxy_tls.into_iter().chain(admin_tls).collect();
+        if let Some(listener) = forward_auth_listener {
+            servers.push(tokio::spawn(server::serve_tls(
+                listener,
+                check_opts,
+                forward_auth_tls.clone(),
+                move |c: ConnInfo| {
+                    let (checks, conn) = (forward_auth.clone(), Arc::new(c));
+                    move |r| checks.clone().handle(conn.clone(), r)
+                },
+                rx.clone(),
+            )));
+        }
+        let tls: Vec<Arc<ServerTls>> = proxy_tls
+            .into_iter()
+            .chain(admin_tls)
+            .chain(forward_auth_tls)
+            .collect();
         if !tls.is_empty() {
             // Certificate reload: on SIGHUP and when the files change.
             servers.push(tokio::spawn(Reloader::new(tls.clone()).run(rx.clone())));
@@ -242,10 +285,16 @@ impl Gateway {
             store: store.clone(),
         });
         background.extend(store.clone().follow(follower, rx));
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokengate listening");
+        tracing::info!(
+            proxy = %proxy_addr,
+            admin = %admin_addr,
+            forward_auth = forward_auth_addr.map(tracing::field::display),
+            "tokengate listening"
+        );
         Ok(Gateway {
             proxy_addr,
             admin_addr,
+            forward_auth_addr,
             store,
             index,
             usage,

@@ -104,9 +104,11 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         path_prefix: prefix.into(),
         host: None,
         access,
-        upstream: format!("http://{upstream}")
-            .parse()
-            .expect("a socket address makes a valid URI"),
+        upstream: Some(
+            format!("http://{upstream}")
+                .parse()
+                .expect("a socket address makes a valid URI"),
+        ),
         strip_prefix: true,
         preserve_host: false,
         forward_authorization: false,

@@ -65,6 +65,9 @@ pub enum ProxyError {
     },
     #[error("rate limit backend unavailable")]
     RateLimitUnavailable,
+    /// 403 `untrusted_caller`: a forward-auth check from a peer outside `forward_auth.callers`.
+    #[error("untrusted forward-auth caller")]
+    UntrustedCaller,
     #[error("bad gateway")]
     BadGateway,
     #[error("gateway timeout")]
@@ -89,7 +92,8 @@ impl ProxyError {
             ProxyError::TokenInactive
             | ProxyError::IpBlocked
             | ProxyError::IpNotAllowed
-            | ProxyError::AccessDenied => StatusCode::FORBIDDEN,
+            | ProxyError::AccessDenied
+            | ProxyError::UntrustedCaller => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -112,6 +116,7 @@ impl ProxyError {
             ProxyError::IpNotAllowed => "ip_not_allowed",
             ProxyError::NoRoute => "no_route",
             ProxyError::AccessDenied => "access_denied",
+            ProxyError::UntrustedCaller => "untrusted_caller",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::BadGateway => "bad_gateway",
@@ -169,6 +174,10 @@ impl ProxyError {
                     "the token does not grant access to this API"
                 )
             }
+            ProxyError::UntrustedCaller => json_body!(
+                "untrusted_caller",
+                "this address may not ask for authorization checks (forward_auth.callers)"
+            ),
             ProxyError::BadGateway => {
                 json_body!("bad_gateway", "the upstream could not be reached")
             }
@@ -264,6 +273,7 @@ mod tests {
             ProxyError::RateLimitUnavailable,
             ProxyError::NoRoute,
             ProxyError::AccessDenied,
+            ProxyError::UntrustedCaller,
             ProxyError::BadGateway,
             ProxyError::GatewayTimeout,
         ];

@@ -32,7 +32,7 @@ const STATUS_SLOTS: usize = 500;
 
 /// The refusal codes counted in `tokengate_auth_refusals_total` (every proxy refusal that is
 /// the gateway's decision; upstream failures are in the per-status request counts).
-pub const REFUSALS: [&str; 15] = [
+pub const REFUSALS: [&str; 16] = [
     "invalid_request",
     "not_implemented",
     "headers_too_large",
@@ -48,6 +48,7 @@ pub const REFUSALS: [&str; 15] = [
     "access_denied",
     "rate_limited",
     "rate_limit_unavailable",
+    "untrusted_caller",
 ];
 
 #[derive(Debug)]
@@ -119,6 +120,9 @@ pub struct Metrics {
     /// One per configured route, in config order, then one for requests without a route.
     routes: Box<[RouteMetrics]>,
     refusals: [AtomicU64; REFUSALS.len()],
+    /// Forward-auth checks: slot 0 allowed, then one per [`REFUSALS`] code.
+    checks: [AtomicU64; REFUSALS.len() + 1],
+    check_latency: Histogram,
     cache_hits: AtomicU64,
     previous_secret_uses: AtomicU64,
     cache_misses: AtomicU64,
@@ -132,6 +136,8 @@ impl Metrics {
         Metrics {
             routes: all.into_boxed_slice(),
             refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            checks: std::array::from_fn(|_| AtomicU64::new(0)),
+            check_latency: Histogram::new(),
             cache_hits: AtomicU64::new(0),
             previous_secret_uses: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -171,6 +177,19 @@ impl Metrics {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// One answered forward-auth check: allowed (`None`) or its refusal code, and the time
+    /// from its head to its answer. (Its refusal is also counted by [`Metrics::refusal`].)
+    pub fn check(&self, refusal: Option<&str>, latency: Duration) {
+        let slot = match refusal {
+            None => Some(0),
+            Some(code) => REFUSALS.iter().position(|c| *c == code).map(|i| i + 1),
+        };
+        if let Some(c) = slot.and_then(|i| self.checks.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.check_latency.observe(latency);
     }
 
     /// A request authenticated with a previous secret (rotation grace).
@@ -253,7 +272,7 @@ impl Collector for Scrape {
         {
             let mut family = enc.encode_descriptor(
                 "tokengate_auth_refusals",
-                "Requests the gateway refused, by error code.",
+                "Requests and forward-auth checks the gateway refused, by error code.",
                 None,
                 MetricType::Counter,
             )?;
@@ -262,6 +281,31 @@ impl Collector for Scrape {
                 ConstCounter::new(c.load(Ordering::Relaxed))
                     .encode(family.encode_family(&labels)?)?;
             }
+        }
+        {
+            let mut family = enc.encode_descriptor(
+                "tokengate_forward_auth_checks",
+                "Forward-auth checks answered, by outcome: allowed, or the refusal's error code.",
+                None,
+                MetricType::Counter,
+            )?;
+            let outcomes = std::iter::once("allowed").chain(REFUSALS.iter().copied());
+            for (outcome, c) in outcomes.zip(m.checks.iter()) {
+                ConstCounter::new(c.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        {
+            let (sum, count, buckets) = m.check_latency.snapshot();
+            enc.encode_descriptor(
+                "tokengate_forward_auth_check_duration_seconds",
+                "Time from a forward-auth check's head to its answer.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
         }
         for (name, help, pick) in [
             (

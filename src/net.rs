@@ -121,6 +121,30 @@ pub(crate) fn client_ip<'a>(
     current
 }
 
+/// The client a forward-auth caller names (SPEC §9): the right-most `X-Forwarded-For` entry
+/// that is not inside `trusted_hops` (the left-most if all are). A malformed entry stops the
+/// walk at the last good address; `None` when there is no good one (no header, or a
+/// malformed right-most entry).
+/// `xff` yields the header values in order; the walk needs no allocation.
+pub(crate) fn forwarded_client<'a>(
+    trusted_hops: &[IpNet],
+    xff: impl DoubleEndedIterator<Item = &'a [u8]>,
+) -> Option<IpAddr> {
+    let mut current = None;
+    for value in xff.rev() {
+        for raw in value.split(|&b| b == b',').rev() {
+            let Some(ip) = parse_xff_entry(raw) else {
+                return current;
+            };
+            current = Some(ip);
+            if !is_trusted(trusted_hops, ip) {
+                return current;
+            }
+        }
+    }
+    current
+}
+
 fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
@@ -135,6 +159,27 @@ fn parse_xff_entry(raw: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forward_auth_client_is_the_right_most_entry_not_a_trusted_hop() {
+        let hops: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let walk = |hops: &[IpNet], values: &[&str]| {
+            forwarded_client(hops, values.iter().map(|v| v.as_bytes()))
+        };
+        // The entry the calling proxy appended wins over what the client put before it.
+        assert_eq!(walk(&[], &["6.6.6.6, 1.2.3.4"]), Some(ip("1.2.3.4")));
+        assert_eq!(walk(&[], &["6.6.6.6", "1.2.3.4"]), Some(ip("1.2.3.4")));
+        assert_eq!(
+            walk(&hops, &["6.6.6.6, 1.2.3.4, 10.1.1.1"]),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(walk(&hops, &["10.2.2.2, 10.1.1.1"]), Some(ip("10.2.2.2")));
+        assert_eq!(walk(&hops, &["junk, 10.1.1.1"]), Some(ip("10.1.1.1")));
+        assert_eq!(walk(&[], &["::ffff:1.2.3.4"]), Some(ip("1.2.3.4")));
+        assert_eq!(walk(&[], &["1.2.3.4, junk"]), None);
+        assert_eq!(walk(&[], &[""]), None);
+        assert_eq!(walk(&[], &[]), None);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

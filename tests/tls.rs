@@ -480,15 +480,19 @@ async fn https_upstreams_with_a_private_ca_and_a_server_name_override() {
     let ca_file2 = ca_file.clone();
     let gw = TestGateway::builder()
         .route_with("/sd/", "security-director", backend, |r| {
-            r.upstream = format!("https://localhost:{}/api", backend.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://localhost:{}/api", backend.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(ca_file);
         })
         .route_with("/named/", "security-director", named, |r| {
-            r.upstream = format!("https://127.0.0.1:{}", named.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://127.0.0.1:{}", named.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(ca_file2);
             r.tls.server_name = Some("backend.internal".into());
         })
@@ -521,29 +525,37 @@ async fn a_wrong_upstream_certificate_is_502() {
     let gw = TestGateway::builder()
         // Verified against a CA that did not sign the upstream's certificate.
         .route_with("/wrong-ca/", "security-director", backend, |r| {
-            r.upstream = format!("https://localhost:{}", backend.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://localhost:{}", backend.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(other_ca);
         })
         // The platform's roots do not know a private CA either.
         .route_with("/platform/", "security-director", backend, |r| {
-            r.upstream = format!("https://127.0.0.1:{}", backend.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://127.0.0.1:{}", backend.port())
+                    .parse()
+                    .unwrap(),
+            );
         })
         // The right CA, but a certificate for another name.
         .route_with("/misnamed/", "security-director", misnamed, |r| {
-            r.upstream = format!("https://localhost:{}", misnamed.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://localhost:{}", misnamed.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(right_ca);
         })
         // https:// to a server that only speaks plain HTTP.
         .route_with("/plain/", "security-director", plain.addr, |r| {
-            r.upstream = format!("https://127.0.0.1:{}", plain.addr.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://127.0.0.1:{}", plain.addr.port())
+                    .parse()
+                    .unwrap(),
+            );
         })
         .start()
         .await;
@@ -577,18 +589,22 @@ async fn mutual_tls_to_an_upstream() {
     let ca_file2 = ca_file.clone();
     let gw = TestGateway::builder()
         .route_with("/mtls/", "security-director", backend, |r| {
-            r.upstream = format!("https://localhost:{}", backend.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://localhost:{}", backend.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(ca_file);
             r.tls.client_cert = Some(cert);
             r.tls.client_key = Some(key);
         })
         // The same backend by another name, without a client certificate.
         .route_with("/no-cert/", "security-director", backend, |r| {
-            r.upstream = format!("https://127.0.0.1:{}", backend.port())
-                .parse()
-                .unwrap();
+            r.upstream = Some(
+                format!("https://127.0.0.1:{}", backend.port())
+                    .parse()
+                    .unwrap(),
+            );
             r.tls.ca_file = Some(ca_file2);
         })
         .start()
@@ -1056,9 +1072,11 @@ async fn bad_tls_files_stop_start_up_naming_the_key() {
     let up = Upstream::start().await;
     let mut c = plain_config(dir.path());
     c.routes = vec![route_to(up.addr, |r| {
-        r.upstream = format!("https://localhost:{}", up.addr.port())
-            .parse()
-            .unwrap();
+        r.upstream = Some(
+            format!("https://localhost:{}", up.addr.port())
+                .parse()
+                .unwrap(),
+        );
         r.tls.ca_file = Some(dir.path().join("nope.pem"));
     })];
     let e = start_err(c).await;
@@ -1076,7 +1094,7 @@ fn route_to(
             .access_types
             .bit("security-director")
             .unwrap(),
-        upstream: format!("http://{addr}").parse().unwrap(),
+        upstream: Some(format!("http://{addr}").parse().unwrap()),
         strip_prefix: true,
         preserve_host: false,
         forward_authorization: false,
@@ -1113,12 +1131,12 @@ async fn two_routes_to_one_origin_keep_their_own_tls_settings() {
     let url2 = url.clone();
     let gw = TestGateway::builder()
         .route_with("/private/", "security-director", backend, |r| {
-            r.upstream = url;
+            r.upstream = Some(url);
             r.tls.ca_file = Some(ca_file);
         })
         // The same origin with the platform's roots, which do not know the private CA.
         .route_with("/platform/", "security-director", backend, |r| {
-            r.upstream = url2;
+            r.upstream = Some(url2);
         })
         .start()
         .await;

@@ -60,6 +60,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
+    pub forward_auth: ForwardAuthConfig,
     /// The configured access types (`[[access_types]]`), shared with the index and the admin API.
     pub access_types: Arc<AccessTypes>,
     pub routes: Vec<RouteConfig>,
@@ -199,6 +200,46 @@ pub enum OnBackendError {
     Deny,
 }
 
+/// The file's sections, as env overrides name them (`TOKENGATE_<SECTION>__<KEY>`).
+const SECTIONS: [&str; 8] = [
+    "proxy",
+    "admin",
+    "store",
+    "usage",
+    "lifecycle",
+    "audit",
+    "rate_limit",
+    "forward_auth",
+];
+
+/// The section a `TOKENGATE_<SECTION>_<KEY>` variable (one underscore) was meant for, if
+/// any; `TOKENGATE_ADMIN_KEY` and `TOKENGATE_ADMIN_URL` are the CLI's, not config keys.
+fn misspelt_section(rest: &str) -> Option<&'static str> {
+    if matches!(rest, "ADMIN_KEY" | "ADMIN_URL") {
+        return None;
+    }
+    SECTIONS.into_iter().find(|s| {
+        rest.len() > s.len() + 1
+            && rest.as_bytes()[s.len()] == b'_'
+            && rest[..s.len()].eq_ignore_ascii_case(s)
+    })
+}
+
+/// `[forward_auth]` (SPEC §9): the listener that answers authorization checks for nginx,
+/// Traefik, Caddy and Envoy.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// `None` = the listener is off (the default).
+    pub listen: Option<SocketAddr>,
+    /// Peers allowed to ask (else 403 `untrusted_caller`).
+    pub callers: Vec<IpNet>,
+    /// Proxies between the caller and the client, skipped in the `X-Forwarded-For` walk.
+    pub trusted_hops: Vec<IpNet>,
+    /// Envoy's `path_prefix`: a leading `/`, no trailing `/`, not `/auth`.
+    pub envoy_prefix: String,
+    pub tls: Option<ServerTlsConfig>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub retention: Duration,
@@ -209,8 +250,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     pub host: Option<String>,
     pub access: Access,
-    /// `http://host:port` plus an optional base path (no trailing slash).
-    pub upstream: http::Uri,
+    /// `http://host:port` plus an optional base path (no trailing slash); `None` on a route
+    /// served only by the forward-auth listener (the proxy listener answers it 404).
+    pub upstream: Option<http::Uri>,
     pub strip_prefix: bool,
     pub preserve_host: bool,
     pub forward_authorization: bool,
@@ -261,13 +303,27 @@ impl RawConfig {
         }
         // Only `TOKENGATE_<SECTION>__<KEY>` are config keys; `TOKENGATE_ADMIN_KEY` and friends
         // are not, and must not trip the unknown-key check.
-        let overrides: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| {
-                k.strip_prefix(ENV_PREFIX)
-                    .is_some_and(|rest| rest.contains("__"))
-            })
-            .collect();
+        let mut overrides = config::Map::<String, String>::new();
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest.contains("__") {
+                overrides.insert(k, v);
+            } else if let Some(section) = misspelt_section(rest) {
+                // `TOKENGATE_USAGE_FLUSH_INTERVAL`: meant as a key, and silently ignored it
+                // would leave the default in force.
+                return Err(ConfigError::Invalid {
+                    key: k.clone(),
+                    message: format!(
+                        "not a config key: a key of [{section}] is set with a double underscore \
+                         (TOKENGATE_{}__{})",
+                        section.to_ascii_uppercase(),
+                        &rest[section.len() + 1..]
+                    ),
+                });
+            }
+        }
         builder = builder.add_source(
             config::Environment::with_prefix("TOKENGATE")
                 .prefix_separator("_")
@@ -300,18 +356,7 @@ impl RawConfig {
         let p = self.proxy;
         let proxy = ProxyConfig {
             listen: addr("proxy.listen", &p.listen)?,
-            trusted_proxies: p
-                .trusted_proxies
-                .iter()
-                .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map(canonical_net)
-                        .map_err(|_| {
-                            invalid("proxy.trusted_proxies", format!("invalid CIDR {s:?}"))
-                        })
-                })
-                .collect::<Result<_, _>>()?,
+            trusted_proxies: cidrs("proxy.trusted_proxies", &p.trusted_proxies)?,
             forward_authorization: p.forward_authorization,
             upstream_timeout: positive("proxy.upstream_timeout", &p.upstream_timeout)?,
             access_log: p.access_log,
@@ -389,11 +434,22 @@ impl RawConfig {
             retention: positive("audit.retention", &self.audit.retention)?,
         };
         let rate_limit = rate_limit(&self.rate_limit)?;
+        let forward_auth = forward_auth(&self.forward_auth)?;
         let access_types = Arc::new(access_types(self.access_types)?);
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in self.routes.unwrap_or_default().into_iter().enumerate() {
             let route = validate_route(i, r, proxy.forward_authorization, &access_types)?;
+            if route.upstream.is_none() && forward_auth.listen.is_none() {
+                return Err(invalid(
+                    format!("routes[{i}].upstream"),
+                    format!(
+                        "route {:?} has no upstream: one is needed unless forward_auth.listen is set \
+                         (a route without upstream serves only forward-auth checks)",
+                        route.path_prefix
+                    ),
+                ));
+            }
             if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
                 return Err(invalid(
                     format!("routes[{i}].path_prefix"),
@@ -410,10 +466,69 @@ impl RawConfig {
             lifecycle,
             audit,
             rate_limit,
+            forward_auth,
             access_types,
             routes,
         })
     }
+}
+
+/// A list of CIDRs (a bare IP is its /32 or /128), canonical (IPv4-mapped IPv6 as IPv4).
+fn cidrs(key: &str, raw: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(canonical_net)
+                .map_err(|_| invalid(key, format!("invalid CIDR {s:?}")))
+        })
+        .collect()
+}
+
+fn forward_auth(f: &RawForwardAuth) -> Result<ForwardAuthConfig, ConfigError> {
+    let listen = match &f.listen {
+        None => None,
+        Some(s) if s.trim().is_empty() => None,
+        Some(s) => Some(addr("forward_auth.listen", s.trim())?),
+    };
+    let prefix = f.envoy_prefix.as_str();
+    let key = "forward_auth.envoy_prefix";
+    if !prefix.starts_with('/') || prefix.ends_with('/') {
+        return Err(invalid(
+            key,
+            format!("{prefix:?} must start with '/' and not end with '/'"),
+        ));
+    }
+    if !matches!(normalise(prefix), Ok(n) if n == prefix) {
+        return Err(invalid(
+            key,
+            format!("{prefix:?} is not a normalised path (dot segments, '//' or escapes)"),
+        ));
+    }
+    let under = |p: &str| prefix == p || prefix.starts_with(&format!("{p}/"));
+    if under("/auth") || under("/_tokengate") {
+        return Err(invalid(
+            key,
+            format!(
+                "{prefix:?} would hide /auth or /_tokengate/revoke on the forward-auth listener"
+            ),
+        ));
+    }
+    let tls = server_tls("forward_auth.tls", f.tls.as_ref())?;
+    if tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+        return Err(invalid(
+            "forward_auth.tls.client_ca",
+            "client certificates are only checked on the admin listener (admin.tls.client_ca); \
+             forward_auth.callers says who may ask",
+        ));
+    }
+    Ok(ForwardAuthConfig {
+        listen,
+        callers: cidrs("forward_auth.callers", &f.callers)?,
+        trusted_hops: cidrs("forward_auth.trusted_hops", &f.trusted_hops)?,
+        envoy_prefix: prefix.to_string(),
+        tls,
+    })
 }
 
 fn rate_limit(r: &RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
@@ -528,26 +643,13 @@ fn validate_route(
             format!("route {prefix:?}: {}", types.unknown_route_type(&r.access)),
         )
     })?;
-    let upstream: http::Uri = r
-        .upstream
-        .parse()
-        .map_err(|_| invalid(key("upstream"), format!("invalid URL {:?}", r.upstream)))?;
-    let https = match upstream.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => {
-            return Err(invalid(
-                key("upstream"),
-                format!("{:?} must be an http:// or https:// URL", r.upstream),
-            ))
-        }
+    let upstream = match &r.upstream {
+        None => None,
+        Some(u) => Some(upstream_url(&key, u)?),
     };
-    if upstream.authority().is_none() || upstream.query().is_some() {
-        return Err(invalid(
-            key("upstream"),
-            format!("{:?} must be http(s)://host[:port][/base]", r.upstream),
-        ));
-    }
+    let https = upstream
+        .as_ref()
+        .is_some_and(|u| u.scheme_str() == Some("https"));
     let tls = upstream_tls(
         &key,
         [
@@ -568,6 +670,26 @@ fn validate_route(
         forward_authorization: r.forward_authorization.unwrap_or(global_fwd),
         tls,
     })
+}
+
+/// A route's `upstream`: `http(s)://host[:port][/base]`.
+fn upstream_url(key: &dyn Fn(&str) -> String, raw: &str) -> Result<http::Uri, ConfigError> {
+    let upstream: http::Uri = raw
+        .parse()
+        .map_err(|_| invalid(key("upstream"), format!("invalid URL {raw:?}")))?;
+    if !matches!(upstream.scheme_str(), Some("http" | "https")) {
+        return Err(invalid(
+            key("upstream"),
+            format!("{raw:?} must be an http:// or https:// URL"),
+        ));
+    }
+    if upstream.authority().is_none() || upstream.query().is_some() {
+        return Err(invalid(
+            key("upstream"),
+            format!("{raw:?} must be http(s)://host[:port][/base]"),
+        ));
+    }
+    Ok(upstream)
 }
 
 /// `proxy.tls` / `admin.tls`: both files named; the files themselves are read by `tls` at

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub forward_auth: RawForwardAuth,
     /// `None` when the file has no `[[access_types]]` (the seed's two apply).
     #[serde(default)]
     pub access_types: Option<Vec<RawAccessType>>,
@@ -41,6 +43,7 @@ pub struct RawAccessType {
 #[serde(deny_unknown_fields, default)]
 pub struct RawProxy {
     pub listen: String,
+    #[serde(deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
     #[serde(deserialize_with = "lenient")]
     pub forward_authorization: bool,
@@ -196,6 +199,31 @@ impl Default for RawRateLimit {
     }
 }
 
+/// `[forward_auth]` (SPEC §9): the authorization-check listener, off without `listen`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwardAuth {
+    pub listen: Option<String>,
+    #[serde(deserialize_with = "string_list")]
+    pub callers: Vec<String>,
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_hops: Vec<String>,
+    pub envoy_prefix: String,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawForwardAuth {
+    fn default() -> Self {
+        RawForwardAuth {
+            listen: None,
+            callers: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            trusted_hops: Vec::new(),
+            envoy_prefix: "/envoy".into(),
+            tls: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAudit {
@@ -217,7 +245,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub host: Option<String>,
     pub access: String,
-    pub upstream: String,
+    /// Absent on a route served only by the forward-auth listener.
+    #[serde(default)]
+    pub upstream: Option<String>,
     #[serde(default)]
     pub strip_prefix: bool,
     #[serde(default)]
@@ -256,13 +286,36 @@ where
     }
 }
 
+/// A list of strings: a TOML array, or (from an env override) one comma-separated string
+/// (`TOKENGATE_PROXY__TRUSTED_PROXIES=10.0.0.0/8,192.168.0.0/16`; empty = none).
+fn string_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(d)? {
+        ListOrText::List(v) => v,
+        ListOrText::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 /// The routes of the built-in defaults (and of the shipped `config/tokengate.toml`).
 pub fn default_routes() -> Vec<RawRoute> {
     let route = |prefix: &str, access: &str, upstream: &str| RawRoute {
         path_prefix: prefix.into(),
         host: None,
         access: access.into(),
-        upstream: upstream.into(),
+        upstream: Some(upstream.into()),
         strip_prefix: true,
         preserve_host: false,
         forward_authorization: None,

@@ -307,3 +307,136 @@ fn rate_limit_section_defaults_to_local_and_checks_its_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn forward_auth_is_off_by_default_and_its_keys_are_checked() {
+    let d = Config::defaults();
+    assert_eq!(d.forward_auth.listen, None);
+    assert_eq!(d.forward_auth.envoy_prefix, "/envoy");
+    assert_eq!(
+        d.forward_auth.callers,
+        vec![
+            "127.0.0.0/8".parse::<IpNet>().unwrap(),
+            "::1/128".parse().unwrap()
+        ]
+    );
+    let c = load_str(
+        "[forward_auth]\nlisten = \"127.0.0.1:8081\"\ntrusted_hops = [\"10.0.0.0/8\"]\n\
+         envoy_prefix = \"/ext/authz\"\ntls = { cert = \"f.pem\", key = \"f.key\" }\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.forward_auth.listen,
+        Some("127.0.0.1:8081".parse().unwrap())
+    );
+    assert_eq!(c.forward_auth.envoy_prefix, "/ext/authz");
+    assert_eq!(c.forward_auth.tls.unwrap().cert, PathBuf::from("f.pem"));
+    for (toml, key) in [
+        ("listen = \"nowhere\"", "forward_auth.listen:"),
+        ("callers = [\"10.0.0.0/33\"]", "forward_auth.callers:"),
+        ("trusted_hops = [\"x\"]", "forward_auth.trusted_hops:"),
+        ("envoy_prefix = \"envoy\"", "forward_auth.envoy_prefix:"),
+        ("envoy_prefix = \"/envoy/\"", "forward_auth.envoy_prefix:"),
+        ("envoy_prefix = \"/\"", "forward_auth.envoy_prefix:"),
+        ("envoy_prefix = \"/auth\"", "forward_auth.envoy_prefix:"),
+        ("envoy_prefix = \"/auth/x\"", "forward_auth.envoy_prefix:"),
+        (
+            "envoy_prefix = \"/_tokengate\"",
+            "forward_auth.envoy_prefix:",
+        ),
+        ("envoy_prefix = \"/a/../b\"", "forward_auth.envoy_prefix:"),
+        (
+            "tls = { cert = \"f.pem\", key = \"f.key\", client_ca = \"c.pem\" }",
+            "forward_auth.tls.client_ca:",
+        ),
+        ("bogus = 1", "forward_auth"),
+    ] {
+        let e = load_str(&format!("[forward_auth]\n{toml}\n"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with(key), "{toml}: {e}");
+    }
+    // `/authz` is not `/auth`: a segment boundary decides.
+    load_str("[forward_auth]\nenvoy_prefix = \"/authz\"\n", &[]).unwrap();
+}
+
+#[test]
+fn string_arrays_take_a_comma_separated_env_value() {
+    let c = load_str(
+        "",
+        &[
+            ("TOKENGATE_FORWARD_AUTH__LISTEN", "127.0.0.1:8081"),
+            ("TOKENGATE_FORWARD_AUTH__CALLERS", "10.0.0.0/8, 192.168.1.1"),
+            ("TOKENGATE_PROXY__TRUSTED_PROXIES", "172.16.0.0/12"),
+            ("TOKENGATE_FORWARD_AUTH__TRUSTED_HOPS", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.forward_auth.listen,
+        Some("127.0.0.1:8081".parse().unwrap())
+    );
+    assert_eq!(
+        c.forward_auth.callers,
+        vec![
+            "10.0.0.0/8".parse::<IpNet>().unwrap(),
+            "192.168.1.1/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        c.proxy.trusted_proxies,
+        vec!["172.16.0.0/12".parse::<IpNet>().unwrap()]
+    );
+    assert!(c.forward_auth.trusted_hops.is_empty());
+    let e = load_str(
+        "",
+        &[("TOKENGATE_FORWARD_AUTH__CALLERS", "10.0.0.0/8,junk")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("forward_auth.callers:"), "{e}");
+}
+
+#[test]
+fn a_route_without_upstream_needs_the_forward_auth_listener() {
+    let route = "[[routes]]\npath_prefix = \"/b/\"\naccess = \"security-director\"\n";
+    let e = load_str(route, &[]).unwrap_err();
+    assert!(e.to_string().starts_with("routes[0].upstream:"), "{e}");
+    assert!(e.to_string().contains("forward_auth.listen"), "{e}");
+    let c = load_str(
+        &format!("[forward_auth]\nlisten = \"127.0.0.1:0\"\n{route}"),
+        &[],
+    )
+    .unwrap();
+    assert!(c.routes[0].upstream.is_none());
+    // Upstream TLS keys mean nothing without an upstream.
+    let e = load_str(
+        &format!("[forward_auth]\nlisten = \"127.0.0.1:0\"\n{route}ca_file = \"ca.pem\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("routes[0].ca_file:"), "{e}");
+}
+
+#[test]
+fn a_key_set_with_a_single_underscore_is_an_error_naming_the_variable() {
+    for var in [
+        "TOKENGATE_USAGE_FLUSH_INTERVAL",
+        "TOKENGATE_RATE_LIMIT_BACKEND",
+        "TOKENGATE_FORWARD_AUTH_LISTEN",
+        "TOKENGATE_PROXY_LISTEN",
+    ] {
+        let e = load_str("", &[(var, "5s")]).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("{var}:")), "{e}");
+        assert!(e.to_string().contains("__"), "{e}");
+    }
+    // The CLI's variables and the tests' are not config keys.
+    load_str(
+        "",
+        &[
+            ("TOKENGATE_ADMIN_KEY", "k"),
+            ("TOKENGATE_ADMIN_URL", "http://x"),
+            ("TOKENGATE_TEST_REQUIRE", "postgres"),
+            ("TOKENGATE_TEST_POSTGRES_URL", "postgres://x"),
+        ],
+    )
+    .unwrap();
+}

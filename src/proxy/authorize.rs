@@ -13,6 +13,7 @@ use http::{HeaderMap, Method, Request, Version};
 
 use super::headers::X_FORWARDED_FOR;
 use super::{Ctx, Proxy, Upstream, RECHECK_TIMEOUT};
+use crate::access::Access;
 use crate::clock::Timestamp;
 use crate::config::OnBackendError;
 use crate::error::ProxyError;
@@ -31,7 +32,8 @@ pub(crate) struct Authorized<'a> {
     /// The TCP peer (canonical).
     pub(crate) peer: IpAddr,
     pub(crate) token: Arc<TokenState>,
-    pub(crate) route: &'a Upstream,
+    /// The route matched; `None` for a forward-auth check that named its access type.
+    pub(crate) route: Option<&'a Upstream>,
     /// The normalised path when normalising changed it (else the request's own is).
     normalised: Option<String>,
     /// Bytes of the path that `strip_prefix` removes.
@@ -58,10 +60,33 @@ impl Authorized<'_> {
     }
 }
 
+/// The request a decision is about, once row 1 has passed and the client IP is known: the
+/// proxy listener's own request, or the original request a forward-auth caller describes in
+/// the headers it sets (SPEC §9).
+pub(crate) struct Subject<'r> {
+    /// The canonical host (`uri::host`), if the request named one.
+    pub(crate) host: Option<Cow<'r, str>>,
+    /// The raw path (no query), not yet normalised.
+    pub(crate) path: &'r str,
+    pub(crate) client_ip: IpAddr,
+    /// Where the `Authorization` header is read from.
+    pub(crate) headers: &'r HeaderMap,
+    pub(crate) want: Want,
+}
+
+/// What the request must be entitled to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Want {
+    /// Whatever the matching `[[routes]]` entry requires (rows 10-11). `forwarding`: the
+    /// proxy listener, for which a route without `upstream` does not exist (404).
+    Route { forwarding: bool },
+    /// An access type named by the check itself (`/auth/{TYPE}`): no route is matched.
+    Access(Access),
+}
+
 impl Proxy {
-    /// SPEC §2 rows 1-11: decides whether the request may pass, from memory only (but for
-    /// the idle re-check of a shared store), and records the use when it may. Needs only the
-    /// request's head, so the forward-auth listener can ask it too.
+    /// SPEC §2 rows 1-11a for the proxy listener: the request's form (row 1) and client IP,
+    /// then [`Proxy::decide`]. Needs only the request's head.
     pub(crate) async fn authorize<'a, B>(
         &'a self,
         peer: IpAddr,
@@ -81,6 +106,32 @@ impl Proxy {
                 .iter()
                 .map(|v| v.as_bytes()),
         );
+        let subject = Subject {
+            host,
+            path: req.uri().path(),
+            client_ip,
+            headers: req.headers(),
+            want: Want::Route { forwarding: true },
+        };
+        self.decide(peer, subject, ctx).await
+    }
+
+    /// SPEC §2 rows 2-11a, in order, from memory only (but for the idle re-check of a shared
+    /// store), and records the use when every check passed. Both listeners decide here, so a
+    /// forward-auth check and a proxied request are refused for exactly the same reasons.
+    pub(crate) async fn decide<'a>(
+        &'a self,
+        peer: IpAddr,
+        subject: Subject<'_>,
+        ctx: &mut Ctx<'a>,
+    ) -> Result<Authorized<'a>, ProxyError> {
+        let Subject {
+            host,
+            path,
+            client_ip,
+            headers,
+            want,
+        } = subject;
         ctx.client_ip = Some(client_ip);
         ctx.note("client_ip", &client_ip);
         // Row 2. Brute-force limit: no lookup at all for an IP over it.
@@ -88,7 +139,7 @@ impl Proxy {
             return Err(ProxyError::TooManyFailures { retry_after_secs });
         }
         // Rows 3-6. The bearer token, and the token it names.
-        let presented = bearer(req.headers())?;
+        let presented = bearer(headers)?;
         // One clock read for the whole decision.
         let now = self.clock.now();
         let (token, previous) = self.authenticate(presented, client_ip, now)?;
@@ -107,7 +158,7 @@ impl Proxy {
             return Err(ProxyError::InvalidToken);
         }
         // Row 7. The path the router and the upstream will both see.
-        let path = path::normalise_cow(req.uri().path())
+        let path = path::normalise_cow(path)
             .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
         // Row 7a. Past its expires_at: 401, and not a failed authentication.
         if status == Effective::Inactive(InactiveReason::Expired) {
@@ -127,14 +178,35 @@ impl Proxy {
             return Err(ProxyError::IpNotAllowed);
         }
         // Row 10. Route, row 11. access.
-        let m = self
-            .routes
-            .find(host.as_deref(), &path)
-            .ok_or(ProxyError::NoRoute)?;
-        let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
-        ctx.route = Some(route);
-        ctx.note("route", &route.label);
-        if !token.access.contains(route.access) {
+        let (route, required, strip) = match want {
+            Want::Route { forwarding } => {
+                let m = self
+                    .routes
+                    .find(host.as_deref(), &path)
+                    .ok_or(ProxyError::NoRoute)?;
+                let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
+                ctx.route = Some(route);
+                ctx.note("route", &route.label);
+                if forwarding && route.target.is_none() {
+                    // A forward-auth-only route does not exist on the proxy listener.
+                    return Err(ProxyError::NoRoute);
+                }
+                // `strip_prefix` removes the prefix's directory (the prefix without its
+                // trailing slash); what is left is the rest, or `/` for the directory itself.
+                let strip = if route.strip_prefix {
+                    m.prefix.len() - 1
+                } else {
+                    0
+                };
+                debug_assert_eq!(
+                    Authorized::rest(&path, strip),
+                    if route.strip_prefix { m.rest } else { &path }
+                );
+                (Some(route), route.access, strip)
+            }
+            Want::Access(access) => (None, access, 0),
+        };
+        if !token.access.contains(required) {
             return Err(ProxyError::AccessDenied);
         }
         // Row 11a. The token's rate limit: only a request every check above let through
@@ -146,17 +218,6 @@ impl Proxy {
         // Every check passed: this is a use, whatever the upstream answers.
         token.touch(now);
         self.usage.record_use(token.id, client_ip, now);
-        // `strip_prefix` removes the prefix's directory (the prefix without its trailing
-        // slash); what is left is the rest, or `/` for the directory itself.
-        let strip = if route.strip_prefix {
-            m.prefix.len() - 1
-        } else {
-            0
-        };
-        debug_assert_eq!(
-            Authorized::rest(&path, strip),
-            if route.strip_prefix { m.rest } else { &path }
-        );
         let normalised = match path {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
@@ -293,7 +354,7 @@ impl Proxy {
 }
 
 /// Row 1: refuses request shapes the gateway never forwards, and head blocks over the limit.
-fn check_form<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), ProxyError> {
+pub(crate) fn check_form<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
     }
@@ -348,7 +409,7 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
 /// both present and different → 400. HTTP/1.1 requires `Host` (RFC 9112 §3.2).
-fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::authorize::Authorized;
 use super::headers::{self, Forwarding};
 use super::tunnel::{tunnel, TunnelWatch};
-use super::{upstream, Proxy, ProxyConn, Upstream};
+use super::{upstream, Proxy, ProxyConn, Target};
 use crate::error::{ProxyBody, ProxyError};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::ratelimit;
@@ -35,8 +35,11 @@ impl Proxy {
             rate,
             ..
         } = auth;
+        // `decide` gave the proxy listener only routes with an upstream.
+        let route = route.ok_or(ProxyError::NoRoute)?;
+        let to = route.target.as_ref().ok_or(ProxyError::NoRoute)?;
         let upstream_path = auth.upstream_path(req.uri().path());
-        let target = upstream_target(route, upstream_path, req.uri().query())?;
+        let target = upstream_target(to, upstream_path, req.uri().query())?;
 
         // 12-13. Forward: an HTTP/1 client's requests on its connection's own upstream
         // connection; HTTP/2 clients and upgrades through the pooled client.
@@ -75,7 +78,7 @@ impl Proxy {
                 peer_trusted: self.cfg.trusted_proxies.iter().any(|n| n.contains(&peer)),
                 original_host,
                 scheme: if conn.info.tls { "https" } else { "http" },
-                host: (!route.preserve_host).then_some(&route.host_header),
+                host: (!to.preserve_host).then_some(&to.host_header),
                 keep_authorization: route.forward_authorization,
                 token_name: &identity.name,
                 token_id: &identity.id,
@@ -86,19 +89,17 @@ impl Proxy {
             parts.uri = Uri::from(target);
             if !parts.headers.contains_key(HOST) {
                 // An HTTP/1.0 request without Host on a preserve_host route.
-                parts.headers.insert(HOST, route.host_header.clone());
+                parts.headers.insert(HOST, to.host_header.clone());
             }
         } else {
-            parts.uri = absolute_uri(route, target)?;
+            parts.uri = absolute_uri(to, target)?;
         }
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, crate::body::ClientBody::new(body));
         let sent = Instant::now();
         let limit = self.cfg.upstream_timeout;
         let answer = if affine {
-            let send = self
-                .upstream
-                .send(&conn.upstream, route.origin, upstream_req);
+            let send = self.upstream.send(&conn.upstream, to.origin, upstream_req);
             conn.upstream.within(sent, limit, send).await
         } else {
             let send = self.upstream.send_pooled(route.index, upstream_req);
@@ -181,7 +182,7 @@ impl Proxy {
 
 /// The upstream request target: the route's base path, `path`, and the query.
 fn upstream_target(
-    route: &Upstream,
+    route: &Target,
     path: &str,
     query: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
@@ -199,7 +200,7 @@ fn upstream_target(
 }
 
 /// `target` on the route's upstream, as an absolute URI (for the pooled client).
-fn absolute_uri(route: &Upstream, pq: PathAndQuery) -> Result<Uri, ProxyError> {
+fn absolute_uri(route: &Target, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(route.scheme.clone());
     parts.authority = Some(route.authority.clone());

@@ -10,6 +10,7 @@
 
 mod authorize;
 mod forward;
+mod forward_auth;
 pub mod headers;
 pub mod route;
 mod tunnel;
@@ -20,6 +21,8 @@ pub use crate::uri::path;
 
 /// Rows 3-4's `Authorization` check (public for the fuzz target).
 pub use self::authorize::bearer;
+/// The forward-auth listener (SPEC §9), on the same decision as the proxy listener.
+pub use self::forward_auth::ForwardAuth;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,6 +59,18 @@ pub struct Upstream {
     /// The route's path prefix, used as its name in logs.
     pub label: Box<str>,
     pub access: Access,
+    strip_prefix: bool,
+    forward_authorization: bool,
+    /// Where the proxy listener sends the route's requests; `None` on a route served only by
+    /// the forward-auth listener (the proxy listener answers it 404 `no_route`).
+    target: Option<Target>,
+    /// Rate-limited warnings about this route's upstream failures.
+    failures: upstream::FailureLog,
+}
+
+/// A route's upstream, as the proxy listener forwards to it.
+#[derive(Debug)]
+struct Target {
     scheme: Scheme,
     authority: Authority,
     /// `Host` sent upstream unless `preserve_host`.
@@ -64,11 +79,7 @@ pub struct Upstream {
     origin: usize,
     /// The upstream URL's path without a trailing slash ("" for none).
     base_path: Box<str>,
-    strip_prefix: bool,
     preserve_host: bool,
-    forward_authorization: bool,
-    /// Rate-limited warnings about this route's upstream failures.
-    failures: upstream::FailureLog,
 }
 
 impl Upstream {
@@ -76,11 +87,12 @@ impl Upstream {
     /// request to this route's upstream got a 502 or 504. Names the upstream by `host:port`
     /// only: no user info, no request header, no credential.
     fn failed(&self, cause: &str, error: &dyn std::fmt::Display) {
+        let Some(t) = &self.target else { return };
         if let Some(suppressed) = self.failures.due() {
             tracing::warn!(
                 route = %self.label,
-                upstream = %format_args!("{}://{}:{}", self.scheme, self.authority.host(),
-                    self.authority.port_u16().unwrap_or(if self.scheme == Scheme::HTTPS { 443 } else { 80 })),
+                upstream = %format_args!("{}://{}:{}", t.scheme, t.authority.host(),
+                    t.authority.port_u16().unwrap_or(if t.scheme == Scheme::HTTPS { 443 } else { 80 })),
                 cause,
                 error = %error,
                 suppressed,
@@ -120,6 +132,17 @@ pub struct ProxyConn {
 }
 
 impl Ctx<'_> {
+    /// Nothing learned yet, in `span`.
+    fn new(span: &tracing::Span) -> Self {
+        Ctx {
+            span: span.clone(),
+            client_ip: None,
+            token: None,
+            route: None,
+            previous_secret: false,
+        }
+    }
+
     /// Adds what was learned to the request's span (when it is enabled at all).
     fn note(&self, field: &str, value: &dyn std::fmt::Display) {
         if !self.span.is_disabled() {
@@ -156,27 +179,28 @@ impl Proxy {
             .routes
             .iter()
             .enumerate()
-            .map(|(index, r)| {
-                let parts = r.upstream.clone().into_parts();
-                let authority = parts
-                    .authority
-                    .expect("config validated the upstream authority");
-                let base = r.upstream.path().trim_end_matches('/');
-                Upstream {
-                    index,
-                    label: r.path_prefix.clone().into_boxed_str(),
-                    access: r.access,
-                    scheme: parts.scheme.unwrap_or(Scheme::HTTP),
-                    host_header: HeaderValue::from_str(authority.as_str())
-                        .expect("an authority is a valid header value"),
-                    authority,
-                    origin: origin_of[index],
-                    base_path: base.into(),
-                    strip_prefix: r.strip_prefix,
-                    preserve_host: r.preserve_host,
-                    forward_authorization: r.forward_authorization,
-                    failures: upstream::FailureLog::default(),
-                }
+            .map(|(index, r)| Upstream {
+                index,
+                label: r.path_prefix.clone().into_boxed_str(),
+                access: r.access,
+                strip_prefix: r.strip_prefix,
+                forward_authorization: r.forward_authorization,
+                target: r.upstream.as_ref().map(|url| {
+                    let parts = url.clone().into_parts();
+                    let authority = parts
+                        .authority
+                        .expect("config validated the upstream authority");
+                    Target {
+                        scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+                        host_header: HeaderValue::from_str(authority.as_str())
+                            .expect("an authority is a valid header value"),
+                        authority,
+                        origin: origin_of[index],
+                        base_path: url.path().trim_end_matches('/').into(),
+                        preserve_host: r.preserve_host,
+                    }
+                }),
+                failures: upstream::FailureLog::default(),
             })
             .collect();
         let routes = config
@@ -222,13 +246,7 @@ impl Proxy {
             client_ip = tracing::field::Empty,
             route = tracing::field::Empty,
         );
-        let mut ctx = Ctx {
-            span: span.clone(),
-            client_ip: None,
-            token: None,
-            route: None,
-            previous_secret: false,
-        };
+        let mut ctx = Ctx::new(&span);
         let outcome = async {
             match self.authorize(conn.info.peer.ip(), &req, &mut ctx).await {
                 Ok(auth) => self.forward(&conn, req, auth).await,
@@ -258,6 +276,7 @@ impl Proxy {
             let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
             tracing::info!(
                 target: "tokengate::access",
+                listener = "proxy",
                 method = %method,
                 route,
                 status = resp.status().as_u16(),

@@ -236,10 +236,14 @@ impl Upstreams {
         let mut origins = Vec::new();
         let mut of_route = Vec::with_capacity(routes.len());
         for (route, r) in routes.iter().enumerate() {
+            let Some(url) = &r.upstream else {
+                // A forward-auth-only route: never forwarded, no origin.
+                of_route.push(usize::MAX);
+                continue;
+            };
             let setting = pooled.setting_of(route);
-            let scheme = r.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-            let authority = r
-                .upstream
+            let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
+            let authority = url
                 .authority()
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("an upstream URL without host"))?;

@@ -102,7 +102,11 @@ pub struct UpstreamClients {
 
 impl UpstreamClients {
     pub fn build(routes: &[RouteConfig], connect_timeout: Duration) -> anyhow::Result<Self> {
-        let https = |r: &RouteConfig| r.upstream.scheme() == Some(&Scheme::HTTPS);
+        let https = |r: &RouteConfig| {
+            r.upstream
+                .as_ref()
+                .is_some_and(|u| u.scheme() == Some(&Scheme::HTTPS))
+        };
         // The platform store is read only when an https route relies on it.
         let default_roots = if routes.iter().any(|r| https(r) && r.tls.ca_file.is_none()) {
             platform_roots()

@@ -94,7 +94,7 @@ impl Builder {
             path_prefix: prefix.into(),
             host: None,
             access,
-            upstream: format!("http://{upstream}").parse().unwrap(),
+            upstream: Some(format!("http://{upstream}").parse().unwrap()),
             strip_prefix: true,
             preserve_host: false,
             forward_authorization: self.config.proxy.forward_authorization,
@@ -103,6 +103,19 @@ impl Builder {
         f(&mut r);
         self.config.routes.push(r);
         self
+    }
+
+    /// Turns the forward-auth listener on (an ephemeral loopback port).
+    pub fn forward_auth(mut self) -> Builder {
+        self.config.forward_auth.listen = Some("127.0.0.1:0".parse().unwrap());
+        self
+    }
+
+    /// A route without `upstream`: served only by the forward-auth listener.
+    pub fn check_route(self, prefix: &str, access: &str) -> Builder {
+        self.route_with(prefix, access, "127.0.0.1:9".parse().unwrap(), |r| {
+            r.upstream = None
+        })
     }
 
     pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Builder {
@@ -115,6 +128,7 @@ impl Builder {
         TestGateway {
             proxy: gw.proxy_addr,
             admin: gw.admin_addr,
+            forward_auth: gw.forward_auth_addr,
             gw: Some(gw),
             clock: self.clock,
             config: self.config,
@@ -144,6 +158,8 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 pub struct TestGateway {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The forward-auth listener, when the builder turned it on.
+    pub forward_auth: Option<SocketAddr>,
     pub gw: Option<Gateway>,
     pub clock: ManualClock,
     pub config: Config,
@@ -252,6 +268,18 @@ impl TestGateway {
         send(&self.http, req).await
     }
 
+    /// A forward-auth check: `path` on the forward-auth listener with `headers` (name, value).
+    pub async fn check(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let addr = self.forward_auth.expect("the forward-auth listener is on");
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        send(&self.http, b.body(Full::default()).unwrap()).await
+    }
+
     /// An admin API call with the admin key.
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
         self.admin_as(method, path, body, Some(ADMIN_KEY)).await
@@ -334,6 +362,7 @@ impl TestGateway {
         let gw = start_gateway(&self.config, &self.clock).await;
         self.proxy = gw.proxy_addr;
         self.admin = gw.admin_addr;
+        self.forward_auth = gw.forward_auth_addr;
         self.gw = Some(gw);
         self.http = client();
     }
@@ -534,6 +563,7 @@ impl TestGateway {
         TestGateway {
             proxy: gw.proxy_addr,
             admin: gw.admin_addr,
+            forward_auth: gw.forward_auth_addr,
             gw: Some(gw),
             clock: self.clock.clone(),
             config: self.config.clone(),
