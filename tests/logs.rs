@@ -28,6 +28,7 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
 
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
+        .forward_auth()
         .route("/sd/", "security-director", up.addr)
         .configure(|c| c.proxy.access_log = true)
         .start()
@@ -98,6 +99,21 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
         .body(Full::default())
         .unwrap();
     gw.proxy_req(with_auth_fwd).await.expect(200, None);
+    // Forward-auth checks, allowed and refused, with the query on the original URI.
+    let newest_auth = format!("Bearer {newest}");
+    let check_uri = format!("/sd/checked?token={QUERY}");
+    for auth in [newest_auth.as_str(), "Bearer tg_nope"] {
+        gw.check(
+            Method::GET,
+            "/auth",
+            &[
+                ("authorization", auth),
+                ("x-forwarded-uri", &check_uri),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        )
+        .await;
+    }
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     // Positive checks look only at access-log lines, for strings no request carries: the
@@ -110,6 +126,25 @@ async fn no_log_line_contains_a_secret_or_the_admin_key() {
     assert!(
         access.iter().any(|l| l.contains(NAME)),
         "no access-log line names the token:\n{logs}"
+    );
+    // Each line names its listener; the checks' lines carry the client the caller named.
+    assert!(
+        access
+            .iter()
+            .all(|l| l.contains("listener=\"proxy\"") || l.contains("listener=\"forward_auth\"")),
+        "an access-log line without its listener:\n{logs}"
+    );
+    let checks: Vec<&&str> = access
+        .iter()
+        .filter(|l| l.contains("listener=\"forward_auth\""))
+        .collect();
+    assert_eq!(checks.len(), 2, "{logs}");
+    assert!(checks.iter().all(|l| l.contains("198.51.100.7")), "{logs}");
+    assert!(
+        checks
+            .iter()
+            .any(|l| l.contains(NAME) && l.contains("status=200")),
+        "{logs}"
     );
     let marked: Vec<&&str> = access
         .iter()

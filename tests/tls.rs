@@ -229,7 +229,23 @@ impl Conn {
             }
             None => Bytes::new(),
         };
-        let req = b.body(Full::new(bytes)).unwrap();
+        self.exchange(b.body(Full::new(bytes)).unwrap()).await
+    }
+
+    /// A GET of `path` with `headers` (for forward-auth checks).
+    async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut b = Request::get(path).header("host", &self.authority);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.exchange(b.body(Full::default()).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .0
+    }
+
+    async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Result<(Resp, Version), String> {
+        let (method, path) = (req.method().clone(), req.uri().to_string());
         let fut = async {
             match &mut self.sender {
                 Sender::H1(s) => {
@@ -433,6 +449,46 @@ async fn https_proxying_over_http1_and_h2_by_alpn() {
         Err(e) => e,
     };
     assert!(e.contains("certificate"), "{e}");
+}
+
+/// The forward-auth listener serves its checks over TLS with `forward_auth.tls`.
+#[tokio::test]
+async fn forward_auth_checks_over_tls() {
+    let ca = Ca::new("Test Root");
+    let leaf = ca.server(&["localhost"]);
+    let files = tempfile::tempdir().unwrap();
+    let tls = listener_files(files.path(), "checks", &leaf);
+    let gw = TestGateway::builder()
+        .forward_auth()
+        .check_route("/sd/", SD)
+        .configure(|c| c.forward_auth.tls = Some(tls))
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("checked", &[SD]).await;
+    let addr = gw.forward_auth.unwrap();
+    let mut conn = Conn::open(
+        addr,
+        "localhost",
+        client_config(ca.roots(), &["http/1.1"], None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.server_cert, leaf.cert_der.to_vec());
+    let auth = format!("Bearer {secret}");
+    let check = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-uri", "/sd/x"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    let r = conn.get_with("/auth", &check).await;
+    r.expect(200, None);
+    assert_eq!(r.header("x-tokengate-token"), Some("checked"));
+    conn.get_with("/auth", &check[1..])
+        .await
+        .expect(401, Some("missing_token"));
+    // Clear text on the TLS port gets no HTTP answer.
+    let answer = raw(addr, b"GET /auth HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!answer.starts_with("HTTP/"), "{answer:?}");
 }
 
 #[tokio::test]
