@@ -7,11 +7,13 @@
 #   benches/load.sh                         # access log off (as nginx in the comparison)
 #   ACCESS_LOG=true TARGETS="nginx tokengate" benches/load.sh   # the cost of the access log
 #   PIN=0 benches/load.sh                   # unpinned run
+#   MODE=forward-auth benches/load.sh        # nginx auth_request -> tokengate vs nginx map (benches/forward_auth.sh)
 #
 # Every variable of proxy-compare.sh (ROUNDS, DURATION, CONNS, TARGETS, PIN, ...) passes through.
 # Needs wrk, nginx, haproxy, curl (apt-get install wrk nginx haproxy curl). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${MODE:-} == forward-auth ]]; then exec benches/forward_auth.sh "$@"; fi
 COMPARE=${PROXY_COMPARE:-../shared/bench/proxy-compare.sh}
 [[ -x $COMPARE ]] || { echo "load.sh: $COMPARE not found (set PROXY_COMPARE)" >&2; exit 2; }
 PORT=${TG_PORT:-18080}
