@@ -330,6 +330,49 @@ async fn only_the_callers_headers_describe_the_request() {
     }
 }
 
+/// The calling proxy forwards the path as the client sent it, so a check decides only on a
+/// path already in normal form: `/sd//../feeds/x` (`/feeds/x` to tokengate, `/sd/feeds/x` to an
+/// RFC 3986 resolver) and its kin are refused, never decided on as another route.
+#[tokio::test]
+async fn a_path_the_api_could_resolve_otherwise_is_refused() {
+    let Some((gw, _)) = gateway(false, "a_path_the_api_could_resolve_otherwise_is_refused").await
+    else {
+        return;
+    };
+    let (feeds, _) = gw.create_token("feeds-only", &[FEEDS]).await;
+    let client = ("x-forwarded-for", "198.51.100.7");
+    for tricky in [
+        "/sd//../feeds/x",
+        "/sd/./../feeds/x",
+        "/sd/x/../../feeds/x",
+        "/sd/%2e%2e/feeds/x",
+        "/feeds//x",
+        "/feeds/%78",
+        "/feeds/x/.",
+    ] {
+        ask(&gw, "/auth", &feeds, &[("x-forwarded-uri", tricky), client])
+            .await
+            .expect(400, Some("invalid_request"));
+    }
+    // Normal paths pass; escapes may be in either case.
+    for fine in [
+        "/feeds/x",
+        "/feeds/",
+        "/feeds",
+        "/feeds/caf%c3%a9",
+        "/feeds/a%2Bb?q=/../x",
+    ] {
+        ask(&gw, "/auth", &feeds, &[("x-forwarded-uri", fine), client])
+            .await
+            .expect(200, None);
+    }
+    // The proxy listener normalises and decides on what it will forward, as before: here
+    // /feeds/x, a route only checks may use.
+    gw.get("/sd/x/../../feeds/x", Some(&feeds))
+        .await
+        .expect(404, Some("no_route"));
+}
+
 /// `/auth/{TYPE}` requires that type and matches no route: any original path is fine.
 #[tokio::test]
 async fn a_check_can_name_its_access_type() {
@@ -433,11 +476,20 @@ async fn envoy_checks_are_the_original_request_under_the_prefix() {
         )
         .await;
     r.expect(400, Some("invalid_request"));
-    // Envoy treats a 5xx as an error and passes 4xx on: a refusal keeps its status.
-    envoy(Method::GET, "/envoy/sd/x".into(), "api.example.com")
-        .await
-        .expect(200, None);
-    assert_eq!(gw.ips("feed").await.len(), 1);
+    // Envoy forwards the path as sent unless told to normalise: a path tokengate would have
+    // to change is refused rather than decided on in another form.
+    for tricky in ["/envoy/sd//x", "/envoy/sd/./x", "/envoy/sd/%7Ex"] {
+        envoy(Method::GET, tricky.into(), "api.example.com")
+            .await
+            .expect(400, Some("invalid_request"));
+    }
+    // Only the two allowed checks were uses, from the client Envoy named.
+    let ips = gw.ips("feed").await;
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    assert_eq!(
+        (&ips[0]["ip"], &ips[0]["requests"]),
+        (&json!("198.51.100.7"), &json!(2))
+    );
 }
 
 /// Only `forward_auth.callers` are answered; an unknown caller learns nothing else.
@@ -446,7 +498,10 @@ async fn only_trusted_callers_are_answered() {
     let gw = TestGateway::builder()
         .forward_auth()
         .check_route("/sd/", SD)
-        .configure(|c| c.forward_auth.callers = vec!["192.0.2.0/24".parse().unwrap()])
+        .configure(|c| {
+            c.forward_auth.callers = vec!["192.0.2.0/24".parse().unwrap()];
+            c.proxy.failed_auth_limit = 1;
+        })
         .start()
         .await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
@@ -463,13 +518,35 @@ async fn only_trusted_callers_are_answered() {
         )
         .await;
     r.expect(403, Some("untrusted_caller"));
-    // Not a use, and not a failed authentication of anyone.
+    // A bad secret from an untrusted caller is not even looked at.
+    let r = gw
+        .check(
+            Method::GET,
+            "/auth",
+            &[
+                ("authorization", "Bearer tg_nope"),
+                ("x-forwarded-uri", "/sd/x"),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        )
+        .await;
+    r.expect(403, Some("untrusted_caller"));
+    // Not a use.
     assert!(gw.ips("feed").await.is_empty());
     let m = gw.admin(Method::GET, "/metrics", None).await.text();
     assert!(
-        m.contains("tokengate_auth_refusals_total{reason=\"untrusted_caller\"} 1"),
+        m.contains("tokengate_auth_refusals_total{reason=\"untrusted_caller\"} 2"),
         "{m}"
     );
+    assert!(
+        m.contains("tokengate_auth_refusals_total{reason=\"invalid_token\"} 0"),
+        "{m}"
+    );
+    // And no failed authentication of the caller's address (its limit is 1 here): its own
+    // first bad secret on the proxy listener is still a 401, not a 429.
+    gw.get("/sd/x", Some("tg_nope"))
+        .await
+        .expect(401, Some("invalid_token"));
 }
 
 /// trusted_hops: proxies between the caller and the client are skipped in the walk.
@@ -523,7 +600,8 @@ async fn failed_checks_count_toward_the_clients_failure_limit() {
         .expect(401, Some("invalid_token"));
 }
 
-/// The listener is off by default, and a route without upstream needs it.
+/// The listener is off by default (a route without upstream then fails validation:
+/// `config::tests::a_route_without_upstream_needs_the_forward_auth_listener`).
 #[tokio::test]
 async fn the_listener_is_off_by_default() {
     let gw = TestGateway::builder().start().await;

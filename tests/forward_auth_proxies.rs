@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use support::*;
 
 const SD: &str = "security-director";
+const FEEDS: &str = "third-party-feeds";
 
 /// The fenced block after `<!-- forward-auth-config: NAME -->` in README.md.
 fn readme_config(name: &str) -> String {
@@ -202,6 +203,13 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
             ("x-tokengate-token", "admin"),
             ("x-tokengate-access", "everything"),
             ("x-tokengate-scope", "admin"),
+            // Spellings a CGI-style API reads as the real headers.
+            ("x_tokengate_token", "admin"),
+            ("x-tokengate_access", "everything"),
+            (
+                "x_tokengate-token-id",
+                "00000000-0000-0000-0000-000000000000",
+            ),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-uri", "/nowhere"),
             ("x-original-uri", "/nowhere"),
@@ -234,6 +242,15 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
             seen.headers
         );
     }
+    // No proxy lets an underscore spelling of a gateway header through.
+    let underscored: Vec<_> = seen
+        .headers
+        .keys()
+        .filter(|k| {
+            k.as_str().contains('_') && k.as_str().replace('_', "-").starts_with("x-tokengate")
+        })
+        .collect();
+    assert!(underscored.is_empty(), "{:?}", seen.headers);
     // The IP recorded is the client's (loopback here), never the one it claimed.
     let ips = gw.ips("feed").await;
     assert_eq!(ips.len(), 1, "{ips:?}");
@@ -244,7 +261,7 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
     let before = up.count();
     // Missing and invalid tokens: 401 with WWW-Authenticate.
     let r = via(gw, front, "/sd/x", &[]).await;
-    r.expect(401, None);
+    r.expect(401, Some("missing_token"));
     assert!(
         r.header("www-authenticate")
             .is_some_and(|v| v.starts_with("Bearer")),
@@ -257,23 +274,35 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
         &[("authorization", "Bearer tg_not_a_token")],
     )
     .await
-    .expect(401, None);
+    .expect(401, Some("invalid_token"));
     // A path the proxy listener refuses is refused too (whether by the proxy or by tokengate).
     for bad in ["/sd/a%2Fb", "/sd/..;/x", "/sd/%2e%2e/%2e%2e/etc/passwd"] {
         via(gw, front, bad, &[("authorization", &auth)])
             .await
             .expect(400, None);
     }
+    // The proxy forwards the path as the client sent it: one that tokengate would resolve to
+    // another route (`/sd//../feeds/x` is `/feeds/x` here, `/sd/feeds/x` for RFC 3986) is
+    // refused, so a feeds token never reaches /sd/ on an API that resolves it the other way.
+    let (feeds, _) = gw.create_token("feeds-only", &[FEEDS]).await;
+    for tricky in ["/sd//../feeds/x", "/sd/%2e%2e/feeds/x", "/sd/./../feeds/x"] {
+        via(gw, front, tricky, &[("authorization", &bearer(&feeds))])
+            .await
+            .expect(400, Some("invalid_request"));
+    }
+    via(gw, front, "/feeds/x", &[("authorization", &bearer(&feeds))])
+        .await
+        .expect(200, None);
     via(gw, front, "/nowhere/x", &[("authorization", &auth)])
         .await
-        .expect(404, None);
+        .expect(404, Some("no_route"));
     // Not allowed from this address.
     gw.patch_token("feed", json!({"allowed_ips": ["192.0.2.0/24"]}))
         .await
         .expect(200, None);
     via(gw, front, "/sd/x", &[("authorization", &auth)])
         .await
-        .expect(403, None);
+        .expect(403, Some("ip_not_allowed"));
     gw.patch_token("feed", json!({"allowed_ips": null}))
         .await
         .expect(200, None);
@@ -285,7 +314,7 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
         .await
         .expect(200, None);
     let r = via(gw, front, "/sd/x", &[("authorization", &auth)]).await;
-    r.expect(429, None);
+    r.expect(429, Some("rate_limited"));
     assert!(
         r.header("retry-after")
             .is_some_and(|v| v.parse::<u64>().unwrap() >= 1),
@@ -309,7 +338,7 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
         &[("authorization", &auth), ("x-forwarded-for", "192.0.2.1")],
     )
     .await
-    .expect(403, None);
+    .expect(403, Some("ip_blocked"));
     // Inactive.
     let (other, _) = gw.create_token("other", &[SD]).await;
     gw.admin(
@@ -321,16 +350,16 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
     .expect(200, None);
     via(gw, front, "/sd/x", &[("authorization", &bearer(&other))])
         .await
-        .expect(403, None);
+        .expect(403, Some("token_inactive"));
     assert_eq!(
         up.count(),
-        before + 1,
-        "only the one admitted request reached the API"
+        before + 2,
+        "only the two admitted requests reached the API"
     );
     // tokengate's answers were checks on the forward-auth listener.
     let m = gw.admin(Method::GET, "/metrics", None).await.text();
     assert!(
-        m.contains("tokengate_forward_auth_checks_total{outcome=\"allowed\"} 2"),
+        m.contains("tokengate_forward_auth_checks_total{outcome=\"allowed\"} 3"),
         "{m}"
     );
 }
@@ -340,6 +369,7 @@ async fn setup() -> (TestGateway, Upstream) {
     let gw = TestGateway::builder()
         .forward_auth()
         .check_route("/sd/", SD)
+        .check_route("/feeds/", FEEDS)
         .start()
         .await;
     (gw, up)
@@ -394,4 +424,206 @@ async fn via_plain(front: &Front, path: &str, secret: &str) -> (u16, String) {
     )
     .await;
     (r.status.as_u16(), r.text())
+}
+
+// === Traefik and Envoy: not installable here; their README configurations are parsed ===
+
+type Yaml = serde_norway::Value;
+
+fn yaml(name: &str) -> Yaml {
+    serde_norway::from_str(&readme_config(name))
+        .unwrap_or_else(|e| panic!("README's {name} configuration is not valid YAML: {e}"))
+}
+
+/// `v` at `path` (mapping keys, or `[i]` sequence indices), or a panic naming the path.
+fn at<'a>(v: &'a Yaml, path: &[&str]) -> &'a Yaml {
+    let mut cur = v;
+    for p in path {
+        cur = match p.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+            Some(i) => cur.get(i.parse::<usize>().unwrap()),
+            None => cur.get(*p),
+        }
+        .unwrap_or_else(|| panic!("no {p} in {path:?} of {v:?}"));
+    }
+    cur
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The settings `tests/forward_auth.rs`'s Traefik-shaped checks assume, and SPEC §9 (a)-(c).
+#[test]
+fn the_readme_traefik_configuration_sets_what_the_checks_rely_on() {
+    let t = yaml("traefik");
+    let fa = at(&t, &["http", "middlewares", "tokengate", "forwardAuth"]);
+    assert_eq!(
+        at(fa, &["address"]).as_str(),
+        Some("http://127.0.0.1:8081/auth")
+    );
+    // (a) Traefik's own X-Forwarded-* replace the client's.
+    assert_eq!(at(fa, &["trustForwardHeader"]).as_bool(), Some(false));
+    assert_eq!(
+        strings(at(fa, &["authResponseHeaders"])),
+        [
+            "X-Tokengate-Token",
+            "X-Tokengate-Token-Id",
+            "X-Tokengate-Access"
+        ]
+    );
+    // (b) the client's identity headers are removed before the check adds the real ones, and
+    // Authorization after it.
+    let chain = strings(at(&t, &["http", "routers", "api", "middlewares"]));
+    assert_eq!(
+        chain,
+        ["tokengate-clear", "tokengate", "tokengate-no-authorization"]
+    );
+    let clear = at(
+        &t,
+        &[
+            "http",
+            "middlewares",
+            "tokengate-clear",
+            "headers",
+            "customRequestHeaders",
+        ],
+    );
+    for h in [
+        "X-Tokengate-Token",
+        "X-Tokengate-Token-Id",
+        "X-Tokengate-Access",
+        "X_Tokengate_Token",
+        "X_Tokengate_Token_Id",
+        "X_Tokengate_Access",
+    ] {
+        assert_eq!(at(clear, &[h]).as_str(), Some(""), "{h}");
+    }
+    let no_auth = at(
+        &t,
+        &[
+            "http",
+            "middlewares",
+            "tokengate-no-authorization",
+            "headers",
+            "customRequestHeaders",
+        ],
+    );
+    assert_eq!(at(no_auth, &["Authorization"]).as_str(), Some(""));
+}
+
+/// The settings `tests/forward_auth.rs`'s Envoy-shaped checks assume, and SPEC §9 (a)-(c).
+#[test]
+fn the_readme_envoy_configuration_sets_what_the_checks_rely_on() {
+    let e = yaml("envoy");
+    let hcm = at(
+        &e,
+        &[
+            "static_resources",
+            "listeners",
+            "[0]",
+            "filter_chains",
+            "[0]",
+            "filters",
+            "[0]",
+            "typed_config",
+        ],
+    );
+    // (a) the right-most X-Forwarded-For entry is the real peer; the path Envoy forwards is
+    // the one tokengate decides on; no underscore header spellings.
+    assert_eq!(at(hcm, &["use_remote_address"]).as_bool(), Some(true));
+    assert_eq!(at(hcm, &["normalize_path"]).as_bool(), Some(true));
+    assert_eq!(at(hcm, &["merge_slashes"]).as_bool(), Some(true));
+    assert_eq!(
+        at(
+            hcm,
+            &[
+                "common_http_protocol_options",
+                "headers_with_underscores_action"
+            ]
+        )
+        .as_str(),
+        Some("REJECT_REQUEST")
+    );
+    let filters = at(hcm, &["http_filters"]).as_sequence().unwrap();
+    assert_eq!(
+        at(&filters[0], &["name"]).as_str(),
+        Some("envoy.filters.http.ext_authz"),
+        "ext_authz runs first"
+    );
+    let authz = at(&filters[0], &["typed_config"]);
+    // (c) an unreachable tokengate refuses, never admits.
+    assert_eq!(at(authz, &["failure_mode_allow"]).as_bool(), Some(false));
+    let http = at(authz, &["http_service"]);
+    let defaults = tokengate::config::Config::defaults();
+    assert_eq!(
+        at(http, &["path_prefix"]).as_str(),
+        Some(defaults.forward_auth.envoy_prefix.as_str())
+    );
+    let exact = |v: &Yaml| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| at(p, &["exact"]).as_str().unwrap().to_string())
+            .collect()
+    };
+    let sent = exact(at(
+        http,
+        &["authorization_request", "allowed_headers", "patterns"],
+    ));
+    assert!(sent.contains(&"authorization".to_string()), "{sent:?}");
+    assert!(sent.contains(&"x-forwarded-for".to_string()), "{sent:?}");
+    // (b) the identity headers overwrite a client's, from the check's answer only.
+    let upstream = exact(at(
+        http,
+        &[
+            "authorization_response",
+            "allowed_upstream_headers",
+            "patterns",
+        ],
+    ));
+    assert_eq!(
+        upstream,
+        [
+            "x-tokengate-token",
+            "x-tokengate-token-id",
+            "x-tokengate-access"
+        ]
+    );
+    let client = exact(at(
+        http,
+        &[
+            "authorization_response",
+            "allowed_client_headers",
+            "patterns",
+        ],
+    ));
+    for h in ["www-authenticate", "retry-after"] {
+        assert!(client.contains(&h.to_string()), "{client:?}");
+    }
+    // The tokengate cluster is the forward-auth listener's address.
+    let clusters = at(&e, &["static_resources", "clusters"])
+        .as_sequence()
+        .unwrap();
+    let tg = clusters
+        .iter()
+        .find(|c| at(c, &["name"]).as_str() == Some("tokengate"))
+        .expect("a tokengate cluster");
+    let sock = at(
+        tg,
+        &[
+            "load_assignment",
+            "endpoints",
+            "[0]",
+            "lb_endpoints",
+            "[0]",
+            "endpoint",
+            "address",
+            "socket_address",
+        ],
+    );
+    assert_eq!(at(sock, &["port_value"]).as_u64(), Some(8081));
 }

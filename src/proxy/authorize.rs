@@ -72,6 +72,11 @@ pub(crate) struct Subject<'r> {
     /// Where the `Authorization` header is read from.
     pub(crate) headers: &'r HeaderMap,
     pub(crate) want: Want,
+    /// Refuse a path that normalising would change (but for the case of escapes): for a
+    /// forward-auth check, whose caller forwards the path as the client sent it, so an API
+    /// that resolves `/sd//../feeds/x` differently must never receive a path the check
+    /// decided on in another form.
+    pub(crate) strict_path: bool,
 }
 
 /// What the request must be entitled to.
@@ -112,6 +117,8 @@ impl Proxy {
             client_ip,
             headers: req.headers(),
             want: Want::Route { forwarding: true },
+            // The proxy listener forwards exactly the path it decided on.
+            strict_path: false,
         };
         self.decide(peer, subject, ctx).await
     }
@@ -131,6 +138,7 @@ impl Proxy {
             client_ip,
             headers,
             want,
+            strict_path,
         } = subject;
         ctx.client_ip = Some(client_ip);
         ctx.note("client_ip", &client_ip);
@@ -158,8 +166,15 @@ impl Proxy {
             return Err(ProxyError::InvalidToken);
         }
         // Row 7. The path the router and the upstream will both see.
-        let path = path::normalise_cow(path)
+        let raw = path;
+        let path = path::normalise_cow(raw)
             .map_err(|_| ProxyError::InvalidRequest("the path cannot be normalised safely"))?;
+        if strict_path && !path.eq_ignore_ascii_case(raw) {
+            return Err(ProxyError::InvalidRequest(
+                "the path is not in normal form (dot segments, '//' or escaped unreserved characters): \
+                 the proxy in front forwards it as sent",
+            ));
+        }
         // Row 7a. Past its expires_at: 401, and not a failed authentication.
         if status == Effective::Inactive(InactiveReason::Expired) {
             return Err(ProxyError::TokenExpired);

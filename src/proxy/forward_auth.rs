@@ -210,6 +210,7 @@ impl ForwardAuth {
             client_ip,
             headers,
             want,
+            strict_path: true,
         };
         let auth = self.proxy.decide(peer, subject, ctx).await?;
         // Allowed: an empty 200 with the identity headers for the proxy to pass upstream.
