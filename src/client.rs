@@ -120,10 +120,10 @@ impl AdminClient {
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key));
+        let mut req = Request::builder().method(method).uri(&url);
+        if !self.key.is_empty() {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {}", self.key));
+        }
         let bytes = match body {
             Some(v) => {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");

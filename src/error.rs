@@ -65,6 +65,16 @@ pub enum ProxyError {
     },
     #[error("rate limit backend unavailable")]
     RateLimitUnavailable,
+    /// The revocation endpoint's own refusals (SPEC §10): 405, 413, 415, and 429 over
+    /// `proxy.revoke_limit`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("too many revocation requests")]
+    TooManyRevocations { retry_after_secs: u64 },
     /// 403 `untrusted_caller`: a forward-auth check from a peer outside `forward_auth.callers`.
     #[error("untrusted forward-auth caller")]
     UntrustedCaller,
@@ -80,9 +90,12 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::TooManyFailures { .. } | ProxyError::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::TooManyFailures { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::TooManyRevocations { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::MissingToken | ProxyError::InvalidToken | ProxyError::TokenExpired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -117,6 +130,10 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::AccessDenied => "access_denied",
             ProxyError::UntrustedCaller => "untrusted_caller",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::PayloadTooLarge => "payload_too_large",
+            ProxyError::UnsupportedMediaType => "unsupported_media_type",
+            ProxyError::TooManyRevocations { .. } => "too_many_requests",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::BadGateway => "bad_gateway",
@@ -174,6 +191,22 @@ impl ProxyError {
                     "the token does not grant access to this API"
                 )
             }
+            ProxyError::MethodNotAllowed => json_body!(
+                "method_not_allowed",
+                "the revocation endpoint takes POST only"
+            ),
+            ProxyError::PayloadTooLarge => json_body!(
+                "payload_too_large",
+                "a revocation request body is at most 16 KiB"
+            ),
+            ProxyError::UnsupportedMediaType => json_body!(
+                "unsupported_media_type",
+                "a revocation request body must be application/json"
+            ),
+            ProxyError::TooManyRevocations { .. } => json_body!(
+                "too_many_requests",
+                "too many revocation requests from this address; retry later"
+            ),
             ProxyError::UntrustedCaller => json_body!(
                 "untrusted_caller",
                 "this address may not ask for authorization checks (forward_auth.callers)"
@@ -224,8 +257,12 @@ impl ProxyError {
                     ),
                 );
             }
-            ProxyError::TooManyFailures { retry_after_secs } => {
+            ProxyError::TooManyFailures { retry_after_secs }
+            | ProxyError::TooManyRevocations { retry_after_secs } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            ProxyError::MethodNotAllowed => {
+                h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             }
             ProxyError::RateLimited {
                 retry_after_secs,
@@ -274,6 +311,12 @@ mod tests {
             ProxyError::NoRoute,
             ProxyError::AccessDenied,
             ProxyError::UntrustedCaller,
+            ProxyError::MethodNotAllowed,
+            ProxyError::PayloadTooLarge,
+            ProxyError::UnsupportedMediaType,
+            ProxyError::TooManyRevocations {
+                retry_after_secs: 1,
+            },
             ProxyError::BadGateway,
             ProxyError::GatewayTimeout,
         ];

@@ -27,6 +27,7 @@ pub(crate) mod net;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub(crate) mod revoke;
 pub mod server;
 pub(crate) mod shared;
 pub mod state;

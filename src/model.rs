@@ -98,6 +98,9 @@ pub enum InactiveReason {
     Idle,
     /// Past `expires_at` (never stored: expiry is computed at request time).
     Expired,
+    /// Its secret was reported to the revocation endpoint (SPEC §10). Stored as `admin` plus
+    /// `revoked_at` (so a previous release sharing the store reads an admin deactivation).
+    Revoked,
 }
 
 impl InactiveReason {
@@ -111,11 +114,20 @@ impl InactiveReason {
         }
     }
 
+    /// Its stored `inactive_reason` (`Revoked` is stored as `admin` with `revoked_at`).
+    pub fn db_str(self) -> &'static str {
+        match self {
+            InactiveReason::Revoked => "admin",
+            other => other.as_str(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             InactiveReason::Admin => "admin",
             InactiveReason::Idle => "idle",
             InactiveReason::Expired => "expired",
+            InactiveReason::Revoked => "revoked",
         }
     }
 }
@@ -145,6 +157,9 @@ pub struct TokenRecord {
     /// The client IPs and networks it may be used from (SPEC §1 `allowed_ips`), canonical;
     /// `None` = any.
     pub allowed_ips: Option<Vec<BlockEntry>>,
+    /// When its current secret was reported to the revocation endpoint; cleared by a
+    /// regenerate. While set, activation is refused (409 `token_revoked`).
+    pub revoked_at: Option<Timestamp>,
     pub version: i64,
 }
 

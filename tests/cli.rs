@@ -823,3 +823,50 @@ async fn rate_limit_and_allowed_ips_flags() {
         (&Value::Null, &Value::Null)
     );
 }
+
+/// `token revoke` reads secrets from stdin and reports them to the proxy listener, with no
+/// admin key anywhere in its environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_revoke_reports_secrets_from_stdin_without_the_admin_key() {
+    let (gw, _up) = routed().await;
+    let (secret, _) = gw.create_token("leaked", &["security-director"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(dir.path());
+    c.args(["token", "revoke", "--proxy-url"])
+        .arg(format!("http://{}", gw.proxy))
+        .stdin(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = c.spawn().expect("start tokengate");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(
+                stdin,
+                "# found in a public gist\n\ntg_not_a_secret\n  {secret}  "
+            )
+            .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reported 2 secret"), "{stdout}");
+    let t = show(&gw, "leaked").await;
+    assert_eq!(
+        (&t["status"], &t["inactive_reason"]),
+        (&json!("inactive"), &json!("revoked"))
+    );
+    // Nothing on stdin is a usage error.
+    let mut c = command(dir.path());
+    c.args(["token", "revoke", "--proxy-url"])
+        .arg(format!("http://{}", gw.proxy));
+    let o = run(c, Duration::from_secs(60)).await;
+    assert_eq!(o.code, Some(2), "{o}");
+}

@@ -1571,3 +1571,50 @@ async fn console_create_with_rate_limit_and_allow_list() {
     assert_eq!(dialog_fits, json!(true));
     b.wait("the list to fit 400 px", fits, json!([])).await;
 }
+
+/// Issue 20: a revoked token says what happened and what to do (regenerate), and cannot be
+/// activated from the page until it is regenerated.
+#[tokio::test]
+async fn console_shows_a_revoked_token_with_its_advice() {
+    let Some(b) = Browser::start("console_shows_a_revoked_token_with_its_advice").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    let (secret, _) = gw.create_token("leaked", &["security-director"]).await;
+    let r = gw
+        .proxy_req(
+            http::Request::post("/_tokengate/revoke")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({"tokens": [secret]}).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 202, "{r}");
+    sign_in(&b, &gw).await;
+    b.wait_text("#token-rows tr[data-name='leaked']", "revoked")
+        .await;
+    b.click("#token-rows tr[data-name='leaked'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-revoked-advice", "Regenerate it").await;
+    let disabled = b
+        .js(
+            "return document.getElementById('token-toggle').disabled",
+            json!([]),
+        )
+        .await;
+    assert_eq!(disabled, json!(true));
+    b.click("#token-regenerate").await;
+    b.ready("#confirm-dialog").await;
+    b.click("#confirm-ok").await;
+    b.ready("#secret-dialog").await;
+    b.click("#secret-done").await;
+    b.wait_gone("#secret-dialog").await;
+    b.wait_gone("#token-revoked-advice").await;
+    b.wait_text("#token-toggle", "Activate").await;
+    b.click("#token-toggle").await;
+    b.wait_text("#token-toggle", "Deactivate").await;
+    assert_eq!(gw.token("leaked").await["status"], "active");
+}

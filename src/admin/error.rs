@@ -28,6 +28,8 @@ pub(crate) enum AdminError {
     NamesNotFound(Vec<String>),
     /// Activation of tokens past their `expires_at` (SPEC §4): nothing was changed.
     TokensExpired(Vec<String>),
+    /// Activation of tokens whose secret was revoked and not regenerated since (SPEC §1).
+    TokensRevoked(Vec<String>),
     NameTaken,
     BlockedByCidr {
         ip: String,
@@ -154,6 +156,14 @@ impl AdminError {
                 "token_expired",
                 "these tokens are past their expires_at: activation does not lift an expiry \
                  (PATCH expires_at does); nothing was changed"
+                    .into(),
+                Some(("names", Value::from(names))),
+            ),
+            AdminError::TokensRevoked(names) => (
+                StatusCode::CONFLICT,
+                "token_revoked",
+                "these tokens' secrets were reported to the revocation endpoint and are public: \
+                 regenerate them first; nothing was changed"
                     .into(),
                 Some(("names", Value::from(names))),
             ),

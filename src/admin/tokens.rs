@@ -203,6 +203,7 @@ impl Admin {
             previous_secret: None,
             rate_limit: parts.rate_limit,
             allowed_ips: parts.allowed_ips,
+            revoked_at: None,
             version: 1,
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
@@ -350,16 +351,27 @@ impl Admin {
         let rec = self
             .mutate_one(actor, AuditAction::Regenerate, name, |rec| {
                 let s = Secret::generate();
-                let until = grace.map(|g| self.now().plus(g));
+                // A reported secret is public: it gets no grace, whatever was asked.
+                let was_revoked = rec.revoked_at.take().is_some();
+                let until = grace.filter(|_| !was_revoked).map(|g| self.now().plus(g));
                 rec.previous_secret = until.map(|until| PreviousSecret {
                     hash: rec.secret_hash,
                     until,
                 });
                 rec.secret_hash = s.hash();
                 secret = Some(s);
-                Some(serde_json::json!({
+                // A revoked token stays inactive, and may be activated again now that its
+                // reported secret is gone.
+                if rec.inactive_reason == Some(InactiveReason::Revoked) {
+                    rec.inactive_reason = Some(InactiveReason::Admin);
+                }
+                let mut details = serde_json::json!({
                     "previous_secret_expires_at": until.map(Timestamp::rfc3339),
-                }))
+                });
+                if was_revoked {
+                    details["revoked"] = serde_json::json!({"from": true, "to": false});
+                }
+                Some(details)
             })
             .await?;
         let secret = secret.ok_or(AdminError::Conflict)?;
@@ -439,6 +451,15 @@ impl Admin {
                     .collect();
                 if !expired.is_empty() {
                     return Err(AdminError::TokensExpired(expired));
+                }
+                // A reported secret is public: regenerate first (which clears `revoked_at`).
+                let revoked: Vec<String> = records
+                    .iter()
+                    .filter(|r| r.revoked_at.is_some())
+                    .map(|r| r.name.clone())
+                    .collect();
+                if !revoked.is_empty() {
+                    return Err(AdminError::TokensRevoked(revoked));
                 }
             }
             let mut changed: Vec<TokenRecord> = Vec::new();

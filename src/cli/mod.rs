@@ -151,6 +151,13 @@ pub enum TokenCmd {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Report leaked secrets (read from stdin, one a line) to the proxy listener's public
+    /// revocation endpoint: each one that is a token's secret deactivates it. Needs no admin key.
+    Revoke {
+        /// The proxy listener (default: from the config's proxy.listen).
+        #[arg(long, value_name = "URL")]
+        proxy_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +215,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.global.config.as_deref()).await,
         Command::Dev => crate::dev::run().await,
+        // Public: needs no admin key, so no admin client.
+        Command::Token(TokenCmd::Revoke { proxy_url }) => revoke_cmd(&cli.global, proxy_url).await,
         Command::Token(cmd) => token_cmd(&cli.global, cmd).await,
         Command::Ip(cmd) => ip_cmd(&cli.global, cmd).await,
         Command::AccessTypes => {
@@ -305,9 +314,74 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// The proxy listener's base URL: `--proxy-url`, else the config's `proxy.listen`.
+fn proxy_url(g: &Global, explicit: Option<String>) -> anyhow::Result<String> {
+    if let Some(u) = explicit {
+        return Ok(u);
+    }
+    let config = match &g.config {
+        Some(p) => Config::load(Some(p), std::env::vars())?,
+        None => Config::load(None, std::env::vars())?,
+    };
+    let mut addr = config.proxy.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if config.proxy.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{addr}"))
+}
+
+/// `token revoke`: the secrets on stdin, 100 a request, to `POST /_tokengate/revoke`. The
+/// endpoint answers 202 whatever matched, so this says how many were reported, not revoked.
+async fn revoke_cmd(g: &Global, proxy: Option<String>) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut secrets = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading secrets from stdin")?;
+        let s = line.trim();
+        if !s.is_empty() && !s.starts_with('#') {
+            secrets.push(s.to_string());
+        }
+    }
+    if secrets.is_empty() {
+        return Err(UsageError("no secrets on stdin (one a line)".into()).into());
+    }
+    let base = proxy_url(g, proxy)?;
+    let tls = ClientTls {
+        ca_file: g.ca_file.clone(),
+        client_cert: None,
+        client_key: None,
+    };
+    // No key: the endpoint is public, and the admin key never goes to the proxy listener.
+    let c = AdminClient::with_tls(&base, "", &tls)?;
+    for chunk in secrets.chunks(100) {
+        c.call(
+            Method::POST,
+            "/_tokengate/revoke",
+            Some(json!({ "tokens": chunk })),
+        )
+        .await?;
+    }
+    if g.json {
+        print_json(&json!({ "reported": secrets.len() }));
+    } else {
+        println!(
+            "reported {} secret(s); each that was a token's is revoked (the endpoint does not say which)",
+            secrets.len()
+        );
+    }
+    Ok(())
+}
+
 async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
     let c = admin_client(g)?;
     let v = match cmd {
+        // Dispatched before an admin client is made (`run`); correct here too.
+        TokenCmd::Revoke { proxy_url } => return revoke_cmd(g, proxy_url).await,
         TokenCmd::Create {
             name,
             access,

@@ -83,6 +83,10 @@ pub struct ProxyConfig {
     pub max_connections_per_ip: usize,
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
+    /// `POST /_tokengate/revoke` on the proxy listener (SPEC §10); false = routed like any path.
+    pub revocation: bool,
+    /// Revocation requests per client IP per minute (then 429); 0 = no limit.
+    pub revoke_limit: u32,
     /// `proxy.tls`: terminate TLS on the proxy listener (never with `client_ca`).
     pub tls: Option<ServerTlsConfig>,
 }
@@ -379,6 +383,8 @@ impl RawConfig {
             )?)
             .unwrap_or(100),
             shutdown_grace: duration("proxy.shutdown_grace", &p.shutdown_grace)?,
+            revocation: p.revocation,
+            revoke_limit: p.revoke_limit,
             tls: server_tls("proxy.tls", p.tls.as_ref())?,
         };
         if proxy.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {

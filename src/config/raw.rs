@@ -63,6 +63,10 @@ pub struct RawProxy {
     #[serde(deserialize_with = "lenient")]
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: String,
+    #[serde(deserialize_with = "lenient")]
+    pub revocation: bool,
+    #[serde(deserialize_with = "lenient")]
+    pub revoke_limit: u32,
     pub tls: Option<RawTls>,
 }
 
@@ -82,6 +86,8 @@ impl Default for RawProxy {
             max_connections_per_ip: 1000,
             h2_max_concurrent_streams: 100,
             shutdown_grace: "30s".into(),
+            revocation: true,
+            revoke_limit: 10,
             tls: None,
         }
     }

@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::error::{ProxyBody, ProxyError, RATELIMIT, RATELIMIT_POLICY};
 use crate::net;
 use crate::ratelimit;
+use crate::revoke;
 use crate::server::ConnInfo;
 use crate::uri::host::normalise_host;
 
@@ -90,6 +91,20 @@ impl ForwardAuth {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        let peer = net::canonical_ip(conn.peer.ip());
+        if req.uri().path() == revoke::PATH && self.callers.iter().any(|n| n.contains(&peer)) {
+            // A revocation a trusted caller routes here (SPEC §10); its client is the one the
+            // caller names, else the caller itself. An untrusted caller is refused below.
+            let client_ip = net::forwarded_client(
+                &self.trusted_hops,
+                req.headers()
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+            .unwrap_or(peer);
+            return self.proxy.revocation(client_ip, req, started).await;
+        }
         let span = tracing::debug_span!(
             "check",
             client_ip = tracing::field::Empty,

@@ -40,6 +40,7 @@ use crate::error::ProxyBody;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::revoke::{self, Revoker};
 use crate::server::ConnInfo;
 use crate::shared::Shared;
 use crate::state::{TokenIndex, TokenState};
@@ -122,6 +123,9 @@ pub struct Proxy {
     rate_headers: bool,
     /// Connection-affine upstream connections, and the pooled client (`upstream`).
     upstream: upstream::Upstreams,
+    /// `POST /_tokengate/revoke` (SPEC §10): here unless `proxy.revocation = false`, and always
+    /// on the forward-auth listener.
+    revoker: Arc<Revoker>,
 }
 
 /// One client connection of the proxy listener: what the server knows of it, and the
@@ -224,6 +228,12 @@ impl Proxy {
             on_backend_error: config.rate_limit.on_backend_error,
             rate_headers: config.rate_limit.headers,
             upstream,
+            revoker: Arc::new(Revoker::new(
+                shared.store.clone(),
+                shared.index.clone(),
+                shared.clock.clone(),
+                config.proxy.revoke_limit,
+            )),
         })
     }
 
@@ -235,6 +245,19 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        if self.cfg.revocation && req.uri().path() == revoke::PATH {
+            // Before any check of SPEC §2: anyone may report a secret (§10).
+            let peer = crate::net::canonical_ip(conn.info.peer.ip());
+            let client_ip = crate::net::client_ip(
+                peer,
+                &self.cfg.trusted_proxies,
+                req.headers()
+                    .get_all(&headers::X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+            return self.revocation(client_ip, req, started).await;
+        }
         let method = req.method().clone();
         let version = req.version();
         // Every line logged while the request is served carries its identity (method, then
@@ -284,6 +307,32 @@ impl Proxy {
                 // Only on requests made with a replaced secret (nothing is recorded for None).
                 previous_secret = ctx.previous_secret.then_some(true),
                 client_ip = %ctx.client_ip.unwrap_or(conn.info.peer.ip()),
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+        resp
+    }
+
+    /// A revocation request (either listener): answered, counted, and logged without a token.
+    pub(crate) async fn revocation(
+        &self,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let method = req.method().clone();
+        let resp = self.revoker.handle(client_ip, req).await;
+        let latency = started.elapsed();
+        self.metrics.request(None, resp.status().as_u16(), latency);
+        if self.cfg.access_log {
+            tracing::info!(
+                target: "tokengate::access",
+                listener = "revocation",
+                method = %method,
+                route = revoke::PATH,
+                status = resp.status().as_u16(),
+                token = "-",
+                client_ip = %client_ip,
                 latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             );
         }

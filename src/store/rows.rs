@@ -11,13 +11,13 @@ use crate::ratelimit::RateLimit;
 use crate::token::SecretHash;
 
 /// How many columns [`TOKEN_COLUMNS`] has (a query may select more after them).
-pub(super) const TOKEN_COLUMN_COUNT: usize = 19;
+pub(super) const TOKEN_COLUMN_COUNT: usize = 20;
 
 /// A token's columns, in the order [`token`] reads them (from column 0).
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
      inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at, \
      previous_secret_hash, previous_secret_expires_at, access_types, rate_limit_requests, \
-     rate_limit_per_ms, allowed_ips";
+     rate_limit_per_ms, allowed_ips, revoked_at";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -60,14 +60,21 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         .map_err(|_| row.corrupt(4, "secret hash length"))?;
     let status: String = row.column(5)?;
     let reason: Option<String> = row.column(6)?;
+    let status = Status::from_db(&status);
+    let revoked_at = ts(row.column(19)?);
+    // A revoked token is stored inactive/admin with its revocation time (see `db_str`).
+    let inactive_reason = match (status, revoked_at) {
+        (Status::Inactive, Some(_)) => Some(InactiveReason::Revoked),
+        _ => InactiveReason::from_db(reason.as_deref()),
+    };
     Ok(TokenRecord {
         id: row.column(0)?,
         name: row.column(1)?,
         description: row.column(2)?,
         access: access(row)?,
         secret_hash: SecretHash::from_bytes(hash),
-        status: Status::from_db(&status),
-        inactive_reason: InactiveReason::from_db(reason.as_deref()),
+        status,
+        inactive_reason,
         created_at: Timestamp(row.column(7)?),
         activated_at: ts(row.column(8)?),
         deactivated_at: ts(row.column(9)?),
@@ -77,6 +84,7 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         previous_secret: previous_secret(row, 13)?,
         rate_limit: rate_limit(row, 16)?,
         allowed_ips: allowed_ips(row, 18)?,
+        revoked_at,
     })
 }
 

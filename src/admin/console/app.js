@@ -99,6 +99,7 @@
     if (reason === 'admin') return 'deactivated by an administrator';
     if (reason === 'idle') return 'idle: not used in time';
     if (reason === 'expired') return 'expired: past its expiry date';
+    if (reason === 'revoked') return 'revoked: its secret was reported as leaked';
     return reason || '';
   }
 
@@ -706,6 +707,18 @@
     clear(st);
     st.appendChild(statusBadge(t));
     $('token-toggle').textContent = t.status === 'active' ? 'Deactivate' : 'Activate';
+    // A revoked secret is public: the token can be activated only after a regenerate.
+    var revoked = t.status !== 'active' && t.inactive_reason === 'revoked';
+    $('token-toggle').disabled = revoked;
+    $('token-toggle').title = revoked ? 'Regenerate the secret first: the reported one is public' : '';
+    if (revoked) {
+      st.appendChild(el('p', {
+        id: 'token-revoked-advice',
+        class: 'advice',
+        text: 'This token\'s secret was reported to the revocation endpoint as leaked and must be ' +
+          'treated as public. Regenerate it, hand the new secret to its owner, then activate it.'
+      }));
+    }
     var dl = $('token-facts');
     clear(dl);
     var status = el('span', null, statusBadge(t));

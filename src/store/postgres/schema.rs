@@ -85,6 +85,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE tokens ADD COLUMN rate_limit_requests bigint,
             ADD COLUMN rate_limit_per_ms bigint, ADD COLUMN allowed_ips text;",
     ),
+    (
+        6,
+        // Public revocation (SPEC §10): when the current secret was reported; null = never,
+        // or regenerated since. The status stays inactive/admin, as a previous release reads it.
+        "ALTER TABLE tokens ADD COLUMN revoked_at bigint;",
+    ),
 ];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).

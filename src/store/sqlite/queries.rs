@@ -164,9 +164,9 @@ impl Store for SqliteStore {
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
                     expires_at, previous_secret_hash, previous_secret_expires_at, access_types,
-                    rate_limit_requests, rate_limit_per_ms, allowed_ips)
+                    rate_limit_requests, rate_limit_per_ms, allowed_ips, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20)",
+                    ?17, ?18, ?19, ?20, ?21)",
                 rusqlite::params_from_iter(values.params()),
             );
             match res {
@@ -210,7 +210,7 @@ impl Store for SqliteStore {
                             deactivated_at = ?11, expires_at = ?14, previous_secret_hash = ?15,
                             previous_secret_expires_at = ?16, access_types = ?17,
                             rate_limit_requests = ?18, rate_limit_per_ms = ?19, allowed_ips = ?20,
-                            version = version + 1
+                            revoked_at = ?21, version = version + 1
                          WHERE id = ?1 AND version = ?13",
                         rusqlite::params_from_iter(values.params()),
                     )
@@ -632,7 +632,7 @@ impl<'a> TokenValues<'a> {
         }
     }
 
-    fn params(&self) -> [Box<dyn rusqlite::ToSql + '_>; 20] {
+    fn params(&self) -> [Box<dyn rusqlite::ToSql + '_>; 21] {
         let t = self.t;
         [
             Box::new(&t.id),
@@ -642,7 +642,7 @@ impl<'a> TokenValues<'a> {
             Box::new(t.access.legacy_bits()),
             Box::new(t.secret_hash.as_bytes().as_slice()),
             Box::new(t.status.as_str()),
-            Box::new(t.inactive_reason.map(|r| r.as_str())),
+            Box::new(t.inactive_reason.map(|r| r.db_str())),
             Box::new(t.created_at.0),
             Box::new(t.activated_at.map(|x| x.0)),
             Box::new(t.deactivated_at.map(|x| x.0)),
@@ -655,6 +655,7 @@ impl<'a> TokenValues<'a> {
             Box::new(self.rate.0),
             Box::new(self.rate.1),
             Box::new(&self.allowed),
+            Box::new(t.revoked_at.map(|x| x.0)),
         ]
     }
 }
@@ -683,6 +684,7 @@ mod tests {
             previous_secret: None,
             rate_limit: None,
             allowed_ips: None,
+            revoked_at: None,
             version: 1,
         };
         let audit = AuditEntry {

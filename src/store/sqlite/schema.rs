@@ -85,6 +85,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE tokens ADD COLUMN rate_limit_per_ms INTEGER;
     ALTER TABLE tokens ADD COLUMN allowed_ips TEXT;",
     ),
+    (
+        7,
+        // Public revocation (SPEC §10): when the current secret was reported; null = never,
+        // or regenerated since. The status stays inactive/admin, as a previous release reads it.
+        "ALTER TABLE tokens ADD COLUMN revoked_at INTEGER;",
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {

@@ -1,0 +1,312 @@
+//! Public revocation (SPEC §10): `POST /_tokengate/revoke` on the proxy listener (and the
+//! forward-auth listener), without the admin key, so whoever finds a leaked secret (a person, a
+//! secret scanner) can make it useless at once, as GitHub's credential-revocation API does.
+//!
+//! Every listed secret that is a token's current secret deactivates the token
+//! (`inactive_reason: revoked`, ending any grace of its previous secret); one that is a
+//! previous secret in its grace ends that grace. The answer is 202 `{}` whatever matched (no
+//! validity oracle), given only after every change is committed. Each change is audited with
+//! the actor `revocation` and the client IP. Requests are limited per client IP
+//! (`proxy.revoke_limit` a minute), never counted as failed authentications.
+//!
+//! Not on the hot path: a revocation reads the store and writes it; a proxied request never
+//! comes here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::audit;
+use crate::clock::{SharedClock, Timestamp};
+use crate::error::{ProxyBody, ProxyError};
+use crate::limiter::FailureLimiter;
+use crate::model::{AuditAction, AuditEntry, InactiveReason, Status, TokenId, TokenRecord};
+use crate::state::TokenIndex;
+use crate::store::{Conflict, Store, StoreError};
+use crate::token::{self, SecretHash};
+
+/// The path, on the proxy and forward-auth listeners.
+pub(crate) const PATH: &str = "/_tokengate/revoke";
+/// The audit actor of a public revocation.
+pub(crate) const ACTOR: &str = "revocation";
+/// The largest request body (SPEC §10).
+const MAX_BODY: usize = 16 * 1024;
+/// The most secrets one request may list.
+const MAX_TOKENS: usize = 100;
+/// Attempts at a versioned write that keeps losing races.
+const RETRIES: usize = 5;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    tokens: Vec<String>,
+}
+
+/// What a reported secret matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// The token's current secret: deactivate it, `revoked`.
+    Current(SecretHash),
+    /// Its previous secret, in its grace: end the grace.
+    Previous(SecretHash),
+}
+
+/// The revocation endpoint's state, shared by both listeners that serve it.
+pub(crate) struct Revoker {
+    store: Arc<dyn Store>,
+    index: Arc<TokenIndex>,
+    clock: SharedClock,
+    /// Requests per client IP per minute (its own windows: never the failed-auth limiter's).
+    limiter: FailureLimiter,
+}
+
+impl Revoker {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        index: Arc<TokenIndex>,
+        clock: SharedClock,
+        limit: u32,
+    ) -> Revoker {
+        Revoker {
+            limiter: FailureLimiter::new(limit, clock.clone()),
+            store,
+            index,
+            clock,
+        }
+    }
+
+    /// Answers one revocation request from `client_ip`.
+    pub(crate) async fn handle(
+        &self,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        match self.revoke(client_ip, req).await {
+            Ok(()) => {
+                let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn revoke(&self, client_ip: IpAddr, req: Request<Incoming>) -> Result<(), ProxyError> {
+        if req.method() != Method::POST {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        if let Some(retry_after_secs) = self.limiter.check(client_ip) {
+            return Err(ProxyError::TooManyRevocations { retry_after_secs });
+        }
+        // Every request counts toward the limit, whatever it carries.
+        self.limiter.record_failure(client_ip);
+        if !is_json(req.headers()) {
+            return Err(ProxyError::UnsupportedMediaType);
+        }
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::PayloadTooLarge)
+            }
+            Err(_) => return Err(ProxyError::Malformed("the request body could not be read")),
+        };
+        let secrets = parse(&body)?;
+        let now = self.clock.now();
+        // What each secret names, from memory (the same lookups as the proxy's), then each
+        // token changed once in the store.
+        let mut matches: Vec<(TokenId, Match)> = Vec::new();
+        for s in &secrets {
+            let Ok(hash) = token::parse_bearer(s.as_bytes()) else {
+                continue;
+            };
+            let found = if let Some(t) = self.index.get(&hash) {
+                Some((t.id, Match::Current(hash)))
+            } else {
+                self.index
+                    .get_previous(&hash)
+                    .filter(|t| t.previous().is_some_and(|p| now < p.until))
+                    .map(|t| (t.id, Match::Previous(hash)))
+            };
+            if let Some((id, m)) = found {
+                match matches.iter_mut().find(|(i, _)| *i == id) {
+                    // The current secret wins over the previous one of the same token.
+                    Some(entry) if matches!(m, Match::Current(_)) => entry.1 = m,
+                    Some(_) => {}
+                    None => matches.push((id, m)),
+                }
+            }
+        }
+        for (id, m) in matches {
+            self.apply(id, m, client_ip).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits one token's revocation (or the end of its grace), re-reading it on a lost race
+    /// and checking the secret still matches; nothing is written when nothing changes.
+    async fn apply(&self, id: TokenId, m: Match, client_ip: IpAddr) -> Result<(), ProxyError> {
+        for _ in 0..RETRIES {
+            let now = self.clock.now();
+            let rec = match self.store.token_by_id(id).await {
+                Ok(Some(t)) => t.token,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(unavailable(&e)),
+            };
+            let Some((rec, entry)) = change(rec, m, now, client_ip) else {
+                return Ok(());
+            };
+            match self
+                .store
+                .save_tokens(std::slice::from_ref(&rec), std::slice::from_ref(&entry))
+                .await
+            {
+                Ok(()) => {
+                    if let Err(e) = self.index.refresh(self.store.as_ref(), id).await {
+                        tracing::warn!(error = %e, token_id = %id, "re-reading a revoked token failed; refusing it here until it is read back");
+                        self.index.forget(id).await;
+                    }
+                    audit::emit(&entry);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(Conflict::Version)) => continue,
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
+        Err(ProxyError::StoreUnavailable)
+    }
+}
+
+fn unavailable(e: &StoreError) -> ProxyError {
+    tracing::warn!(error = %e, "a revocation could not be committed");
+    ProxyError::StoreUnavailable
+}
+
+/// The change a match makes to `rec` at `now`, with its audit entry; `None` when the secret
+/// no longer matches or the token is already as the revocation would leave it.
+fn change(
+    mut rec: TokenRecord,
+    m: Match,
+    now: Timestamp,
+    client_ip: IpAddr,
+) -> Option<(TokenRecord, AuditEntry)> {
+    let (action, details) = match m {
+        Match::Current(hash) => {
+            if rec.secret_hash != hash {
+                return None;
+            }
+            let grace = rec.previous_secret.is_some_and(|p| now < p.until);
+            if rec.revoked_at.is_some() && rec.status == Status::Inactive && !grace {
+                return None;
+            }
+            let previous_status = rec.status.as_str();
+            let previous_reason = rec.inactive_reason.map(InactiveReason::as_str);
+            if rec.status == Status::Active {
+                rec.deactivated_at = Some(now);
+            }
+            rec.status = Status::Inactive;
+            rec.inactive_reason = Some(InactiveReason::Revoked);
+            rec.revoked_at.get_or_insert(now);
+            rec.previous_secret = None;
+            (
+                AuditAction::Deactivate,
+                serde_json::json!({
+                    "reason": "revoked",
+                    "previous_status": previous_status,
+                    "previous_reason": previous_reason,
+                    "previous_secret_grace_ended": grace,
+                }),
+            )
+        }
+        Match::Previous(hash) => {
+            let p = rec
+                .previous_secret
+                .filter(|p| p.hash == hash && now < p.until)?;
+            rec.previous_secret = None;
+            (
+                AuditAction::Update,
+                serde_json::json!({
+                    "reason": "revoked",
+                    "previous_secret_expires_at": {"from": p.until.rfc3339(), "to": now.rfc3339()},
+                }),
+            )
+        }
+    };
+    let entry = audit::by_admin(ACTOR, client_ip, now, action, &rec, details);
+    Some((rec, entry))
+}
+
+/// `application/json`, with or without parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `{"tokens": [...]}` with 1 to 100 strings.
+fn parse(body: &[u8]) -> Result<Vec<String>, ProxyError> {
+    let b: RevokeBody = serde_json::from_slice(body).map_err(|_| {
+        ProxyError::InvalidRequest("the body must be {\"tokens\": [\"tg_...\", ...]}")
+    })?;
+    if b.tokens.is_empty() || b.tokens.len() > MAX_TOKENS {
+        return Err(ProxyError::InvalidRequest(
+            "\"tokens\" must list 1 to 100 secrets",
+        ));
+    }
+    Ok(b.tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_checked() {
+        assert_eq!(parse(br#"{"tokens":["a"]}"#).unwrap(), ["a"]);
+        for bad in [
+            &br#"{"tokens":[]}"#[..],
+            br#"{"tokens":"a"}"#,
+            br#"{"tokens":[1]}"#,
+            br#"{"tokens":["a"],"x":1}"#,
+            br#"[]"#,
+            b"not json",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let many = serde_json::json!({"tokens": vec!["a"; 101]}).to_string();
+        assert!(parse(many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn only_json_bodies() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(CONTENT_TYPE, v.parse().unwrap());
+            m
+        };
+        assert!(is_json(&h("application/json")));
+        assert!(is_json(&h("Application/JSON; charset=utf-8")));
+        assert!(!is_json(&h("text/plain")));
+        assert!(!is_json(&h("application/jsonx")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
