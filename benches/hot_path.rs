@@ -32,7 +32,7 @@ fn record(i: u32, hash: SecretHash) -> TokenWithBlocks {
             previous_secret: None,
             rate_limit: None,
             allowed_ips: None,
-            revoked_at: None,
+            revoked_hash: None,
             version: 1,
         },
         blocks: Vec::new(),

@@ -226,7 +226,7 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            ProxyError::Malformed(_) | ProxyError::NotImplemented(_)
+            ProxyError::Malformed(_) | ProxyError::NotImplemented(_) | ProxyError::PayloadTooLarge
         )
     }
 

@@ -99,7 +99,8 @@ pub enum InactiveReason {
     /// Past `expires_at` (never stored: expiry is computed at request time).
     Expired,
     /// Its secret was reported to the revocation endpoint (SPEC §10). Stored as `admin` plus
-    /// `revoked_at` (so a previous release sharing the store reads an admin deactivation).
+    /// the reported secret's hash (so a previous release sharing the store reads an admin
+    /// deactivation, and this one still refuses that secret if the other activates it).
     Revoked,
 }
 
@@ -114,7 +115,7 @@ impl InactiveReason {
         }
     }
 
-    /// Its stored `inactive_reason` (`Revoked` is stored as `admin` with `revoked_at`).
+    /// Its stored `inactive_reason` (`Revoked` is stored as `admin` with `revoked_hash`).
     pub fn db_str(self) -> &'static str {
         match self {
             InactiveReason::Revoked => "admin",
@@ -157,9 +158,11 @@ pub struct TokenRecord {
     /// The client IPs and networks it may be used from (SPEC §1 `allowed_ips`), canonical;
     /// `None` = any.
     pub allowed_ips: Option<Vec<BlockEntry>>,
-    /// When its current secret was reported to the revocation endpoint; cleared by a
-    /// regenerate. While set, activation is refused (409 `token_revoked`).
-    pub revoked_at: Option<Timestamp>,
+    /// The hash of its secret as reported to the revocation endpoint, while that is still
+    /// its current secret: the token is then inactive/revoked whatever its stored status (a
+    /// previous release sharing the store may have activated it), and activation is refused
+    /// (409 `token_revoked`). A regenerate, by any release, leaves it stale: ignored on read.
+    pub revoked_hash: Option<SecretHash>,
     pub version: i64,
 }
 

@@ -24,9 +24,11 @@ use serde::Deserialize;
 
 use crate::audit;
 use crate::clock::{SharedClock, Timestamp};
+use crate::config::LifecycleConfig;
 use crate::error::{ProxyBody, ProxyError};
 use crate::limiter::FailureLimiter;
 use crate::model::{AuditAction, AuditEntry, InactiveReason, Status, TokenId, TokenRecord};
+use crate::policy::{self, Effective, Standing};
 use crate::state::TokenIndex;
 use crate::store::{Conflict, Store, StoreError};
 use crate::token::{self, SecretHash};
@@ -62,6 +64,8 @@ pub(crate) struct Revoker {
     store: Arc<dyn Store>,
     index: Arc<TokenIndex>,
     clock: SharedClock,
+    /// For the effective status recorded in the audit entry.
+    lifecycle: LifecycleConfig,
     /// Requests per client IP per minute (its own windows: never the failed-auth limiter's).
     limiter: FailureLimiter,
 }
@@ -71,6 +75,7 @@ impl Revoker {
         store: Arc<dyn Store>,
         index: Arc<TokenIndex>,
         clock: SharedClock,
+        lifecycle: LifecycleConfig,
         limit: u32,
     ) -> Revoker {
         Revoker {
@@ -78,6 +83,7 @@ impl Revoker {
             store,
             index,
             clock,
+            lifecycle,
         }
     }
 
@@ -87,6 +93,7 @@ impl Revoker {
         client_ip: IpAddr,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let http1 = req.version() < http::Version::HTTP_2;
         match self.revoke(client_ip, req).await {
             Ok(()) => {
                 let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
@@ -97,7 +104,18 @@ impl Revoker {
                 );
                 r
             }
-            Err(e) => e.into_response(),
+            Err(e) => {
+                // A body refused half-read leaves the rest of the message on the connection.
+                let close = http1 && e.closes_connection();
+                let mut r = e.into_response();
+                if close {
+                    r.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                r
+            }
         }
     }
 
@@ -138,7 +156,11 @@ impl Revoker {
                 continue;
             };
             let found = if let Some(t) = self.index.get(&hash) {
-                Some((t.id, Match::Current(hash)))
+                // Already revoked, with no grace left to end: nothing to do, and no store
+                // read (a public secret may be reported again and again).
+                let done = t.inactive_reason == Some(InactiveReason::Revoked)
+                    && t.previous().is_none_or(|p| now >= p.until);
+                (!done).then_some((t.id, Match::Current(hash)))
             } else {
                 self.index
                     .get_previous(&hash)
@@ -170,7 +192,12 @@ impl Revoker {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(unavailable(&e)),
             };
-            let Some((rec, entry)) = change(rec, m, now, client_ip) else {
+            let effective = policy::status_at(
+                Standing::of_record(&rec, rec.last_used_at),
+                now,
+                &self.lifecycle,
+            );
+            let Some((rec, entry)) = change(rec, m, now, client_ip, effective) else {
                 return Ok(());
             };
             match self
@@ -186,7 +213,8 @@ impl Revoker {
                     audit::emit(&entry);
                     return Ok(());
                 }
-                Err(StoreError::Conflict(Conflict::Version)) => continue,
+                // Changed or deleted since it was read: read it again.
+                Err(StoreError::Conflict(Conflict::Version) | StoreError::NotFound) => continue,
                 Err(e) => return Err(unavailable(&e)),
             }
         }
@@ -199,31 +227,44 @@ fn unavailable(e: &StoreError) -> ProxyError {
     ProxyError::StoreUnavailable
 }
 
-/// The change a match makes to `rec` at `now`, with its audit entry; `None` when the secret
-/// no longer matches or the token is already as the revocation would leave it.
+/// The change a reported secret makes to `rec` at `now`, with its audit entry; `None` when
+/// the token is already as the revocation would leave it, or the secret is no longer its.
+/// The secret is classified against this fresh record, not memory's: a regenerate committed
+/// since (here or on another instance) may have made a current secret the previous one.
 fn change(
     mut rec: TokenRecord,
     m: Match,
     now: Timestamp,
     client_ip: IpAddr,
+    effective: Effective,
 ) -> Option<(TokenRecord, AuditEntry)> {
+    let hash = match m {
+        Match::Current(h) | Match::Previous(h) => h,
+    };
+    let m = if rec.secret_hash == hash {
+        Match::Current(hash)
+    } else {
+        Match::Previous(hash)
+    };
     let (action, details) = match m {
         Match::Current(hash) => {
-            if rec.secret_hash != hash {
-                return None;
-            }
             let grace = rec.previous_secret.is_some_and(|p| now < p.until);
-            if rec.revoked_at.is_some() && rec.status == Status::Inactive && !grace {
+            if rec.revoked_hash.is_some() && rec.status == Status::Inactive && !grace {
                 return None;
             }
-            let previous_status = rec.status.as_str();
-            let previous_reason = rec.inactive_reason.map(InactiveReason::as_str);
+            let (status, reason) = effective.reported();
+            let previous_status = if effective == Effective::Deleted {
+                "deleted"
+            } else {
+                status.as_str()
+            };
+            let previous_reason = reason.map(InactiveReason::as_str);
             if rec.status == Status::Active {
                 rec.deactivated_at = Some(now);
             }
             rec.status = Status::Inactive;
             rec.inactive_reason = Some(InactiveReason::Revoked);
-            rec.revoked_at.get_or_insert(now);
+            rec.revoked_hash = Some(hash);
             rec.previous_secret = None;
             (
                 AuditAction::Deactivate,

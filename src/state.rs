@@ -576,7 +576,7 @@ mod tests {
                 previous_secret: None,
                 rate_limit: None,
                 allowed_ips: None,
-                revoked_at: None,
+                revoked_hash: None,
                 version: 1,
             },
             blocks: Vec::new(),

@@ -364,6 +364,39 @@ async fn behind(front: &Front, gw: &TestGateway, up: &Upstream, strips_all: bool
     );
 }
 
+/// A leaked secret reported through the proxy reaches tokengate's revocation endpoint with
+/// the client's address (never the one it claims), and revokes its token.
+async fn revocation_through(front: &Front, gw: &TestGateway) {
+    let (secret, _) = gw.create_token("reported", &[SD]).await;
+    let r = send(
+        &gw.http,
+        Request::post(format!("http://{}/_tokengate/revoke", front.addr))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", "6.6.6.6")
+            .body(Full::new(Bytes::from(
+                json!({"tokens": [&secret]}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (202, "{}".to_string()),
+        "{r}"
+    );
+    assert_eq!(gw.token("reported").await["inactive_reason"], "revoked");
+    let audit = gw
+        .admin(Method::GET, "/v1/audit?token=reported", None)
+        .await
+        .json();
+    let e = &audit["entries"][0];
+    assert_eq!(
+        (&e["actor"], &e["source_ip"]),
+        (&json!("revocation"), &json!("127.0.0.1")),
+        "{e}"
+    );
+}
+
 async fn setup() -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
     let gw = TestGateway::builder()
@@ -388,6 +421,7 @@ async fn nginx_auth_request_with_the_readme_configuration() {
     let (mut gw, up) = setup().await;
     let front = start_nginx(&bin, gw.forward_auth.unwrap(), up.addr).await;
     behind(&front, &gw, &up, false).await;
+    revocation_through(&front, &gw).await;
     // With tokengate unreachable, nginx refuses (500), never admits.
     let (secret, _) = gw.create_token("late", &[SD]).await;
     let before = up.count();
@@ -411,6 +445,7 @@ async fn caddy_forward_auth_with_the_readme_configuration() {
     let (gw, up) = setup().await;
     let front = start_caddy(&bin, gw.forward_auth.unwrap(), up.addr).await;
     behind(&front, &gw, &up, true).await;
+    revocation_through(&front, &gw).await;
 }
 
 /// The status and body of a GET through `front` with `secret`, on a fresh client.

@@ -34,6 +34,29 @@ async fn revoke_raw(gw: &TestGateway, method: Method, ctype: &str, body: String)
     .await
 }
 
+/// A revocation of `secret` sent straight to `addr` (the forward-auth listener), claiming
+/// `xff` as the client when given.
+async fn revoke_at(
+    gw: &TestGateway,
+    addr: std::net::SocketAddr,
+    xff: Option<&str>,
+    secret: &str,
+) -> Resp {
+    let mut b = Request::post(format!("http://{addr}/_tokengate/revoke"))
+        .header("content-type", "application/json");
+    if let Some(ip) = xff {
+        b = b.header("x-forwarded-for", ip);
+    }
+    send(
+        &gw.http,
+        b.body(Full::new(Bytes::from(
+            json!({"tokens": [secret]}).to_string(),
+        )))
+        .unwrap(),
+    )
+    .await
+}
+
 #[track_caller]
 fn accepted(r: &Resp) {
     assert_eq!(r.status.as_u16(), 202, "{r}");
@@ -87,13 +110,19 @@ async fn a_reported_secret_deactivates_its_token_at_once(postgres: bool, test: &
         "{e}"
     );
     // Reporting it again changes nothing and writes nothing.
+    let deactivated = gw.token("leaked").await["deactivated_at"].clone();
     accepted(&revoke(&gw, json!({"tokens": [&secret]})).await);
     assert_eq!(audit(&gw, "leaked").await.len(), entries.len());
-    // Unknown and malformed secrets get the same answer and write nothing.
-    let before = audit(&gw, "bystander").await.len();
+    assert_eq!(gw.token("leaked").await["deactivated_at"], deactivated);
+    // Unknown and malformed secrets get the same answer and write nothing anywhere.
+    let total = |r: Resp| r.json()["entries"].as_array().unwrap().len();
+    let before = total(gw.admin(Method::GET, "/v1/audit?limit=1000", None).await);
     let unknown = tokengate::token::Secret::generate();
     accepted(&revoke(&gw, json!({"tokens": [unknown.expose(), "x", ""]})).await);
-    assert_eq!(audit(&gw, "bystander").await.len(), before);
+    assert_eq!(
+        total(gw.admin(Method::GET, "/v1/audit?limit=1000", None).await),
+        before
+    );
 
     // The reported secret is public: activation waits for a regenerate, which keeps the token
     // inactive and gives the revoked secret no grace, whatever was asked.
@@ -116,7 +145,11 @@ async fn a_reported_secret_deactivates_its_token_at_once(postgres: bool, test: &
     regen.expect(200, None);
     let fresh = regen.json()["token"].as_str().unwrap().to_string();
     let t = gw.token("leaked").await;
-    assert_eq!(t["status"], "inactive", "{t}");
+    assert_eq!(
+        (&t["status"], &t["inactive_reason"]),
+        (&json!("inactive"), &json!("admin")),
+        "{t}"
+    );
     assert_eq!(t["previous_secret_expires_at"], Value::Null, "{t}");
     gw.admin(
         Method::POST,
@@ -284,19 +317,194 @@ async fn the_forward_auth_listener_answers_revocations() {
         .await;
     let (secret, _) = gw.create_token("t", &[SD]).await;
     let addr = gw.forward_auth.unwrap();
-    let r = send(
-        &gw.http,
-        Request::post(format!("http://{addr}/_tokengate/revoke"))
-            .header("content-type", "application/json")
-            .header("x-forwarded-for", "198.51.100.7")
-            .body(Full::new(Bytes::from(
-                json!({"tokens": [&secret]}).to_string(),
-            )))
-            .unwrap(),
-    )
-    .await;
+    let r = revoke_at(&gw, addr, Some("198.51.100.7"), &secret).await;
     accepted(&r);
     assert_eq!(gw.token("t").await["inactive_reason"], "revoked");
     let e = &audit(&gw, "t").await[0];
     assert_eq!(e["source_ip"], "198.51.100.7", "{e}");
+}
+
+/// A WebSocket tunnel opened with a previous secret closes once a revocation ends that grace
+/// (the token itself stays active): a reported secret never keeps a tunnel.
+#[tokio::test]
+async fn a_tunnel_opened_with_a_reported_previous_secret_closes() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", SD, up.addr)
+        .start()
+        .await;
+    let (old, _) = gw.create_token("t", &[SD]).await;
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/t/regenerate",
+        Some(json!({"grace": "1h"})),
+    )
+    .await
+    .expect(200, None);
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let req = format!(
+        "GET /sd/ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {old}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        gw.proxy
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    accepted(&revoke(&gw, json!({"tokens": [&old]})).await);
+    assert_eq!(gw.token("t").await["status"], "active");
+    let closed = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .is_some();
+    assert!(
+        closed,
+        "the tunnel stayed open after its secret's grace ended"
+    );
+}
+
+/// The limit is per client IP (here through a trusted proxy's X-Forwarded-For), a body over
+/// 16 KiB is refused however it is framed, and revocation is never limited by row 2.
+#[tokio::test]
+async fn the_limit_is_per_client_ip_and_not_the_failed_auth_one() {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", SD, up.addr)
+        .configure(|c| {
+            c.proxy.revoke_limit = 2;
+            c.proxy.failed_auth_limit = 1;
+            c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        })
+        .start()
+        .await;
+    let from = |ip: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.proxy_req(
+                Request::post("/_tokengate/revoke")
+                    .header("content-type", "application/json")
+                    .header("x-forwarded-for", ip)
+                    .body(Full::new(Bytes::from(r#"{"tokens":["tg_nope"]}"#)))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // 198.51.100.1 fails an authentication: over row 2's limit of 1, it can still revoke.
+    gw.proxy_req(
+        Request::get("/sd/x")
+            .header("authorization", "Bearer tg_bad")
+            .header("x-forwarded-for", "198.51.100.1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .expect(401, Some("invalid_token"));
+    accepted(&from("198.51.100.1").await);
+    accepted(&from("198.51.100.1").await);
+    from("198.51.100.1")
+        .await
+        .expect(429, Some("too_many_requests"));
+    // Another client has its own budget.
+    accepted(&from("198.51.100.2").await);
+    // A chunked body over 16 KiB (no Content-Length) is 413 too.
+    let mut raw_req = b"POST /_tokengate/revoke HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.3\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let chunk = vec![b' '; 8192];
+    for _ in 0..3 {
+        raw_req.extend_from_slice(b"2000\r\n");
+        raw_req.extend_from_slice(&chunk);
+        raw_req.extend_from_slice(b"\r\n");
+    }
+    raw_req.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(gw.proxy, &raw_req).await;
+    assert_eq!(raw_status(&answer), 413, "{answer}");
+}
+
+/// On the forward-auth listener a revocation needs the client in X-Forwarded-For, and an
+/// untrusted caller is refused as for checks.
+#[tokio::test]
+async fn forward_auth_revocations_need_a_trusted_caller_and_the_client() {
+    let gw = TestGateway::builder()
+        .forward_auth()
+        .check_route("/sd/", SD)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("t", &[SD]).await;
+    let addr = gw.forward_auth.unwrap();
+    let r = revoke_at(&gw, addr, None, &secret).await;
+    r.expect(400, Some("invalid_request"));
+    assert_eq!(gw.token("t").await["status"], "active");
+    let gw2 = TestGateway::builder()
+        .forward_auth()
+        .check_route("/sd/", SD)
+        .configure(|c| c.forward_auth.callers = vec!["192.0.2.0/24".parse().unwrap()])
+        .start()
+        .await;
+    let (secret2, _) = gw2.create_token("t", &[SD]).await;
+    let r = revoke_at(
+        &gw2,
+        gw2.forward_auth.unwrap(),
+        Some("198.51.100.7"),
+        &secret2,
+    )
+    .await;
+    r.expect(403, Some("untrusted_caller"));
+    assert_eq!(gw2.token("t").await["status"], "active");
+}
+
+/// A previous release sharing the store sees a revoked token as deactivated by an admin, and
+/// its `activate` would set it active again: this release still refuses the reported secret
+/// (the row carries its hash), until the secret is regenerated.
+#[tokio::test]
+async fn a_revoked_secret_stays_refused_when_an_older_release_activates_its_token() {
+    let up = Upstream::start().await;
+    let mut gw = TestGateway::builder()
+        .route("/sd/", SD, up.addr)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("leaked", &[SD]).await;
+    accepted(&revoke(&gw, json!({"tokens": [&secret]})).await);
+    let db = match &gw.config.store.url {
+        tokengate::config::StoreUrl::Sqlite(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    gw.stop().await;
+    // What the previous release's activate writes (it knows no revoked_secret_hash).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (status, reason): (String, String) = conn
+        .query_row(
+            "SELECT status, inactive_reason FROM tokens WHERE name = 'leaked'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("inactive", "admin"));
+    conn.execute(
+        "UPDATE tokens SET status = 'active', inactive_reason = NULL, version = version + 1 WHERE name = 'leaked'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    gw.restart().await;
+    gw.get("/sd/x", Some(&secret))
+        .await
+        .expect(403, Some("token_inactive"));
+    let t = gw.token("leaked").await;
+    assert_eq!(
+        (&t["status"], &t["inactive_reason"]),
+        (&json!("inactive"), &json!("revoked")),
+        "{t}"
+    );
+    // A regenerate (by either release) makes the reported hash stale.
+    let regen = gw
+        .admin(Method::POST, "/v1/tokens/leaked/regenerate", None)
+        .await;
+    regen.expect(200, None);
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/activate",
+        Some(json!({"names": ["leaked"]})),
+    )
+    .await
+    .expect(200, None);
+    let fresh = regen.json()["token"].as_str().unwrap().to_string();
+    gw.get("/sd/x", Some(&fresh)).await.expect(200, None);
 }

@@ -203,7 +203,7 @@ impl Admin {
             previous_secret: None,
             rate_limit: parts.rate_limit,
             allowed_ips: parts.allowed_ips,
-            revoked_at: None,
+            revoked_hash: None,
             version: 1,
         };
         // A name may be held by a token the idle policy has already deleted but no sweep has
@@ -352,7 +352,7 @@ impl Admin {
             .mutate_one(actor, AuditAction::Regenerate, name, |rec| {
                 let s = Secret::generate();
                 // A reported secret is public: it gets no grace, whatever was asked.
-                let was_revoked = rec.revoked_at.take().is_some();
+                let was_revoked = rec.revoked_hash.take().is_some();
                 let until = grace.filter(|_| !was_revoked).map(|g| self.now().plus(g));
                 rec.previous_secret = until.map(|until| PreviousSecret {
                     hash: rec.secret_hash,
@@ -452,10 +452,10 @@ impl Admin {
                 if !expired.is_empty() {
                     return Err(AdminError::TokensExpired(expired));
                 }
-                // A reported secret is public: regenerate first (which clears `revoked_at`).
+                // A reported secret is public: regenerate first (which replaces it).
                 let revoked: Vec<String> = records
                     .iter()
-                    .filter(|r| r.revoked_at.is_some())
+                    .filter(|r| r.revoked_hash.is_some())
                     .map(|r| r.name.clone())
                     .collect();
                 if !revoked.is_empty() {

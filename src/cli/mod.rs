@@ -339,16 +339,26 @@ fn proxy_url(g: &Global, explicit: Option<String>) -> anyhow::Result<String> {
 /// endpoint answers 202 whatever matched, so this says how many were reported, not revoked.
 async fn revoke_cmd(g: &Global, proxy: Option<String>) -> anyhow::Result<()> {
     use std::io::BufRead;
-    let mut secrets = Vec::new();
+    let (mut secrets, mut skipped) = (Vec::new(), 0usize);
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading secrets from stdin")?;
         let s = line.trim();
-        if !s.is_empty() && !s.starts_with('#') {
+        if s.is_empty() || s.starts_with('#') {
+            continue;
+        }
+        // Only well-formed secrets (prefix, alphabet, checksum) are sent: a stray line must
+        // not make a request too large, nor go over the wire for nothing.
+        if crate::token::parse_bearer(s.as_bytes()).is_ok() {
             secrets.push(s.to_string());
+        } else {
+            skipped += 1;
         }
     }
     if secrets.is_empty() {
-        return Err(UsageError("no secrets on stdin (one a line)".into()).into());
+        return Err(UsageError(format!(
+            "no tokengate secrets on stdin (one a line; {skipped} line(s) were not one)"
+        ))
+        .into());
     }
     let base = proxy_url(g, proxy)?;
     let tls = ClientTls {
@@ -358,20 +368,23 @@ async fn revoke_cmd(g: &Global, proxy: Option<String>) -> anyhow::Result<()> {
     };
     // No key: the endpoint is public, and the admin key never goes to the proxy listener.
     let c = AdminClient::with_tls(&base, "", &tls)?;
+    let mut reported = 0;
     for chunk in secrets.chunks(100) {
         c.call(
             Method::POST,
             "/_tokengate/revoke",
             Some(json!({ "tokens": chunk })),
         )
-        .await?;
+        .await
+        .with_context(|| format!("{reported} of {} secret(s) were reported", secrets.len()))?;
+        reported += chunk.len();
     }
     if g.json {
-        print_json(&json!({ "reported": secrets.len() }));
+        print_json(&json!({ "reported": reported, "skipped": skipped }));
     } else {
         println!(
-            "reported {} secret(s); each that was a token's is revoked (the endpoint does not say which)",
-            secrets.len()
+            "reported {reported} secret(s); each that was a token's is revoked (the endpoint does not say which); \
+             {skipped} line(s) were not tokengate secrets"
         );
     }
     Ok(())

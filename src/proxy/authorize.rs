@@ -22,7 +22,7 @@ use crate::net;
 use crate::policy::{self, Effective};
 use crate::ratelimit::{self, RateLimit, Verdict};
 use crate::state::TokenState;
-use crate::token;
+use crate::token::{self, SecretHash};
 use crate::uri::host::normalise_host;
 use crate::uri::path;
 
@@ -34,6 +34,8 @@ pub(crate) struct Authorized<'a> {
     pub(crate) token: Arc<TokenState>,
     /// The route matched; `None` for a forward-auth check that named its access type.
     pub(crate) route: Option<&'a Upstream>,
+    /// The secret it presented (the token's current one, or its previous one in a grace).
+    pub(crate) secret: SecretHash,
     /// The normalised path when normalising changed it (else the request's own is).
     normalised: Option<String>,
     /// Bytes of the path that `strip_prefix` removes.
@@ -151,6 +153,10 @@ impl Proxy {
         // One clock read for the whole decision.
         let now = self.clock.now();
         let (token, previous) = self.authenticate(presented, client_ip, now)?;
+        let secret = match token.previous() {
+            Some(p) if previous => p.hash,
+            _ => token.hash,
+        };
         ctx.previous_secret = previous;
         ctx.token = Some(token.clone());
         let mut status = self.status_at(&token, now);
@@ -242,6 +248,7 @@ impl Proxy {
             peer,
             token,
             route,
+            secret,
             normalised,
             strip,
             rate,

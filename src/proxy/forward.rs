@@ -151,6 +151,7 @@ impl Proxy {
                 token_id: token.id,
                 client_ip,
                 access: route.access,
+                secret: auth.secret,
                 idle: self.cfg.idle_timeout,
                 _slot: conn.info.slot.clone(),
             };

@@ -94,16 +94,12 @@ impl ForwardAuth {
         let peer = net::canonical_ip(conn.peer.ip());
         if req.uri().path() == revoke::PATH && self.callers.iter().any(|n| n.contains(&peer)) {
             // A revocation a trusted caller routes here (SPEC §10); its client is the one the
-            // caller names, else the caller itself. An untrusted caller is refused below.
-            let client_ip = net::forwarded_client(
-                &self.trusted_hops,
-                req.headers()
-                    .get_all(&X_FORWARDED_FOR)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            )
-            .unwrap_or(peer);
-            return self.proxy.revocation(client_ip, req, started).await;
+            // caller names (required, as on a check: without it every reporter would share the
+            // caller's limit). An untrusted caller is refused below.
+            return match forwarded_client(req.headers(), &self.trusted_hops) {
+                Ok(client_ip) => self.proxy.revocation(client_ip, req, started).await,
+                Err(e) => e.into_response(),
+            };
         }
         let span = tracing::debug_span!(
             "check",

@@ -232,6 +232,7 @@ impl Proxy {
                 shared.store.clone(),
                 shared.index.clone(),
                 shared.clock.clone(),
+                config.lifecycle,
                 config.proxy.revoke_limit,
             )),
         })

@@ -15,13 +15,14 @@ use crate::counted::Counted;
 use crate::model::TokenId;
 use crate::policy::{self, Effective};
 use crate::state::TokenIndex;
+use crate::token::SecretHash;
 
 /// Copies bytes both ways between an upgraded client and upstream connection (WebSocket).
 ///
 /// A tunnel lives outside hyper's connection (and so outside its limits): it closes itself
 /// when no byte crossed it for `proxy.idle_timeout`, and as soon as its token stops being
-/// usable from its client IP (deactivated, deleted, regenerated, idle, IP blocked, access
-/// withdrawn), checked every second.
+/// usable from its client IP (deactivated, deleted, regenerated or its grace ended, idle, IP
+/// blocked or no longer allowed, access withdrawn), checked every second.
 pub(crate) async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
@@ -72,6 +73,9 @@ pub(crate) struct TunnelWatch {
     pub(crate) token_id: TokenId,
     pub(crate) client_ip: IpAddr,
     pub(crate) access: Access,
+    /// The secret the upgrade was authorized with: the tunnel closes once it no longer
+    /// works (regenerated, its grace over or ended by a revocation).
+    pub(crate) secret: SecretHash,
     pub(crate) idle: Duration,
     /// The client connection's place under `proxy.max_connections`, held while the tunnel
     /// is open (the connection task that took it ends at the upgrade).
@@ -83,8 +87,14 @@ impl TunnelWatch {
         let Some(t) = self.index.by_id(self.token_id) else {
             return false;
         };
-        policy::status_at(t.standing(), self.clock.now(), &self.lifecycle) == Effective::Active
+        let now = self.clock.now();
+        let secret_works = t.hash == self.secret
+            || t.previous()
+                .is_some_and(|p| p.hash == self.secret && now < p.until);
+        secret_works
+            && policy::status_at(t.standing(), now, &self.lifecycle) == Effective::Active
             && policy::blocked_by(&t.blocks, self.client_ip).is_none()
+            && t.allows(self.client_ip)
             && t.access.contains(self.access)
     }
 }

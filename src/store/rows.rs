@@ -17,7 +17,7 @@ pub(super) const TOKEN_COLUMN_COUNT: usize = 20;
 pub(super) const TOKEN_COLUMNS: &str = "id, name, description, access, secret_hash, status, \
      inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version, expires_at, \
      previous_secret_hash, previous_secret_expires_at, access_types, rate_limit_requests, \
-     rate_limit_per_ms, allowed_ips, revoked_at";
+     rate_limit_per_ms, allowed_ips, revoked_secret_hash";
 
 /// An IP record's columns, in the order [`ip`] reads them.
 pub(super) const IP_COLUMNS: &str =
@@ -60,19 +60,32 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         .map_err(|_| row.corrupt(4, "secret hash length"))?;
     let status: String = row.column(5)?;
     let reason: Option<String> = row.column(6)?;
-    let status = Status::from_db(&status);
-    let revoked_at = ts(row.column(19)?);
-    // A revoked token is stored inactive/admin with its revocation time (see `db_str`).
-    let inactive_reason = match (status, revoked_at) {
-        (Status::Inactive, Some(_)) => Some(InactiveReason::Revoked),
-        _ => InactiveReason::from_db(reason.as_deref()),
+    let secret_hash = SecretHash::from_bytes(hash);
+    let revoked: Option<Vec<u8>> = row.column(19)?;
+    // Revoked while the reported secret is still the current one, whatever the stored status
+    // says (stored inactive/admin, see `db_str`; a previous release may have activated it).
+    let revoked_hash = match revoked {
+        None => None,
+        Some(b) => {
+            Some(SecretHash::from_bytes(b.try_into().map_err(|_| {
+                row.corrupt(19, "revoked secret hash length")
+            })?))
+        }
+    }
+    .filter(|h| *h == secret_hash);
+    let (status, inactive_reason) = match revoked_hash {
+        Some(_) => (Status::Inactive, Some(InactiveReason::Revoked)),
+        None => (
+            Status::from_db(&status),
+            InactiveReason::from_db(reason.as_deref()),
+        ),
     };
     Ok(TokenRecord {
         id: row.column(0)?,
         name: row.column(1)?,
         description: row.column(2)?,
         access: access(row)?,
-        secret_hash: SecretHash::from_bytes(hash),
+        secret_hash,
         status,
         inactive_reason,
         created_at: Timestamp(row.column(7)?),
@@ -84,7 +97,7 @@ pub(super) fn token<R: Columns>(row: &R) -> Result<TokenRecord, R::Error> {
         previous_secret: previous_secret(row, 13)?,
         rate_limit: rate_limit(row, 16)?,
         allowed_ips: allowed_ips(row, 18)?,
-        revoked_at,
+        revoked_hash,
     })
 }
 

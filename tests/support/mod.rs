@@ -546,6 +546,24 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Waits until the peer closes `s` (EOF or reset), whatever it sends before, up to `limit`;
+/// returns how long it took.
+pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| start.elapsed())
+}
+
 /// The status code of the first response in a raw HTTP/1.1 answer.
 pub fn raw_status(answer: &str) -> u16 {
     answer

@@ -87,9 +87,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         6,
-        // Public revocation (SPEC §10): when the current secret was reported; null = never,
-        // or regenerated since. The status stays inactive/admin, as a previous release reads it.
-        "ALTER TABLE tokens ADD COLUMN revoked_at bigint;",
+        // Public revocation (SPEC §10): the hash of the secret reported; it revokes the token
+        // while it is still the current secret. The status stays inactive/admin, as a previous
+        // release reads it.
+        "ALTER TABLE tokens ADD COLUMN revoked_secret_hash bytea;",
     ),
 ];
 

@@ -98,7 +98,7 @@ impl Inner {
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
                     expires_at, previous_secret_hash, previous_secret_expires_at, access_types,
-                    rate_limit_requests, rate_limit_per_ms, allowed_ips, revoked_at)
+                    rate_limit_requests, rate_limit_per_ms, allowed_ips, revoked_secret_hash)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                     $17, $18, $19, $20, $21)",
                 &[
@@ -122,7 +122,7 @@ impl Inner {
                     &rate.0,
                     &rate.1,
                     &allowed,
-                    &t.revoked_at.map(|x| x.0),
+                    &t.revoked_hash.map(|h| h.as_bytes().to_vec()),
                 ],
             )
             .await;
@@ -171,7 +171,7 @@ impl Inner {
                         deactivated_at = $8, expires_at = $10, previous_secret_hash = $11,
                         previous_secret_expires_at = $12, access_types = $13,
                             rate_limit_requests = $14, rate_limit_per_ms = $15, allowed_ips = $16,
-                            revoked_at = $17, version = version + 1
+                            revoked_secret_hash = $17, version = version + 1
                      WHERE id = $1 AND version = $9",
                     &[
                         &t.id,
@@ -190,7 +190,7 @@ impl Inner {
                         &rate.0,
                         &rate.1,
                         &allowed,
-                        &t.revoked_at.map(|x| x.0),
+                        &t.revoked_hash.map(|h| h.as_bytes().to_vec()),
                     ],
                 )
                 .await?;

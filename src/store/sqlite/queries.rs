@@ -164,7 +164,7 @@ impl Store for SqliteStore {
                 "INSERT INTO tokens (id, name, name_key, description, access, secret_hash, status,
                     inactive_reason, created_at, activated_at, deactivated_at, last_used_at, version,
                     expires_at, previous_secret_hash, previous_secret_expires_at, access_types,
-                    rate_limit_requests, rate_limit_per_ms, allowed_ips, revoked_at)
+                    rate_limit_requests, rate_limit_per_ms, allowed_ips, revoked_secret_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21)",
                 rusqlite::params_from_iter(values.params()),
@@ -210,7 +210,7 @@ impl Store for SqliteStore {
                             deactivated_at = ?11, expires_at = ?14, previous_secret_hash = ?15,
                             previous_secret_expires_at = ?16, access_types = ?17,
                             rate_limit_requests = ?18, rate_limit_per_ms = ?19, allowed_ips = ?20,
-                            revoked_at = ?21, version = version + 1
+                            revoked_secret_hash = ?21, version = version + 1
                          WHERE id = ?1 AND version = ?13",
                         rusqlite::params_from_iter(values.params()),
                     )
@@ -618,6 +618,7 @@ struct TokenValues<'a> {
     access_types: String,
     rate: (Option<i64>, Option<i64>),
     allowed: Option<String>,
+    revoked_hash: Option<Vec<u8>>,
 }
 
 impl<'a> TokenValues<'a> {
@@ -629,6 +630,7 @@ impl<'a> TokenValues<'a> {
             access_types: t.access.stored(),
             rate: rows::rate_limit_columns(t.rate_limit),
             allowed: rows::allowed_ips_text(&t.allowed_ips),
+            revoked_hash: t.revoked_hash.map(|h| h.as_bytes().to_vec()),
         }
     }
 
@@ -655,7 +657,7 @@ impl<'a> TokenValues<'a> {
             Box::new(self.rate.0),
             Box::new(self.rate.1),
             Box::new(&self.allowed),
-            Box::new(t.revoked_at.map(|x| x.0)),
+            Box::new(&self.revoked_hash),
         ]
     }
 }
@@ -684,7 +686,7 @@ mod tests {
             previous_secret: None,
             rate_limit: None,
             allowed_ips: None,
-            revoked_at: None,
+            revoked_hash: None,
             version: 1,
         };
         let audit = AuditEntry {
