@@ -147,6 +147,11 @@ impl Revoker {
             Err(_) => return Err(ProxyError::Malformed("the request body could not be read")),
         };
         let secrets = parse(&body)?;
+        // A shared store that is down: nothing can be committed, and answering 503 only to
+        // the secrets that match would tell them apart. Every report gets it.
+        if self.store.health().is_some_and(|h| !h.is_up()) {
+            return Err(ProxyError::StoreUnavailable);
+        }
         let now = self.clock.now();
         // What each secret names, from memory (the same lookups as the proxy's), then each
         // token changed once in the store.

@@ -492,6 +492,21 @@ async fn a_store_outage_serves_cached_tokens_for_the_grace_then_recovers() {
     a.get("/sd/x", Some(&unknown))
         .await
         .expect(503, Some("store_unavailable"));
+    // A revocation cannot be committed: 503 for every report, known secret or not (the
+    // answer must not tell them apart), and nothing changes.
+    for s in [&secret, &unknown] {
+        a.proxy_req(
+            http::Request::post("/_tokengate/revoke")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    serde_json::json!({ "tokens": [s] }).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .expect(503, Some("store_unavailable"));
+    }
+    // (After the outage the token still works: the 503 changed nothing.)
     // outage_grace = 0: fail closed at once.
     closed
         .get("/sd/x", Some(&secret))
