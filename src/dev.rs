@@ -100,6 +100,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     config.admin.key_file = dir.path().join("admin.key");
     config.proxy.listen = pick("127.0.0.1:8080").await;
     config.admin.listen = pick("127.0.0.1:9090").await;
+    // Forward-auth too, so the nginx / Caddy configurations of the README can be tried.
+    config.forward_auth.listen = Some(pick("127.0.0.1:8081").await);
     let route = |prefix: &str, access: Access, upstream: SocketAddr| RouteConfig {
         path_prefix: prefix.into(),
         host: None,
@@ -152,16 +154,22 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_string();
     let proxy = gw.proxy_addr;
+    let checks = gw
+        .forward_auth_addr
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
     let dir_shown = dir.path().display();
     let banner = format!(
         "tokengate dev is running (state in {dir_shown}, removed on exit)\n\n\
          \x20 proxy        http://{proxy}   (/sd/ -> security-director echo, /feeds/ -> third-party-feeds echo)\n\
+         \x20 forward-auth http://{checks}   (/auth for nginx auth_request, Traefik, Caddy; see the README)\n\
          \x20 admin API    {admin_url}\n\
          \x20 console      {admin_url}/\n\
          \x20 admin key    {admin_key}\n\
          \x20 demo token   {secret}   (shown once)\n\n\
          Try it:\n\
-         \x20 curl -s -H 'Authorization: Bearer {secret}' http://{proxy}/sd/hello\n\n\
+         \x20 curl -s -H 'Authorization: Bearer {secret}' http://{proxy}/sd/hello\n\
+         and as a forward-auth check (an empty 200 with the x-tokengate-* headers):\n\
+         \x20 curl -si -H 'Authorization: Bearer {secret}' -H 'X-Forwarded-Uri: /sd/hello' -H 'X-Forwarded-For: 127.0.0.1' http://{checks}/auth\n\n\
          Manage tokens with the CLI:\n\
          \x20 export TOKENGATE_ADMIN_URL={admin_url} TOKENGATE_ADMIN_KEY={admin_key}\n\
          \x20 tokengate token list\n\n\

@@ -687,6 +687,26 @@ async fn dev_prints_a_curl_line_that_works() {
     )
     .await;
     without.expect(401, Some("missing_token"));
+    // The forward-auth listener it names answers a check for the demo token.
+    let checks = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("forward-auth "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no forward-auth line in {banner}"))
+        .to_string();
+    assert!(checks.starts_with("http://127.0.0.1:"), "{checks}");
+    let check = send(
+        &client(),
+        Request::get(format!("{checks}/auth"))
+            .header("authorization", format!("Bearer {secret}"))
+            .header("x-forwarded-uri", "/sd/hello")
+            .header("x-forwarded-for", "127.0.0.1")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    check.expect(200, None);
+    assert_eq!(check.header("x-tokengate-token"), Some("demo"), "{check}");
 
     // Stop it (SIGTERM) and look at what it left behind.
     let pid = child.0.id();
