@@ -892,3 +892,28 @@ async fn token_revoke_reports_secrets_from_stdin_without_the_admin_key() {
     let o = run(c, Duration::from_secs(60)).await;
     assert_eq!(o.code, Some(2), "{o}");
 }
+
+/// A reader that goes away (`tokengate token list --json | head -1`) ends the command
+/// quietly with status 0, not a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let (gw, _up) = routed().await;
+    gw.create_token("some", &["security-director"]).await;
+    let cli = Cli::new(&gw);
+    let mut c = command(cli.dir.path());
+    c.arg("--admin-url")
+        .arg(&cli.url)
+        .args(["--json", "token", "list"])
+        .env("TOKENGATE_ADMIN_KEY", ADMIN_KEY);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = c.spawn().expect("start tokengate");
+        // Close the read end before the command gets its answer from the API.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -382,10 +382,10 @@ async fn revoke_cmd(g: &Global, proxy: Option<String>) -> anyhow::Result<()> {
     if g.json {
         print_json(&json!({ "reported": reported, "skipped": skipped }));
     } else {
-        println!(
+        out(&format!(
             "reported {reported} secret(s); each that was a token's is revoked (the endpoint does not say which); \
-             {skipped} line(s) were not tokengate secrets"
-        );
+             {skipped} line(s) were not tokengate secrets\n"
+        ));
     }
     Ok(())
 }
@@ -537,7 +537,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None)
                 .await?;
             if !g.json {
-                println!("deleted {}", printable(&name));
+                out(&format!("deleted {}\n", printable(&name)));
                 return Ok(());
             }
             json!({"deleted": name})

@@ -53,8 +53,24 @@ pub(super) fn s(v: &Value, k: &str) -> String {
     printable(&raw).into_owned()
 }
 
+/// Writes `text` to stdout. A reader that went away (`tokengate token list | head -1`) ends
+/// the command quietly with status 0, as other Unix tools do, instead of a panic.
+pub(super) fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            crate::logsink::STDERR.flush();
+            std::process::exit(0);
+        }
+    }
+}
+
 pub(super) fn print_json(v: &Value) {
-    println!("{}", json_text(v));
+    out(&format!("{}\n", json_text(v)));
 }
 
 /// `v` as pretty JSON in which no character of [`needs_escape`] is raw: serde escapes the C0
@@ -77,7 +93,7 @@ pub(super) fn json_text(v: &Value) -> String {
 }
 
 pub(super) fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    print!("{}", table(header, rows));
+    out(&table(header, rows));
 }
 
 /// The array `v[key]` of an API answer as a table, one row per element.
@@ -190,7 +206,7 @@ pub(super) const TOKEN_HEADER: [&str; 6] = [
 ];
 
 pub(super) fn print_token(t: &Value) {
-    print!("{}", token_text(t));
+    out(&token_text(t));
 }
 
 /// One token as `key: value` lines.
@@ -219,7 +235,8 @@ pub(super) fn token_text(t: &Value) -> String {
 
 pub(super) fn print_secret(t: &Value) {
     print_token(t);
-    println!();
-    println!("secret:          {}", s(t, "token"));
-    println!("(store it now: it cannot be shown again)");
+    out(&format!(
+        "\nsecret:          {}\n(store it now: it cannot be shown again)\n",
+        s(t, "token")
+    ));
 }
