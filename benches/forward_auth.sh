@@ -36,8 +36,6 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 PIN=${PIN:-1}
-# The command prefix that places a process on a CPU (nothing with PIN=0).
-cpu() { [[ $PIN == 1 ]] && echo "taskset -c $1"; true; }
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 FILLER=${FILLER:-1000}
@@ -52,21 +50,8 @@ TCK=$(getconf CLK_TCK)
 cargo build --release --quiet
 BIN=$PWD/target/release/tokengate
 WORK=$(mktemp -d /tmp/tokengate-fa.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_up URL [curl args...]: until URL answers 2xx.
-wait_up() {
-  local url=$1; shift
-  for _ in $(seq 200); do curl -sf -o /dev/null "$@" "$url" && return 0; sleep 0.05; done
-  echo "not up: $url" >&2; exit 1
-}
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 # ticks PID...: utime+stime (fields 14 and 15 of /proc/PID/stat, clock ticks) summed.
 ticks() {
   local total=0 p s f

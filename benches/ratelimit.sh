@@ -20,8 +20,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 PIN=${PIN:-1}
-# The command prefix that places a process on a CPU (nothing with PIN=0).
-cpu() { [[ $PIN == 1 ]] && echo "taskset -c $1"; true; }
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -32,16 +30,8 @@ done
 cargo build --release --quiet
 BIN=$PWD/target/release/tokengate
 WORK=$(mktemp -d /tmp/tokengate-rl.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 UP_PORT=$(free_port)
 mkdir -p "$WORK/nginx"

@@ -50,15 +50,6 @@ struct RevokeBody {
     tokens: Vec<String>,
 }
 
-/// What a reported secret matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Match {
-    /// The token's current secret: deactivate it, `revoked`.
-    Current(SecretHash),
-    /// Its previous secret, in its grace: end the grace.
-    Previous(SecretHash),
-}
-
 /// The revocation endpoint's state, shared by both listeners that serve it.
 pub(crate) struct Revoker {
     store: Arc<dyn Store>,
@@ -153,9 +144,10 @@ impl Revoker {
             return Err(ProxyError::StoreUnavailable);
         }
         let now = self.clock.now();
-        // What each secret names, from memory (the same lookups as the proxy's), then each
-        // token changed once in the store.
-        let mut matches: Vec<(TokenId, Match)> = Vec::new();
+        // Which token each secret names, from memory (the same lookups as the proxy's), then
+        // each token changed once in the store. `current`: the secret is the token's current
+        // one here, which ends its grace too, so it wins over the same token's previous one.
+        let mut matches: Vec<(TokenId, SecretHash, bool)> = Vec::new();
         for s in &secrets {
             let Ok(hash) = token::parse_bearer(s.as_bytes()) else {
                 continue;
@@ -165,31 +157,35 @@ impl Revoker {
                 // read (a public secret may be reported again and again).
                 let done = t.inactive_reason == Some(InactiveReason::Revoked)
                     && t.previous().is_none_or(|p| now >= p.until);
-                (!done).then_some((t.id, Match::Current(hash)))
+                (!done).then_some((t.id, true))
             } else {
                 self.index
                     .get_previous(&hash)
                     .filter(|t| t.previous().is_some_and(|p| now < p.until))
-                    .map(|t| (t.id, Match::Previous(hash)))
+                    .map(|t| (t.id, false))
             };
-            if let Some((id, m)) = found {
-                match matches.iter_mut().find(|(i, _)| *i == id) {
-                    // The current secret wins over the previous one of the same token.
-                    Some(entry) if matches!(m, Match::Current(_)) => entry.1 = m,
+            if let Some((id, current)) = found {
+                match matches.iter_mut().find(|(i, _, _)| *i == id) {
+                    Some(entry) if current => *entry = (id, hash, true),
                     Some(_) => {}
-                    None => matches.push((id, m)),
+                    None => matches.push((id, hash, current)),
                 }
             }
         }
-        for (id, m) in matches {
-            self.apply(id, m, client_ip).await?;
+        for (id, hash, _) in matches {
+            self.apply(id, hash, client_ip).await?;
         }
         Ok(())
     }
 
     /// Commits one token's revocation (or the end of its grace), re-reading it on a lost race
     /// and checking the secret still matches; nothing is written when nothing changes.
-    async fn apply(&self, id: TokenId, m: Match, client_ip: IpAddr) -> Result<(), ProxyError> {
+    async fn apply(
+        &self,
+        id: TokenId,
+        hash: SecretHash,
+        client_ip: IpAddr,
+    ) -> Result<(), ProxyError> {
         for _ in 0..RETRIES {
             let now = self.clock.now();
             let rec = match self.store.token_by_id(id).await {
@@ -202,7 +198,7 @@ impl Revoker {
                 now,
                 &self.lifecycle,
             );
-            let Some((rec, entry)) = change(rec, m, now, client_ip, effective) else {
+            let Some((rec, entry)) = change(rec, hash, now, client_ip, effective) else {
                 return Ok(());
             };
             match self
@@ -238,62 +234,53 @@ fn unavailable(e: &StoreError) -> ProxyError {
 /// since (here or on another instance) may have made a current secret the previous one.
 fn change(
     mut rec: TokenRecord,
-    m: Match,
+    hash: SecretHash,
     now: Timestamp,
     client_ip: IpAddr,
     effective: Effective,
 ) -> Option<(TokenRecord, AuditEntry)> {
-    let hash = match m {
-        Match::Current(h) | Match::Previous(h) => h,
-    };
-    let m = if rec.secret_hash == hash {
-        Match::Current(hash)
+    let (action, details) = if rec.secret_hash == hash {
+        // The current secret: the token is revoked (and any grace of its previous ends).
+        let grace = rec.previous_secret.is_some_and(|p| now < p.until);
+        if rec.revoked_hash.is_some() && rec.status == Status::Inactive && !grace {
+            return None;
+        }
+        let (status, reason) = effective.reported();
+        let previous_status = if effective == Effective::Deleted {
+            "deleted"
+        } else {
+            status.as_str()
+        };
+        let previous_reason = reason.map(InactiveReason::as_str);
+        if rec.status == Status::Active {
+            rec.deactivated_at = Some(now);
+        }
+        rec.status = Status::Inactive;
+        rec.inactive_reason = Some(InactiveReason::Revoked);
+        rec.revoked_hash = Some(hash);
+        rec.previous_secret = None;
+        (
+            AuditAction::Deactivate,
+            serde_json::json!({
+                "reason": "revoked",
+                "previous_status": previous_status,
+                "previous_reason": previous_reason,
+                "previous_secret_grace_ended": grace,
+            }),
+        )
     } else {
-        Match::Previous(hash)
-    };
-    let (action, details) = match m {
-        Match::Current(hash) => {
-            let grace = rec.previous_secret.is_some_and(|p| now < p.until);
-            if rec.revoked_hash.is_some() && rec.status == Status::Inactive && !grace {
-                return None;
-            }
-            let (status, reason) = effective.reported();
-            let previous_status = if effective == Effective::Deleted {
-                "deleted"
-            } else {
-                status.as_str()
-            };
-            let previous_reason = reason.map(InactiveReason::as_str);
-            if rec.status == Status::Active {
-                rec.deactivated_at = Some(now);
-            }
-            rec.status = Status::Inactive;
-            rec.inactive_reason = Some(InactiveReason::Revoked);
-            rec.revoked_hash = Some(hash);
-            rec.previous_secret = None;
-            (
-                AuditAction::Deactivate,
-                serde_json::json!({
-                    "reason": "revoked",
-                    "previous_status": previous_status,
-                    "previous_reason": previous_reason,
-                    "previous_secret_grace_ended": grace,
-                }),
-            )
-        }
-        Match::Previous(hash) => {
-            let p = rec
-                .previous_secret
-                .filter(|p| p.hash == hash && now < p.until)?;
-            rec.previous_secret = None;
-            (
-                AuditAction::Update,
-                serde_json::json!({
-                    "reason": "revoked",
-                    "previous_secret_expires_at": {"from": p.until.rfc3339(), "to": now.rfc3339()},
-                }),
-            )
-        }
+        // Its previous secret, still in its grace: the grace ends.
+        let p = rec
+            .previous_secret
+            .filter(|p| p.hash == hash && now < p.until)?;
+        rec.previous_secret = None;
+        (
+            AuditAction::Update,
+            serde_json::json!({
+                "reason": "revoked",
+                "previous_secret_expires_at": {"from": p.until.rfc3339(), "to": now.rfc3339()},
+            }),
+        )
     };
     let entry = audit::by_admin(ACTOR, client_ip, now, action, &rec, details);
     Some((rec, entry))

@@ -57,6 +57,28 @@ async fn revoke_at(
     .await
 }
 
+/// Regenerates `name`'s secret (with `grace`, if any); the new secret.
+async fn regenerate(gw: &TestGateway, name: &str, grace: Option<&str>) -> String {
+    let r = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/tokens/{name}/regenerate"),
+            grace.map(|g| json!({ "grace": g })),
+        )
+        .await;
+    r.expect(200, None);
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+async fn activate(gw: &TestGateway, name: &str) -> Resp {
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/activate",
+        Some(json!({ "names": [name] })),
+    )
+    .await
+}
+
 #[track_caller]
 fn accepted(r: &Resp) {
     assert_eq!(r.status.as_u16(), 202, "{r}");
@@ -126,24 +148,10 @@ async fn a_reported_secret_deactivates_its_token_at_once(postgres: bool, test: &
 
     // The reported secret is public: activation waits for a regenerate, which keeps the token
     // inactive and gives the revoked secret no grace, whatever was asked.
-    let r = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens/activate",
-            Some(json!({"names": ["leaked"]})),
-        )
-        .await;
+    let r = activate(&gw, "leaked").await;
     r.expect(409, Some("token_revoked"));
     assert_eq!(r.json()["names"], json!(["leaked"]));
-    let regen = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens/leaked/regenerate",
-            Some(json!({"grace": "1h"})),
-        )
-        .await;
-    regen.expect(200, None);
-    let fresh = regen.json()["token"].as_str().unwrap().to_string();
+    let fresh = regenerate(&gw, "leaked", Some("1h")).await;
     let t = gw.token("leaked").await;
     assert_eq!(
         (&t["status"], &t["inactive_reason"]),
@@ -151,13 +159,7 @@ async fn a_reported_secret_deactivates_its_token_at_once(postgres: bool, test: &
         "{t}"
     );
     assert_eq!(t["previous_secret_expires_at"], Value::Null, "{t}");
-    gw.admin(
-        Method::POST,
-        "/v1/tokens/activate",
-        Some(json!({"names": ["leaked"]})),
-    )
-    .await
-    .expect(200, None);
+    activate(&gw, "leaked").await.expect(200, None);
     gw.get("/sd/x", Some(&fresh)).await.expect(200, None);
     gw.get("/sd/x", Some(&secret))
         .await
@@ -171,15 +173,7 @@ async fn a_previous_secret_only_ends_its_grace(postgres: bool, test: &str) {
         return;
     };
     let (old, _) = gw.create_token("rotating", &[SD]).await;
-    let regen = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens/rotating/regenerate",
-            Some(json!({"grace": "1h"})),
-        )
-        .await;
-    regen.expect(200, None);
-    let new = regen.json()["token"].as_str().unwrap().to_string();
+    let new = regenerate(&gw, "rotating", Some("1h")).await;
     gw.get("/sd/x", Some(&old)).await.expect(200, None);
     accepted(&revoke(&gw, json!({"tokens": [&old]})).await);
     gw.get("/sd/x", Some(&old))
@@ -199,14 +193,7 @@ async fn a_previous_secret_only_ends_its_grace(postgres: bool, test: &str) {
         "{e}"
     );
     // Now a grace again, and the current secret reported.
-    let regen = gw
-        .admin(
-            Method::POST,
-            "/v1/tokens/rotating/regenerate",
-            Some(json!({"grace": "1h"})),
-        )
-        .await;
-    let newest = regen.json()["token"].as_str().unwrap().to_string();
+    let newest = regenerate(&gw, "rotating", Some("1h")).await;
     accepted(&revoke(&gw, json!({"tokens": [&newest]})).await);
     gw.get("/sd/x", Some(&new))
         .await
@@ -335,13 +322,7 @@ async fn a_tunnel_opened_with_a_reported_previous_secret_closes() {
         .start()
         .await;
     let (old, _) = gw.create_token("t", &[SD]).await;
-    gw.admin(
-        Method::POST,
-        "/v1/tokens/t/regenerate",
-        Some(json!({"grace": "1h"})),
-    )
-    .await
-    .expect(200, None);
+    regenerate(&gw, "t", Some("1h")).await;
     let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let req = format!(
         "GET /sd/ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {old}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -494,17 +475,7 @@ async fn a_revoked_secret_stays_refused_when_an_older_release_activates_its_toke
         "{t}"
     );
     // A regenerate (by either release) makes the reported hash stale.
-    let regen = gw
-        .admin(Method::POST, "/v1/tokens/leaked/regenerate", None)
-        .await;
-    regen.expect(200, None);
-    gw.admin(
-        Method::POST,
-        "/v1/tokens/activate",
-        Some(json!({"names": ["leaked"]})),
-    )
-    .await
-    .expect(200, None);
-    let fresh = regen.json()["token"].as_str().unwrap().to_string();
+    let fresh = regenerate(&gw, "leaked", None).await;
+    activate(&gw, "leaked").await.expect(200, None);
     gw.get("/sd/x", Some(&fresh)).await.expect(200, None);
 }

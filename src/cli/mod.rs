@@ -273,18 +273,7 @@ fn admin_client(g: &Global) -> anyhow::Result<AdminClient> {
     };
     let url = match (&g.admin_url, &config) {
         (Some(u), _) => u.clone(),
-        (None, Some(c)) => {
-            let mut addr = c.admin.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let scheme = if c.admin.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{addr}")
-        }
+        (None, Some(c)) => local_url(c.admin.listen, c.admin.tls.is_some()),
         (None, None) => "http://127.0.0.1:9090".to_string(),
     };
     let key = match std::env::var("TOKENGATE_ADMIN_KEY") {
@@ -323,16 +312,17 @@ fn proxy_url(g: &Global, explicit: Option<String>) -> anyhow::Result<String> {
         Some(p) => Config::load(Some(p), std::env::vars())?,
         None => Config::load(None, std::env::vars())?,
     };
-    let mut addr = config.proxy.listen;
+    Ok(local_url(config.proxy.listen, config.proxy.tls.is_some()))
+}
+
+/// The URL this machine reaches a listener at: an unspecified bind address (`0.0.0.0`) as
+/// loopback, `https` when the listener has TLS.
+fn local_url(mut addr: std::net::SocketAddr, tls: bool) -> String {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let scheme = if config.proxy.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    Ok(format!("{scheme}://{addr}"))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 /// `token revoke`: the secrets on stdin, 100 a request, to `POST /_tokengate/revoke`. The

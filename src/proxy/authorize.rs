@@ -22,7 +22,7 @@ use crate::net;
 use crate::policy::{self, Effective};
 use crate::ratelimit::{self, RateLimit, Verdict};
 use crate::state::TokenState;
-use crate::token::{self, SecretHash};
+use crate::token;
 use crate::uri::host::normalise_host;
 use crate::uri::path;
 
@@ -34,8 +34,8 @@ pub(crate) struct Authorized<'a> {
     pub(crate) token: Arc<TokenState>,
     /// The route matched; `None` for a forward-auth check that named its access type.
     pub(crate) route: Option<&'a Upstream>,
-    /// The secret it presented (the token's current one, or its previous one in a grace).
-    pub(crate) secret: SecretHash,
+    /// It presented the token's previous secret (in a rotation grace), not the current one.
+    pub(crate) previous_secret: bool,
     /// The normalised path when normalising changed it (else the request's own is).
     normalised: Option<String>,
     /// Bytes of the path that `strip_prefix` removes.
@@ -153,10 +153,6 @@ impl Proxy {
         // One clock read for the whole decision.
         let now = self.clock.now();
         let (token, previous) = self.authenticate(presented, client_ip, now)?;
-        let secret = match token.previous() {
-            Some(p) if previous => p.hash,
-            _ => token.hash,
-        };
         ctx.previous_secret = previous;
         ctx.token = Some(token.clone());
         let mut status = self.status_at(&token, now);
@@ -248,7 +244,7 @@ impl Proxy {
             peer,
             token,
             route,
-            secret,
+            previous_secret: previous,
             normalised,
             strip,
             rate,
@@ -377,14 +373,7 @@ impl Proxy {
 
 /// Row 1: refuses request shapes the gateway never forwards, and head blocks over the limit.
 pub(crate) fn check_form<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
-    }
-    if req.method() == Method::TRACE {
-        // TRACE echoes the request, credentials and gateway headers included, and the
-        // gateway cannot honour Max-Forwards for an upstream chain it does not see.
-        return Err(ProxyError::NotImplemented("TRACE is not supported"));
-    }
+    check_method(req.method())?;
     if req.version() < Version::HTTP_2 {
         check_transfer_coding(req.headers())?;
     }
@@ -407,6 +396,19 @@ pub(crate) fn check_form<B>(req: &Request<B>, max_header_bytes: usize) -> Result
     }
     if size > max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Row 1's method rules (for a forward-auth check, applied to the original method too).
+pub(crate) fn check_method(method: &Method) -> Result<(), ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
+    }
+    if method == Method::TRACE {
+        // TRACE echoes the request, credentials and gateway headers included, and the
+        // gateway cannot honour Max-Forwards for an upstream chain it does not see.
+        return Err(ProxyError::NotImplemented("TRACE is not supported"));
     }
     Ok(())
 }

@@ -151,7 +151,11 @@ impl Proxy {
                 token_id: token.id,
                 client_ip,
                 access: route.access,
-                secret: auth.secret,
+                // The secret it was opened with: the current one, or the previous in its grace.
+                secret: match token.previous() {
+                    Some(p) if auth.previous_secret => p.hash,
+                    _ => token.hash,
+                },
                 idle: self.cfg.idle_timeout,
                 _slot: conn.info.slot.clone(),
             };

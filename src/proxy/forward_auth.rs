@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
 
-use super::authorize::{check_form, request_host, Subject, Want};
+use super::authorize::{check_form, check_method, request_host, Subject, Want};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_TOKENGATE_ACCESS, X_TOKENGATE_TOKEN, X_TOKENGATE_TOKEN_ID,
 };
@@ -128,23 +128,14 @@ impl ForwardAuth {
                 r
             }
         };
-        if proxy.cfg.access_log {
-            let latency = started.elapsed();
-            let route = ctx.route.map_or("-", |u| &*u.label);
-            let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
-            let method = method.as_ref().unwrap_or(req.method());
-            tracing::info!(
-                target: "tokengate::access",
-                listener = "forward_auth",
-                method = %method,
-                route,
-                status = resp.status().as_u16(),
-                token,
-                previous_secret = ctx.previous_secret.then_some(true),
-                client_ip = %ctx.client_ip.unwrap_or_else(|| net::canonical_ip(conn.peer.ip())),
-                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            );
-        }
+        proxy.access_line(
+            "forward_auth",
+            method.as_ref().unwrap_or(req.method()),
+            &ctx,
+            resp.status().as_u16(),
+            conn.peer.ip(),
+            started.elapsed(),
+        );
         resp
     }
 
@@ -182,8 +173,7 @@ impl ForwardAuth {
         let (host, target_path) = match kind {
             Kind::Envoy => {
                 // Envoy's check is the original request (after the prefix), so its method
-                // and host are the check's own.
-                check_method(req.method())?;
+                // (checked by `check_form` above) and host are the check's own.
                 (request_host(req)?, original.unwrap_or("/"))
             }
             Kind::Auth => {
@@ -265,17 +255,6 @@ fn envoy_rest<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     } else {
         None
     }
-}
-
-/// Row 1's method rules, for the original request's method.
-fn check_method(method: &Method) -> Result<(), ProxyError> {
-    if method == Method::CONNECT {
-        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
-    }
-    if method == Method::TRACE {
-        return Err(ProxyError::NotImplemented("TRACE is not supported"));
-    }
-    Ok(())
 }
 
 /// The single value of a header the calling proxy sets (two are a 400: one of them came

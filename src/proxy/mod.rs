@@ -295,23 +295,49 @@ impl Proxy {
         let latency = started.elapsed();
         self.metrics
             .request(ctx.route.map(|u| u.index), resp.status().as_u16(), latency);
-        if self.cfg.access_log {
-            let route = ctx.route.map_or("-", |u| &*u.label);
-            let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
-            tracing::info!(
-                target: "tokengate::access",
-                listener = "proxy",
-                method = %method,
-                route,
-                status = resp.status().as_u16(),
-                token,
-                // Only on requests made with a replaced secret (nothing is recorded for None).
-                previous_secret = ctx.previous_secret.then_some(true),
-                client_ip = %ctx.client_ip.unwrap_or(conn.info.peer.ip()),
-                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            );
-        }
+        self.access_line(
+            "proxy",
+            &method,
+            &ctx,
+            resp.status().as_u16(),
+            conn.info.peer.ip(),
+            latency,
+        );
         resp
+    }
+
+    /// The access log line of a proxied request, a check or a revocation (`listener`): never
+    /// a credential, a path or a query. `fallback_ip` when no client IP was derived.
+    fn access_line(
+        &self,
+        listener: &'static str,
+        method: &http::Method,
+        ctx: &Ctx<'_>,
+        status: u16,
+        fallback_ip: IpAddr,
+        latency: Duration,
+    ) {
+        if !self.cfg.access_log {
+            return;
+        }
+        let route = match (ctx.route, listener) {
+            (Some(u), _) => &*u.label,
+            (None, "revocation") => revoke::PATH,
+            (None, _) => "-",
+        };
+        let token = ctx.token.as_deref().map_or("-", |t| &*t.name);
+        tracing::info!(
+            target: "tokengate::access",
+            listener,
+            method = %method,
+            route,
+            status,
+            token,
+            // Only on requests made with a replaced secret (nothing is recorded for None).
+            previous_secret = ctx.previous_secret.then_some(true),
+            client_ip = %ctx.client_ip.unwrap_or(crate::net::canonical_ip(fallback_ip)),
+            latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        );
     }
 
     /// A revocation request (either listener): answered, counted, and logged without a token.
@@ -325,18 +351,16 @@ impl Proxy {
         let resp = self.revoker.handle(client_ip, req).await;
         let latency = started.elapsed();
         self.metrics.request(None, resp.status().as_u16(), latency);
-        if self.cfg.access_log {
-            tracing::info!(
-                target: "tokengate::access",
-                listener = "revocation",
-                method = %method,
-                route = revoke::PATH,
-                status = resp.status().as_u16(),
-                token = "-",
-                client_ip = %client_ip,
-                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            );
-        }
+        let mut ctx = Ctx::new(&tracing::Span::none());
+        ctx.client_ip = Some(client_ip);
+        self.access_line(
+            "revocation",
+            &method,
+            &ctx,
+            resp.status().as_u16(),
+            client_ip,
+            latency,
+        );
         resp
     }
 
