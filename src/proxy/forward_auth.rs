@@ -57,9 +57,6 @@ pub struct ForwardAuth {
     callers: Vec<IpNet>,
     trusted_hops: Vec<IpNet>,
     envoy_prefix: Box<str>,
-    /// `proxy.forward_authorization`: whether Envoy keeps `Authorization` on `/auth/{TYPE}`
-    /// (a route's own setting decides on routed checks).
-    forward_authorization: bool,
 }
 
 /// Which of the three shapes a check has.
@@ -79,7 +76,6 @@ impl ForwardAuth {
             callers: f.callers.clone(),
             trusted_hops: f.trusted_hops.clone(),
             envoy_prefix: f.envoy_prefix.clone().into_boxed_str(),
-            forward_authorization: config.proxy.forward_authorization,
         }
     }
 
@@ -223,9 +219,12 @@ impl ForwardAuth {
         h.insert(&X_TOKENGATE_TOKEN_ID, identity.id.clone());
         h.insert(&X_TOKENGATE_ACCESS, identity.access.clone());
         if kind == Kind::Envoy {
+            // A route's own setting, else `proxy.forward_authorization`.
             let keep = auth
                 .route
-                .map_or(self.forward_authorization, |r| r.forward_authorization);
+                .map_or(self.proxy.cfg.forward_authorization, |r| {
+                    r.forward_authorization
+                });
             if !keep {
                 h.insert(
                     &X_ENVOY_AUTH_HEADERS_TO_REMOVE,
