@@ -16,6 +16,8 @@ use crate::admin::key::{AdminKey, KeySource};
 use crate::admin::Admin;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, RateLimitBackend, ServerTlsConfig, StoreUrl};
+use crate::events::dispatch::Dispatcher;
+use crate::events::{Endpoint, EventType, Router};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
@@ -62,6 +64,7 @@ pub struct Gateway {
     /// The TLS listeners' certificates (for reloads).
     tls: Vec<Arc<ServerTls>>,
     proxy: Arc<Proxy>,
+    webhooks: Option<Arc<Dispatcher>>,
 }
 
 /// SPEC §4: the admin API is served in clear text only on loopback, unless
@@ -104,18 +107,32 @@ impl Gateway {
         let proxy_tls = load_tls("proxy.tls", config.proxy.tls.as_ref())?;
         let admin_tls = load_tls("admin.tls", config.admin.tls.as_ref())?;
         let forward_auth_tls = load_tls("forward_auth.tls", config.forward_auth.tls.as_ref())?;
+        // The webhook endpoints (SPEC §10): the store writes their outbox rows in the
+        // transactions of the changes they report.
+        let router = Arc::new(Router::new(
+            config
+                .webhooks
+                .endpoints
+                .iter()
+                .map(|e| Endpoint::new(&e.url, e.events))
+                .collect(),
+        ));
         let store: Arc<dyn Store> = match &config.store.url {
-            StoreUrl::Sqlite(path) => Arc::new(
-                SqliteStore::open(path)
+            StoreUrl::Sqlite(path) => {
+                let s = SqliteStore::open(path)
                     .await
-                    .with_context(|| format!("opening the store at sqlite://{}", path.display()))?,
-            ),
+                    .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
+                s.set_events(router.clone());
+                Arc::new(s)
+            }
             // The error never names the URL: it may carry a password.
-            StoreUrl::Postgres(url) => Arc::new(
-                PostgresStore::open(url, config.store.outage_grace, opts.clock.clone())
+            StoreUrl::Postgres(url) => {
+                let s = PostgresStore::open(url, config.store.outage_grace, opts.clock.clone())
                     .await
-                    .context("opening the PostgreSQL store (store.url)")?,
-            ),
+                    .context("opening the PostgreSQL store (store.url)")?;
+                s.set_events(router.clone());
+                Arc::new(s)
+            }
         };
         let (key, source) =
             AdminKey::load_or_create(opts.admin_key.as_deref(), &config.admin.key_file)?;
@@ -150,6 +167,18 @@ impl Gateway {
                     .map_err(|e| anyhow::anyhow!("{e}"))?
             }
         });
+        let webhooks = if config.webhooks.endpoints.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Dispatcher::new(
+                &config.webhooks,
+                router.clone(),
+                store.clone(),
+                clock.clone(),
+                metrics.clone(),
+                store.health().is_some(),
+            )?))
+        };
         let shared = Shared {
             store: store.clone(),
             index: index.clone(),
@@ -273,6 +302,23 @@ impl Gateway {
                     .run(config.lifecycle.sweep_interval, rx.clone()),
             ),
         ];
+        if let Some(d) = &webhooks {
+            background.push(tokio::spawn(d.clone().run(rx.clone())));
+            tracing::info!(
+                endpoints = config.webhooks.endpoints.len(),
+                "webhook dispatcher running"
+            );
+        }
+        if router.wants(EventType::AuthFailures) {
+            let (tx, crossings) = tokio::sync::mpsc::channel(1024);
+            limiter.report_crossings(tx);
+            background.push(tokio::spawn(crate::events::dispatch::auth_failures(
+                crossings,
+                store.clone(),
+                router.clone(),
+                rx.clone(),
+            )));
+        }
         background.push(tokio::spawn(prune_windows(
             rate_limiter,
             usage.clone(),
@@ -304,7 +350,24 @@ impl Gateway {
             background,
             tls,
             proxy: proxy_handle,
+            webhooks,
         })
+    }
+
+    /// Runs a webhook delivery round here and now, returning how many deliveries it
+    /// attempted (0 without endpoints). Tests that move the clock use it.
+    pub async fn deliver_due_webhooks(&self) -> usize {
+        match &self.webhooks {
+            Some(d) => d.round().await,
+            None => 0,
+        }
+    }
+
+    /// Wakes the background webhook dispatcher for a round (nothing without endpoints).
+    pub fn kick_webhooks(&self) {
+        if let Some(d) = &self.webhooks {
+            d.kick();
+        }
     }
 
     /// Idle upstream connections kept for reuse, summed over origins (connections held by

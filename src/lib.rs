@@ -18,6 +18,7 @@ pub mod config;
 pub(crate) mod counted;
 pub(crate) mod dev;
 pub(crate) mod error;
+pub mod events;
 pub mod lifecycle;
 pub(crate) mod limiter;
 pub mod logsink;

@@ -36,6 +36,8 @@ pub struct Sweeper {
     /// shared store, zero with the embedded one (this instance's own flush, run first, and
     /// its memory see every use).
     pub margin: Duration,
+    /// `webhooks.expiry_notice`, when some webhook endpoint takes `token.expiring`.
+    pub expiry_notice: Option<Duration>,
 }
 
 impl Sweeper {
@@ -53,6 +55,12 @@ impl Sweeper {
             } else {
                 Duration::ZERO
             },
+            expiry_notice: config
+                .webhooks
+                .endpoints
+                .iter()
+                .any(|e| e.events.contains(crate::events::EventType::TokenExpiring))
+                .then_some(config.webhooks.expiry_notice),
         }
     }
 }
@@ -81,6 +89,7 @@ impl Sweeper {
             audit_before: now.minus(self.audit_retention),
             inactive_after_ms: i64::try_from(self.lifecycle.inactive_after.as_millis())
                 .unwrap_or(i64::MAX),
+            expiring_before: self.expiry_notice.map(|n| now.plus(n)),
         };
         let keep = self.index.used_since(at.inactive_before);
         let out = self.store.sweep(at, &keep).await?;

@@ -29,6 +29,9 @@ pub struct FailureLimiter {
     /// Time of the latest failure from any IP: when it is a window or more ago, no IP can be
     /// over its limit and `check` skips the cache lookup (the common case, on the hot path).
     last_failure: AtomicI64,
+    /// Where a crossing of the limit goes (`auth.failures`, SPEC §10), when some webhook
+    /// endpoint takes it: at most once per IP per window, never waiting.
+    crossings: std::sync::OnceLock<tokio::sync::mpsc::Sender<(IpAddr, Timestamp)>>,
 }
 
 impl FailureLimiter {
@@ -43,7 +46,13 @@ impl FailureLimiter {
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
             last_failure: AtomicI64::new(i64::MIN / 2),
+            crossings: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports every IP that reaches the limit to `sink` (a full channel drops the report).
+    pub fn report_crossings(&self, sink: tokio::sync::mpsc::Sender<(IpAddr, Timestamp)>) {
+        let _ = self.crossings.set(sink);
     }
 
     /// `Some(retry_after_secs)` when `ip` is over its limit now.
@@ -66,8 +75,8 @@ impl FailureLimiter {
     }
 
     /// Counts one failed authentication from `ip`.
-    pub fn record_failure(&self, ip: IpAddr) {
-        let ip = window_key(ip);
+    pub fn record_failure(&self, client: IpAddr) {
+        let ip = window_key(client);
         if self.limit == 0 {
             return;
         }
@@ -80,13 +89,19 @@ impl FailureLimiter {
             })
         });
         let start = w.start.load(Ordering::Relaxed);
-        if now.0 - start >= WINDOW_MS {
+        let count = if now.0 - start >= WINDOW_MS {
             // The old window has passed: this failure opens a new one. Two racing failures
             // may both reset; the count is then off by one at most, which is harmless.
             w.start.store(now.0, Ordering::Relaxed);
             w.count.store(1, Ordering::Relaxed);
+            1
         } else {
-            w.count.fetch_add(1, Ordering::Relaxed);
+            w.count.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if count == self.limit {
+            if let Some(sink) = self.crossings.get() {
+                let _ = sink.try_send((client, now));
+            }
         }
     }
 }
@@ -127,6 +142,25 @@ mod tests {
         assert_eq!(l.check(ip), None);
         l.record_failure(ip);
         assert_eq!(l.check(ip), None, "a new window starts from one failure");
+    }
+
+    #[test]
+    fn a_crossing_is_reported_once_per_window() {
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let l = FailureLimiter::new(3, Arc::new(clock.clone()));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        l.report_crossings(tx);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            l.record_failure(ip);
+        }
+        assert_eq!(rx.try_recv().unwrap(), (ip, Timestamp(1_000_000)));
+        assert!(rx.try_recv().is_err(), "once per window");
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..3 {
+            l.record_failure(ip);
+        }
+        assert_eq!(rx.try_recv().unwrap().0, ip);
     }
 
     #[test]

@@ -126,7 +126,15 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     previous_secret_uses: AtomicU64,
     cache_misses: AtomicU64,
+    /// Webhook delivery attempts by [`WEBHOOK_OUTCOMES`].
+    webhook_attempts: [AtomicU64; WEBHOOK_OUTCOMES.len()],
+    /// Deliveries pending in the outbox, as the dispatcher last counted them.
+    webhook_pending: AtomicU64,
 }
+
+/// Outcomes of a webhook delivery attempt: delivered, failed and retried later, failed for
+/// good (410, or too old to retry).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retrying", "failed"];
 
 impl Metrics {
     /// `routes`: the route labels (path prefixes) in config order.
@@ -141,7 +149,21 @@ impl Metrics {
             cache_hits: AtomicU64::new(0),
             previous_secret_uses: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            webhook_attempts: std::array::from_fn(|_| AtomicU64::new(0)),
+            webhook_pending: AtomicU64::new(0),
         }
+    }
+
+    /// One webhook delivery attempt, by its outcome (one of [`WEBHOOK_OUTCOMES`]).
+    pub fn webhook_attempt(&self, outcome: &str) {
+        if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.webhook_attempts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Deliveries pending in the outbox (all instances' events, with a shared store).
+    pub fn set_webhook_pending(&self, n: u64) {
+        self.webhook_pending.store(n, Ordering::Relaxed);
     }
 
     fn route(&self, route: Option<usize>) -> Option<&RouteMetrics> {
@@ -394,6 +416,25 @@ impl Collector for Scrape {
             "Rate-limit checks the backend (Redis) failed or did not answer in time; each was \
              let through or refused 503 as rate_limit.on_backend_error says.",
             self.rate_limiter.backend_errors(),
+        )?;
+        {
+            let mut family = enc.encode_descriptor(
+                "tokengate_webhook_attempts",
+                "Webhook delivery attempts, by outcome: delivered, retrying (failed, tried again \
+                 later), failed (410, or past webhooks.max_age).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in WEBHOOK_OUTCOMES.iter().zip(m.webhook_attempts.iter()) {
+                ConstCounter::new(c.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("outcome", *outcome)])?)?;
+            }
+        }
+        gauge(
+            &mut enc,
+            "tokengate_webhook_pending",
+            "Webhook deliveries pending in the outbox, as last counted by the dispatcher.",
+            i64::try_from(m.webhook_pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         )?;
         counter(
             &mut enc,

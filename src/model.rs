@@ -203,6 +203,26 @@ pub struct UsageDelta {
     /// First and last forwarded use in this batch (`None` if only denied requests).
     pub first_used_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// The latest refusal in this batch and why (`None` if none was refused).
+    pub denied_at: Option<Timestamp>,
+    pub denied_error: Option<Denial>,
+}
+
+/// Why a request from an IP was refused for its token (the `denied` counters, `ip.denied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    Blocked,
+    NotAllowed,
+}
+
+impl Denial {
+    /// The refusal's error code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denial::Blocked => "ip_blocked",
+            Denial::NotAllowed => "ip_not_allowed",
+        }
+    }
 }
 
 /// One audit row (SPEC §8): written in the same transaction as the change it records.

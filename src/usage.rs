@@ -15,7 +15,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::clock::Timestamp;
-use crate::model::{TokenId, UsageDelta};
+use crate::model::{Denial, TokenId, UsageDelta};
 use crate::store::{Store, StoreResult};
 
 /// Distinct (token, IP) pairs held between flushes at most.
@@ -32,6 +32,9 @@ struct Counters {
     /// ms; 0 = none in this batch.
     first_used: i64,
     last_used: i64,
+    /// The latest refusal (ms; 0 = none) and its reason.
+    denied_at: i64,
+    denied_error: Option<Denial>,
 }
 
 impl Counters {
@@ -42,6 +45,10 @@ impl Counters {
             self.first_used = o.first_used;
         }
         self.last_used = self.last_used.max(o.last_used);
+        if o.denied_at >= self.denied_at && o.denied_error.is_some() {
+            self.denied_at = o.denied_at;
+            self.denied_error = o.denied_error;
+        }
     }
 }
 
@@ -84,9 +91,16 @@ impl UsageRecorder {
     /// records ([`MAX_NEW_DENIED_PER_HOUR`]); past it, such refusals are counted only in
     /// [`UsageRecorder::denied_capped`]. (A pair already flushed to the store counts as new
     /// here too: the cap errs on the side of fewer writes.)
-    pub fn record_denied(&self, token_id: TokenId, ip: IpAddr, now: Timestamp) {
-        if let Some(mut c) = self.pending.get_mut(&(token_id, ip)) {
+    pub fn record_denied(&self, token_id: TokenId, ip: IpAddr, why: Denial, now: Timestamp) {
+        let deny = |c: &mut Counters| {
             c.denied += 1;
+            if now.0 >= c.denied_at {
+                c.denied_at = now.0;
+                c.denied_error = Some(why);
+            }
+        };
+        if let Some(mut c) = self.pending.get_mut(&(token_id, ip)) {
+            deny(&mut c);
             return;
         }
         let admitted = {
@@ -100,7 +114,7 @@ impl UsageRecorder {
             }
         };
         if admitted {
-            self.update(token_id, ip, |c| c.denied += 1);
+            self.update(token_id, ip, deny);
         } else {
             self.denied_capped.fetch_add(1, Ordering::Relaxed);
         }
@@ -165,6 +179,8 @@ impl UsageRecorder {
                 denied: c.denied,
                 first_used_at: (c.first_used != 0).then_some(Timestamp(c.first_used)),
                 last_used_at: (c.last_used != 0).then_some(Timestamp(c.last_used)),
+                denied_at: c.denied_error.map(|_| Timestamp(c.denied_at)),
+                denied_error: c.denied_error,
             })
             .collect();
         match store.flush_usage(&batch, self.max_ips_per_token).await {
@@ -212,12 +228,14 @@ mod tests {
             denied: 0,
             first_used: 50,
             last_used: 60,
+            ..Counters::default()
         };
         a.merge(&Counters {
             requests: 2,
             denied: 3,
             first_used: 40,
             last_used: 55,
+            ..Counters::default()
         });
         assert_eq!(
             (a.requests, a.denied, a.first_used, a.last_used),
@@ -228,14 +246,29 @@ mod tests {
             denied: 1,
             first_used: 0,
             last_used: 0,
+            ..Counters::default()
         };
         b.merge(&Counters {
             requests: 1,
             denied: 0,
             first_used: 70,
             last_used: 70,
+            ..Counters::default()
         });
         assert_eq!((b.first_used, b.last_used), (70, 70));
+        // The latest refusal keeps its reason.
+        let mut c = Counters {
+            denied_at: 80,
+            denied_error: Some(Denial::NotAllowed),
+            ..Counters::default()
+        };
+        c.merge(&Counters {
+            denied_at: 90,
+            denied_error: Some(Denial::Blocked),
+            ..Counters::default()
+        });
+        c.merge(&Counters::default());
+        assert_eq!((c.denied_at, c.denied_error), (90, Some(Denial::Blocked)));
     }
 
     #[test]
@@ -245,7 +278,7 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         u.record_use(t, ip, Timestamp(10));
         u.record_use(t, ip, Timestamp(20));
-        u.record_denied(t, ip, Timestamp(1));
+        u.record_denied(t, ip, Denial::Blocked, Timestamp(1));
         u.record_use(t, "192.0.2.2".parse().unwrap(), Timestamp(30));
         assert_eq!(u.pending(), 2);
         let c = *u.pending.get(&(t, ip)).unwrap();
@@ -268,19 +301,19 @@ mod denied_cap {
         let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
         let at = Timestamp(10_000_000);
         for i in 0..1_500 {
-            u.record_denied(t, ip(i), at);
+            u.record_denied(t, ip(i), Denial::Blocked, at);
         }
         assert_eq!(u.pending(), 1_000);
         assert_eq!(u.denied_capped(), 500);
         // A pair already pending still counts its refusals; another token has its own share.
-        u.record_denied(t, ip(7), at);
-        u.record_denied(other, ip(5_000), at);
+        u.record_denied(t, ip(7), Denial::Blocked, at);
+        u.record_denied(other, ip(5_000), Denial::Blocked, at);
         assert_eq!(u.pending(), 1_001);
         assert_eq!(u.denied_capped(), 500);
         // An hour later the token may make new records again.
-        u.record_denied(t, ip(2_000), Timestamp(at.0 + HOUR_MS - 1));
+        u.record_denied(t, ip(2_000), Denial::Blocked, Timestamp(at.0 + HOUR_MS - 1));
         assert_eq!(u.denied_capped(), 501);
-        u.record_denied(t, ip(2_000), Timestamp(at.0 + HOUR_MS));
+        u.record_denied(t, ip(2_000), Denial::Blocked, Timestamp(at.0 + HOUR_MS));
         assert_eq!(u.pending(), 1_002);
         u.prune_denied_windows(Timestamp(at.0 + 3 * HOUR_MS));
         assert!(u.new_denied.is_empty());

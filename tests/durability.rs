@@ -26,6 +26,11 @@ struct Proc {
 }
 
 fn write_config(dir: &Path, upstream: SocketAddr) -> std::path::PathBuf {
+    write_config_with(dir, upstream, "")
+}
+
+/// The config of [`write_config`] followed by `extra` TOML.
+fn write_config_with(dir: &Path, upstream: SocketAddr, extra: &str) -> std::path::PathBuf {
     let cfg = dir.join("tokengate.toml");
     std::fs::write(
         &cfg,
@@ -35,7 +40,7 @@ fn write_config(dir: &Path, upstream: SocketAddr) -> std::path::PathBuf {
              [store]\nurl = \"sqlite://{d}/tokengate.db\"\n\
              [usage]\nflush_interval = \"1h\"\n\
              [[routes]]\npath_prefix = \"/sd/\"\naccess = \"security-director\"\n\
-             upstream = \"http://{upstream}\"\nstrip_prefix = true\n",
+             upstream = \"http://{upstream}\"\nstrip_prefix = true\n{extra}",
             d = dir.display()
         ),
     )
@@ -226,6 +231,80 @@ async fn sigkill_after_acknowledged_changes_loses_none_of_them() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+/// SPEC §10: the outbox row of an acknowledged change is in the change's transaction, so a
+/// SIGKILL right after the answer loses no event: it is delivered after the restart, with
+/// the `webhook-id` of any attempt made before the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_an_acknowledged_change_loses_no_webhook_event() {
+    let up = Upstream::start().await;
+    let rx = support::webhooks::Receiver::start().await;
+    // Until the restart the receiver refuses everything: an event can only be delivered by
+    // the second process.
+    rx.always(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(
+        dir.path(),
+        up.addr,
+        &format!(
+            "[[webhooks.endpoints]]\nurl = \"{}\"\nsecret_file = \"{d}/webhook.secret\"\n\
+             events = [\"token.*\"]\nca_file = \"{}\"\n",
+            rx.url(),
+            rx.ca_file.display(),
+            d = dir.path().display()
+        ),
+    );
+    let p = Proc::start(&cfg);
+    admin(
+        &p,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "hooked", "access": ["security-director"]})),
+    )
+    .await
+    .expect(201, None);
+    admin(
+        &p,
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["hooked"]})),
+    )
+    .await
+    .expect(200, None);
+    p.signal("-KILL");
+    assert!(!p.wait().success());
+    let before = rx.got();
+    assert!(before.iter().all(|d| d.answered == 503));
+
+    rx.always(None);
+    let p = Proc::start(&cfg);
+    let got = rx
+        .until(
+            "both events after the restart",
+            Duration::from_secs(30),
+            |g| {
+                let ok: Vec<String> = g
+                    .iter()
+                    .filter(|d| d.answered == 204)
+                    .map(|d| d.event_type())
+                    .collect();
+                ok.contains(&"token.created".into()) && ok.contains(&"token.deactivated".into())
+            },
+        )
+        .await;
+    let delivered: Vec<_> = got.iter().filter(|d| d.answered == 204).collect();
+    assert_eq!(delivered.len(), 2, "each once: {delivered:?}");
+    for d in &delivered {
+        assert_eq!(d.json()["data"]["name"], "hooked");
+    }
+    for early in &before {
+        assert!(
+            delivered.iter().any(|d| d.id == early.id),
+            "an attempt before the kill has the id of the delivery after it"
+        );
+    }
+    drop(p);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -854,6 +854,7 @@ async fn sweeps_of_two_instances_sharing_a_store_change_each_token_once() {
         lifecycle: gw.config.lifecycle,
         audit_retention: gw.config.audit.retention,
         margin: Duration::ZERO,
+        expiry_notice: None,
     };
     let (a, b) = tokio::join!(gw.gateway().sweeper.sweep_once(), other.sweep_once());
     let (a, b) = (a.expect("sweep here"), b.expect("sweep there"));
@@ -975,6 +976,7 @@ async fn a_use_between_the_sweeps_flush_and_its_update_is_not_lapsed() {
         lifecycle: cfg.lifecycle,
         audit_retention: cfg.audit.retention,
         margin: Duration::ZERO,
+        expiry_notice: None,
     };
     let out = sweeper.sweep_once().await.expect("the sweep succeeds");
     assert_eq!(now_ms(&gw), lapse, "the hook ran");

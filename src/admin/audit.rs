@@ -11,8 +11,8 @@ use crate::clock::Timestamp;
 use crate::model::{AuditAction, AuditEntry, TokenRecord};
 use crate::tls::ClientCertSubject;
 
-use super::dto::{AuditDto, AuditList};
-use super::query::AUDIT_LIST;
+use super::dto::{AuditDto, AuditList, DeliveryDto, DeliveryList};
+use super::query::{AUDIT_LIST, DELIVERY_LIST};
 use super::{json_response, Admin, AdminResult};
 
 /// Who is making an admin change, for the audit log.
@@ -66,5 +66,29 @@ impl Admin {
             })
             .collect();
         Ok(json_response(StatusCode::OK, &AuditList { entries }))
+    }
+
+    /// `GET /v1/webhooks/deliveries?limit=N`: newest first (SPEC §4).
+    pub(super) async fn deliveries(&self, query: Option<&str>) -> AdminResult {
+        let query = DELIVERY_LIST.parse(query)?;
+        let rows = self.store.list_deliveries(query.limit).await?;
+        let deliveries = rows
+            .into_iter()
+            .map(|d| DeliveryDto {
+                id: d.id,
+                event_type: d.event_type,
+                url: d.url,
+                attempts: d.attempts,
+                status: d.status.as_str(),
+                created_at: d.created_at.rfc3339(),
+                last_attempt_at: d.last_attempt_at.map(Timestamp::rfc3339),
+                next_attempt_at: d
+                    .next_attempt_at
+                    .filter(|_| d.status == crate::events::DeliveryStatus::Pending)
+                    .map(Timestamp::rfc3339),
+                response_status: d.response_status,
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &DeliveryList { deliveries }))
     }
 }

@@ -82,6 +82,28 @@ pub(crate) struct AuditList {
     pub entries: Vec<AuditDto>,
 }
 
+/// `GET /v1/webhooks/deliveries`: newest first.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeliveryList {
+    pub deliveries: Vec<DeliveryDto>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DeliveryDto {
+    /// The `webhook-id`.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Scheme, host and port only (a path may hold a secret).
+    pub url: String,
+    pub attempts: i64,
+    pub status: &'static str,
+    pub created_at: String,
+    pub last_attempt_at: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub response_status: Option<i64>,
+}
+
 /// `GET /v1/access-types`: the configured types, in config order.
 #[derive(Debug, Serialize)]
 pub(crate) struct AccessTypeList<'a> {

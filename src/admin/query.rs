@@ -28,6 +28,13 @@ pub(crate) const AUDIT_LIST: ListParams = ListParams {
     max_limit: 1000,
 };
 
+/// `GET /v1/webhooks/deliveries?limit=`.
+pub(crate) const DELIVERY_LIST: ListParams = ListParams {
+    params: &["limit"],
+    default_limit: 100,
+    max_limit: 1000,
+};
+
 /// A parsed list query; a parameter the list does not take stays `None`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ListQuery {

@@ -76,6 +76,10 @@ impl Admin {
                 Method::GET => self.audit(query).await,
                 _ => Err(AdminError::MethodNotAllowed),
             },
+            ["v1", "webhooks", "deliveries"] => match call.method {
+                Method::GET => self.deliveries(query).await,
+                _ => Err(AdminError::MethodNotAllowed),
+            },
             _ => Err(AdminError::NoSuchPath),
         }
     }

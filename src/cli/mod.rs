@@ -76,6 +76,19 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Webhook deliveries (SPEC §10).
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCmd {
+    /// List deliveries, newest first: event type, endpoint, status, attempts.
+    Deliveries {
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +253,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let v = c.call(Method::GET, &path, None).await?;
             print_answer(cli.global.json, &v, "entries", &AUDIT_HEADER, audit_row);
+            Ok(())
+        }
+        Command::Webhook(WebhookCmd::Deliveries { limit }) => {
+            let c = admin_client(&cli.global)?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/webhooks/deliveries?limit={limit}"),
+                    None,
+                )
+                .await?;
+            print_answer(
+                cli.global.json,
+                &v,
+                "deliveries",
+                &DELIVERY_HEADER,
+                delivery_row,
+            );
             Ok(())
         }
     }

@@ -161,6 +161,30 @@ pub(super) fn access_type_row(t: &Value) -> Vec<String> {
     vec![s(t, "name"), s(t, "label")]
 }
 
+pub(super) const DELIVERY_HEADER: [&str; 8] = [
+    "CREATED",
+    "TYPE",
+    "ENDPOINT",
+    "STATUS",
+    "ATTEMPTS",
+    "LAST STATUS",
+    "NEXT ATTEMPT",
+    "ID",
+];
+
+pub(super) fn delivery_row(d: &Value) -> Vec<String> {
+    vec![
+        s(d, "created_at"),
+        s(d, "type"),
+        s(d, "url"),
+        s(d, "status"),
+        s(d, "attempts"),
+        s(d, "response_status"),
+        s(d, "next_attempt_at"),
+        s(d, "id"),
+    ]
+}
+
 pub(super) const AUDIT_HEADER: [&str; 6] =
     ["AT", "ACTOR", "SOURCE IP", "ACTION", "TOKEN", "DETAILS"];
 

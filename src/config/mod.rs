@@ -61,6 +61,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
     pub forward_auth: ForwardAuthConfig,
+    pub webhooks: WebhooksConfig,
     /// The configured access types (`[[access_types]]`), shared with the index and the admin API.
     pub access_types: Arc<AccessTypes>,
     pub routes: Vec<RouteConfig>,
@@ -205,7 +206,7 @@ pub enum OnBackendError {
 }
 
 /// The file's sections, as env overrides name them (`TOKENGATE_<SECTION>__<KEY>`).
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "proxy",
     "admin",
     "store",
@@ -214,6 +215,7 @@ const SECTIONS: [&str; 8] = [
     "audit",
     "rate_limit",
     "forward_auth",
+    "webhooks",
 ];
 
 /// The section a `TOKENGATE_<SECTION>_<KEY>` variable (one underscore) was meant for, if
@@ -242,6 +244,28 @@ pub struct ForwardAuthConfig {
     /// Envoy's `path_prefix`: a leading `/`, no trailing `/`, not `/auth`.
     pub envoy_prefix: String,
     pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[webhooks]` (SPEC §10).
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// A delivery is retried until it is this old, then `failed`.
+    pub max_age: Duration,
+    /// Delivered and failed rows are kept this long.
+    pub retention: Duration,
+    /// `token.expiring` this long before `expires_at`.
+    pub expiry_notice: Duration,
+    pub endpoints: Vec<WebhookEndpointConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookEndpointConfig {
+    /// `http://` or `https://`; never logged or shown beyond scheme, host and port.
+    pub url: http::Uri,
+    pub secret_file: PathBuf,
+    pub events: crate::events::EventSet,
+    /// Verify an `https://` endpoint against this CA bundle instead of the platform's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +465,7 @@ impl RawConfig {
         };
         let rate_limit = rate_limit(&self.rate_limit)?;
         let forward_auth = forward_auth(&self.forward_auth)?;
+        let webhooks = webhooks(&self.webhooks)?;
         let access_types = Arc::new(access_types(self.access_types)?);
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
@@ -473,6 +498,7 @@ impl RawConfig {
             audit,
             rate_limit,
             forward_auth,
+            webhooks,
             access_types,
             routes,
         })
@@ -534,6 +560,70 @@ fn forward_auth(f: &RawForwardAuth) -> Result<ForwardAuthConfig, ConfigError> {
         trusted_hops: cidrs("forward_auth.trusted_hops", &f.trusted_hops)?,
         envoy_prefix: prefix.to_string(),
         tls,
+    })
+}
+
+fn webhooks(w: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
+    let max_age = positive("webhooks.max_age", &w.max_age)?;
+    let retention = positive("webhooks.retention", &w.retention)?;
+    let expiry_notice = positive("webhooks.expiry_notice", &w.expiry_notice)?;
+    if retention < expiry_notice {
+        // A pruned token.expiring row would be written again while the token is still
+        // within its notice.
+        return Err(invalid(
+            "webhooks.retention",
+            format!(
+                "must be at least webhooks.expiry_notice ({} < {})",
+                w.retention, w.expiry_notice
+            ),
+        ));
+    }
+    let mut endpoints = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, e) in w.endpoints.iter().enumerate() {
+        let key = |k: &str| format!("webhooks.endpoints[{i}].{k}");
+        // The URL may hold a secret in its path or query: errors never repeat it.
+        let url: http::Uri = e
+            .url
+            .trim()
+            .parse()
+            .map_err(|_| invalid(key("url"), "not a valid URL"))?;
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(invalid(key("url"), "must start with http:// or https://")),
+        };
+        let authority = url.authority().map(|a| a.as_str()).unwrap_or("");
+        if url.host().is_none_or(str::is_empty) || authority.contains('@') {
+            return Err(invalid(
+                key("url"),
+                "needs a host, and no user name or password (put a secret in the path instead)",
+            ));
+        }
+        if !seen.insert(url.to_string()) {
+            return Err(invalid(key("url"), "the same URL as an earlier endpoint"));
+        }
+        let events =
+            crate::events::EventSet::parse(&e.events).map_err(|m| invalid(key("events"), m))?;
+        let ca_file = match &e.ca_file {
+            None => None,
+            Some(_) if !https => {
+                return Err(invalid(key("ca_file"), "only for an https:// endpoint"))
+            }
+            Some(p) => Some(nonempty_path(&key("ca_file"), p)?),
+        };
+        endpoints.push(WebhookEndpointConfig {
+            url,
+            secret_file: nonempty_path(&key("secret_file"), &e.secret_file)?,
+            events,
+            ca_file,
+        });
+    }
+    Ok(WebhooksConfig {
+        max_age,
+        retention,
+        expiry_notice,
+        endpoints,
     })
 }
 

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub rate_limit: RawRateLimit,
     #[serde(default)]
     pub forward_auth: RawForwardAuth,
+    #[serde(default)]
+    pub webhooks: RawWebhooks,
     /// `None` when the file has no `[[access_types]]` (the seed's two apply).
     #[serde(default)]
     pub access_types: Option<Vec<RawAccessType>>,
@@ -234,6 +236,42 @@ impl Default for RawForwardAuth {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAudit {
     pub retention: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhooks {
+    pub max_age: String,
+    pub retention: String,
+    pub expiry_notice: String,
+    pub endpoints: Vec<RawWebhookEndpoint>,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        RawWebhooks {
+            max_age: "24h".into(),
+            retention: "30d".into(),
+            expiry_notice: "7d".into(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookEndpoint {
+    pub url: String,
+    #[serde(default = "default_webhook_secret_file")]
+    pub secret_file: String,
+    #[serde(deserialize_with = "string_list")]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_webhook_secret_file() -> String {
+    "data/webhook.secret".into()
 }
 
 impl Default for RawAudit {

@@ -440,3 +440,82 @@ fn a_key_set_with_a_single_underscore_is_an_error_naming_the_variable() {
     )
     .unwrap();
 }
+
+#[test]
+fn webhooks_section_defaults_and_checks_its_endpoints() {
+    let d = Config::defaults();
+    assert_eq!(d.webhooks.max_age, Duration::from_secs(86_400));
+    assert_eq!(d.webhooks.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(d.webhooks.expiry_notice, Duration::from_secs(7 * 86_400));
+    assert!(d.webhooks.endpoints.is_empty());
+    let c = load_str(
+        "[webhooks]\nmax_age = \"2h\"\n[[webhooks.endpoints]]\n\
+         url = \"https://hooks.example.com/p/s3cret\"\nevents = [\"token.*\", \"ip.denied\"]\n\
+         ca_file = \"ca.pem\"\n",
+        &[("TOKENGATE_WEBHOOKS__RETENTION", "10d")],
+    )
+    .unwrap();
+    assert_eq!(c.webhooks.max_age, Duration::from_secs(7200));
+    assert_eq!(c.webhooks.retention, Duration::from_secs(10 * 86_400));
+    let e = &c.webhooks.endpoints[0];
+    assert_eq!(e.secret_file, PathBuf::from("data/webhook.secret"));
+    assert_eq!(e.ca_file, Some(PathBuf::from("ca.pem")));
+    assert!(e.events.contains(crate::events::EventType::TokenExpiring));
+    assert!(!e.events.contains(crate::events::EventType::IpFirstSeen));
+    let endpoint = |body: &str| format!("[[webhooks.endpoints]]\n{body}\n");
+    for (toml, key, says) in [
+        (
+            endpoint("url = \"ftp://h/x\"\nevents = [\"*\"]"),
+            "webhooks.endpoints[0].url",
+            "http:// or https://",
+        ),
+        (
+            endpoint("url = \"https://u:pw@h/x\"\nevents = [\"*\"]"),
+            "webhooks.endpoints[0].url",
+            "no user name",
+        ),
+        (
+            endpoint("url = \"https://h/x\"\nevents = [\"token.create\"]"),
+            "webhooks.endpoints[0].events",
+            "matches no event type",
+        ),
+        (
+            endpoint("url = \"https://h/x\"\nevents = []"),
+            "webhooks.endpoints[0].events",
+            "lists no event type",
+        ),
+        (
+            endpoint("url = \"http://h/x\"\nevents = [\"*\"]\nca_file = \"c\""),
+            "webhooks.endpoints[0].ca_file",
+            "only for an https://",
+        ),
+        (
+            endpoint("url = \"https://h/x\"\nevents = [\"*\"]\ncolour = 1"),
+            "colour",
+            "unknown field",
+        ),
+        (
+            format!(
+                "{}{}",
+                endpoint("url = \"https://h/x\"\nevents = [\"*\"]"),
+                endpoint("url = \"https://h/x\"\nevents = [\"ip.*\"]")
+            ),
+            "webhooks.endpoints[1].url",
+            "same URL",
+        ),
+        (
+            "[webhooks]\nretention = \"1d\"\n".to_string(),
+            "webhooks.retention",
+            "at least webhooks.expiry_notice",
+        ),
+        (
+            "[webhooks]\nmax_age = \"soon\"\n".to_string(),
+            "webhooks.max_age",
+            "soon",
+        ),
+    ] {
+        let err = load_str(&toml, &[]).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        assert!(!err.contains("pw@") && !err.contains("s3cret"), "{err}");
+    }
+}

@@ -17,7 +17,7 @@ use crate::access::Access;
 use crate::clock::Timestamp;
 use crate::config::OnBackendError;
 use crate::error::ProxyError;
-use crate::model::{InactiveReason, Status};
+use crate::model::{Denial, InactiveReason, Status};
 use crate::net;
 use crate::policy::{self, Effective};
 use crate::ratelimit::{self, RateLimit, Verdict};
@@ -186,12 +186,14 @@ impl Proxy {
             return Err(ProxyError::TokenInactive);
         }
         if policy::blocked_by(&token.blocks, client_ip).is_some() {
-            self.usage.record_denied(token.id, client_ip, now);
+            self.usage
+                .record_denied(token.id, client_ip, Denial::Blocked, now);
             return Err(ProxyError::IpBlocked);
         }
         // Row 9a. The token's allow-list (after blocks: a block always wins).
         if !token.allows(client_ip) {
-            self.usage.record_denied(token.id, client_ip, now);
+            self.usage
+                .record_denied(token.id, client_ip, Denial::NotAllowed, now);
             return Err(ProxyError::IpNotAllowed);
         }
         // Row 10. Route, row 11. access.

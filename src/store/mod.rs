@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Timestamp;
+use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow};
 use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
 use crate::net::BlockEntry;
 
@@ -84,6 +85,9 @@ pub struct SweepCutoffs {
     /// `lifecycle.inactive_after` in ms: a token deactivated as idle records `deactivated_at`
     /// = its idle start + this, the instant it lapsed, however late the sweep ran.
     pub inactive_after_ms: i64,
+    /// Tokens whose `expires_at` is after `now` and at most this get their `token.expiring`
+    /// event (once); `None` when no webhook endpoint takes it.
+    pub expiring_before: Option<Timestamp>,
 }
 
 /// What the lifecycle sweep changed (ids and names, for logs and cache invalidation).
@@ -230,6 +234,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AuditEntry>>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Writes webhook outbox rows on their own (events that report no store change:
+    /// `auth.failures`); a row whose `once_key` exists is skipped.
+    async fn enqueue_events(&self, rows: &[OutboxRow]) -> StoreResult<()>;
+    /// Leases to `owner`, until `lease_until`, at most `limit` pending deliveries due at `now`
+    /// and not leased by anyone (an expired lease counts as none); several instances never
+    /// lease the same row at once. Also returns how many deliveries are pending in all.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<(Vec<Claimed>, u64)>;
+    /// Records one attempt at delivery `id` and releases its lease; `false` (nothing written)
+    /// when `owner` no longer holds it.
+    async fn finish_delivery(
+        &self,
+        owner: &str,
+        id: &str,
+        result: &AttemptResult,
+    ) -> StoreResult<bool>;
+    /// Deliveries, newest first, at most `limit`.
+    async fn list_deliveries(&self, limit: usize) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Deletes delivered and failed rows last touched before `before`.
+    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize>;
 
     /// Reachability of a store shared over the network; `None` for an embedded store, which
     /// is never "unreachable" for reads (every token is in memory).

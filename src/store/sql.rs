@@ -129,6 +129,33 @@ pub(super) fn trim_victims(
         .collect())
 }
 
+/// The webhook outbox (SPEC §10; SQLite migration 8, PostgreSQL 7), in SQL both read alike
+/// (`bigint` has SQLite's integer affinity): one row per event and endpoint, written in the
+/// transaction of the change it reports; `once_key` keeps events sent once per key
+/// (`token.expiring`, `ip.denied`) from being written twice, by any instance.
+pub(super) const OUTBOX_TABLE: &str = "CREATE TABLE webhook_outbox (
+    id              text PRIMARY KEY,
+    endpoint        text NOT NULL,
+    url             text NOT NULL,
+    event_type      text NOT NULL,
+    token_id        text,
+    payload         text NOT NULL,
+    created_at      bigint NOT NULL,
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        bigint NOT NULL DEFAULT 0,
+    next_attempt_at bigint,
+    last_attempt_at bigint,
+    response_status bigint,
+    last_error      text,
+    lease_owner     text,
+    lease_until     bigint,
+    once_key        text UNIQUE
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (status, next_attempt_at);
+CREATE INDEX webhook_outbox_by_time ON webhook_outbox (created_at);
+CREATE INDEX webhook_outbox_by_token ON webhook_outbox (token_id, event_type, created_at);";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod redis;
+pub mod webhooks;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghijklmnop";
 
@@ -116,6 +117,11 @@ impl Builder {
         self.route_with(prefix, access, "127.0.0.1:9".parse().unwrap(), |r| {
             r.upstream = None
         })
+    }
+
+    /// The configuration the gateway will start with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Builder {

@@ -23,6 +23,7 @@
 //! carry a password: it is never logged (errors come from the driver, which does not echo it).
 
 mod follower;
+mod outbox;
 mod queries;
 mod schema;
 mod writes;
@@ -60,6 +61,8 @@ struct Inner {
     pool: Pool,
     /// NOTIFY channel, private to the schema (channels are database-wide).
     channel: String,
+    /// Where events go (set once at start-up; unset = no webhook endpoints).
+    events: std::sync::OnceLock<Arc<crate::events::Router>>,
 }
 
 /// A failed step: a driver error (classified when it leaves this module) or a store answer.
@@ -188,12 +191,22 @@ impl PostgresStore {
         let now = clock.now();
         tracing::info!(schema = %schema, "PostgreSQL store ready");
         Ok(PostgresStore {
-            inner: Arc::new(Inner { pool, channel }),
+            inner: Arc::new(Inner {
+                pool,
+                channel,
+                events: std::sync::OnceLock::new(),
+            }),
             listen_cfg,
             schema,
             health: StoreHealth::new(outage_grace, now),
             clock,
         })
+    }
+
+    /// Writes the outbox rows of the events its changes report to `router`'s endpoints
+    /// (SPEC §10). Set once, before the store is shared; a second call changes nothing.
+    pub fn set_events(&self, router: Arc<crate::events::Router>) {
+        let _ = self.inner.events.set(router);
     }
 
     /// The schema holding the tables (from the URL's `search_path`, else `public`).

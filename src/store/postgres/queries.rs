@@ -10,6 +10,7 @@ use tokio_postgres::Row;
 
 use super::{describe, follower, Fail, PostgresStore};
 use crate::clock::Timestamp;
+use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow};
 use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
 use crate::net::BlockEntry;
 use crate::store::rows::{self, TOKEN_COLUMNS};
@@ -242,6 +243,53 @@ impl Store for PostgresStore {
             rows.iter().map(rows::audit).collect()
         })
         .await
+    }
+
+    async fn enqueue_events(&self, rows: &[OutboxRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.run(rows.to_vec(), |i, r| async move { i.enqueue(&r).await })
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<(Vec<Claimed>, u64)> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(owner.to_string(), move |i, o| async move {
+            i.claim(&o, now, lease_until, limit).await
+        })
+        .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        owner: &str,
+        id: &str,
+        result: &AttemptResult,
+    ) -> StoreResult<bool> {
+        self.run(
+            (owner.to_string(), id.to_string(), result.clone()),
+            |i, a| async move { i.finish(&a.0, &a.1, &a.2).await },
+        )
+        .await
+    }
+
+    async fn list_deliveries(&self, limit: usize) -> StoreResult<Vec<DeliveryRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run((), move |i, _| async move { i.deliveries(limit).await })
+            .await
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize> {
+        self.run((), move |i, _| async move { i.prune(before).await })
+            .await
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn ping(&self) -> StoreResult<()> {

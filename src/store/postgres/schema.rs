@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // release reads it.
         "ALTER TABLE tokens ADD COLUMN revoked_secret_hash bytea;",
     ),
+    (
+        7,
+        // The webhook outbox (SPEC §10), as in SQLite's migration 8.
+        crate::store::sql::OUTBOX_TABLE,
+    ),
 ];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).

@@ -1,7 +1,7 @@
 //! The shared store's writing transactions: each token change bumps the change generation
 //! and queues its notification; the usage flush and the sweep.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Row, Transaction};
@@ -141,8 +141,10 @@ impl Inner {
             return Err(e.into());
         }
         write_audit(&tx, audit).await?;
+        let events = self.audit_events(&tx, &[audit]).await?;
         notify(&tx, &self.channel, generation, &[&t.id.to_string()]).await?;
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -208,10 +210,14 @@ impl Inner {
         for a in audit {
             write_audit(&tx, a).await?;
         }
+        let events = self
+            .audit_events(&tx, &audit.iter().collect::<Vec<_>>())
+            .await?;
         let ids: Vec<String> = ordered.iter().map(|t| t.id.to_string()).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         notify(&tx, &self.channel, generation, &ids).await?;
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -229,11 +235,14 @@ impl Inner {
         if n == 0 {
             return Err(Fail::Store(StoreError::NotFound));
         }
+        let mut events = 0;
         if let Some(a) = audit {
             write_audit(&tx, a).await?;
+            events = self.audit_events(&tx, &[a]).await?;
         }
         notify(&tx, &self.channel, generation, &[id]).await?;
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -261,8 +270,10 @@ impl Inner {
             .await?;
         }
         write_audit(&tx, audit).await?;
+        let events = self.audit_events(&tx, &[audit]).await?;
         notify(&tx, &self.channel, generation, &[id]).await?;
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -288,8 +299,10 @@ impl Inner {
         )
         .await?;
         write_audit(&tx, audit).await?;
+        let events = self.audit_events(&tx, &[audit]).await?;
         notify(&tx, &self.channel, generation, &[id]).await?;
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -329,20 +342,22 @@ impl Inner {
         let tx = c.transaction().await?;
         // Lock the tokens first, in id order: a token deleted meanwhile is simply absent
         // (its usage is dropped), and concurrent flushes queue instead of deadlocking.
-        let live: HashSet<String> = tx
+        let names: HashMap<String, String> = tx
             .query(
-                "SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                "SELECT id, name FROM tokens WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
                 &[&ids],
             )
             .await?
             .iter()
-            .map(|r| r.try_get::<_, String>(0))
-            .collect::<Result<_, _>>()?;
+            .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
+            .collect::<Result<_, Fail>>()?;
+        // Before the upsert: `ip.first_seen` needs the records as they were.
+        let events = self.usage_events(&tx, batch, &names).await?;
         let (mut t_ids, mut entries, mut firsts, mut lasts, mut reqs, mut dens) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut raise: BTreeMap<&str, i64> = BTreeMap::new();
         for ((id, entry), (r, d, f, l)) in &merged {
-            if !live.contains(id.as_str()) {
+            if !names.contains_key(id.as_str()) {
                 continue;
             }
             t_ids.push(id.as_str());
@@ -357,6 +372,8 @@ impl Inner {
             }
         }
         if t_ids.is_empty() {
+            tx.commit().await?;
+            self.written(events);
             return Ok(());
         }
         // LEAST/GREATEST ignore NULLs: the earliest first use and the latest last use win.
@@ -394,6 +411,7 @@ impl Inner {
             trim_ips(&tx, &id, max_ips).await?;
         }
         tx.commit().await?;
+        self.written(events);
         Ok(())
     }
 
@@ -434,6 +452,12 @@ impl Inner {
         for a in &out.audit {
             write_audit(&tx, a).await?;
         }
+        let mut events = self
+            .audit_events(&tx, &out.audit.iter().collect::<Vec<_>>())
+            .await?;
+        events += self
+            .expiring_events(&tx, at.now, at.expiring_before)
+            .await?;
         if !out.audit.is_empty() {
             let generation = bump(&tx).await?;
             let ids: Vec<&str> = out
@@ -449,6 +473,7 @@ impl Inner {
             .await?;
         out.pruned = usize::try_from(pruned).unwrap_or(usize::MAX);
         tx.commit().await?;
+        self.written(events);
         Ok(out)
     }
 }

@@ -5,6 +5,7 @@
 //! `synchronous=FULL`, so an acknowledged change survives power loss; usage write-behind uses
 //! `NORMAL` (a crash may lose the last flush interval of usage, never a token or a block).
 
+mod outbox;
 mod queries;
 mod schema;
 
@@ -39,6 +40,8 @@ pub struct SqliteStore {
     fault: Arc<AtomicBool>,
     /// When the last thorough readiness check (after a fault) started.
     thorough_at: Mutex<Option<std::time::Instant>>,
+    /// Where events go (set once at start-up; unset = no webhook endpoints).
+    events: std::sync::OnceLock<Arc<crate::events::Router>>,
 }
 
 impl SqliteStore {
@@ -46,15 +49,34 @@ impl SqliteStore {
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
         let path = path.to_path_buf();
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || schema::open_blocking(&p))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = schema::open_blocking(&p)?;
+            outbox::release_leases(&conn).map_err(|f| f.error)?;
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
             fault: Arc::default(),
             thorough_at: Mutex::new(None),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Writes the outbox rows of the events its changes report to `router`'s endpoints
+    /// (SPEC §10). Set once, before the store is shared; a second call changes nothing.
+    pub fn set_events(&self, router: Arc<crate::events::Router>) {
+        let _ = self.events.set(router);
+    }
+
+    /// The router, when some endpoint is configured (cloned into a blocking call).
+    fn router(&self) -> Option<Arc<crate::events::Router>> {
+        self.events
+            .get()
+            .filter(|r| !r.endpoints().is_empty())
+            .cloned()
     }
 
     pub fn path(&self) -> &Path {

@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    probe, unavailable, SqliteStore, Step, BUSY_TIMEOUT, FLUSH_BUSY_TIMEOUT, PING_BUSY_TIMEOUT,
-    THOROUGH_EVERY,
+    outbox, probe, unavailable, SqliteStore, Step, BUSY_TIMEOUT, FLUSH_BUSY_TIMEOUT,
+    PING_BUSY_TIMEOUT, THOROUGH_EVERY,
 };
 use crate::audit;
 use crate::clock::Timestamp;
+use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow, Router};
 use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
 use crate::net::BlockEntry;
 use crate::store::rows::{self, TOKEN_COLUMNS};
@@ -157,6 +158,7 @@ impl Store for SqliteStore {
     async fn insert_token(&self, t: &TokenRecord, audit: &AuditEntry) -> StoreResult<()> {
         let t = t.clone();
         let audit = audit.clone();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let values = TokenValues::of(&t);
@@ -171,8 +173,8 @@ impl Store for SqliteStore {
             );
             match res {
                 Ok(_) => {
-                    write_audit(&tx, &audit)?;
-                    tx.commit().map_err(unavailable)
+                    let n = write_audit(&tx, &audit, ev.as_deref())?;
+                    commit(tx, ev.as_deref(), n)
                 }
                 // Which unique column collided: the failed statement changed nothing, so the
                 // name is taken exactly if a row with its key is there.
@@ -197,6 +199,7 @@ impl Store for SqliteStore {
     async fn save_tokens(&self, tokens: &[TokenRecord], audit: &[AuditEntry]) -> StoreResult<()> {
         let tokens = tokens.to_vec();
         let audit = audit.to_vec();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for t in &tokens {
@@ -230,10 +233,11 @@ impl Store for SqliteStore {
                     .into());
                 }
             }
+            let mut n = 0;
             for a in &audit {
-                write_audit(&tx, a)?;
+                n += write_audit(&tx, a, ev.as_deref())?;
             }
-            tx.commit().map_err(unavailable)
+            commit(tx, ev.as_deref(), n)
         })
         .await
     }
@@ -241,6 +245,7 @@ impl Store for SqliteStore {
     async fn delete_token(&self, id: TokenId, audit: Option<&AuditEntry>) -> StoreResult<()> {
         let id = id.to_string();
         let audit = audit.cloned();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let n = tx
@@ -249,10 +254,11 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound.into());
             }
+            let mut n = 0;
             if let Some(a) = &audit {
-                write_audit(&tx, a)?;
+                n = write_audit(&tx, a, ev.as_deref())?;
             }
-            tx.commit().map_err(unavailable)
+            commit(tx, ev.as_deref(), n)
         })
         .await
     }
@@ -284,6 +290,7 @@ impl Store for SqliteStore {
         let id = token_id.to_string();
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
         let audit = audit.clone();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let exists = tx
@@ -304,8 +311,8 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
-            write_audit(&tx, &audit)?;
-            tx.commit().map_err(unavailable)
+            let n = write_audit(&tx, &audit, ev.as_deref())?;
+            commit(tx, ev.as_deref(), n)
         })
         .await
     }
@@ -319,6 +326,7 @@ impl Store for SqliteStore {
         let id = token_id.to_string();
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
         let audit = audit.clone();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             for e in &entries {
@@ -335,14 +343,15 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
-            write_audit(&tx, &audit)?;
-            tx.commit().map_err(unavailable)
+            let n = write_audit(&tx, &audit, ev.as_deref())?;
+            commit(tx, ev.as_deref(), n)
         })
         .await
     }
 
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()> {
         let batch = batch.to_vec();
+        let ev = self.router();
         self.run(move |conn| {
             // Usage is write-behind: a crash may lose the last interval anyway, so skip the
             // fsync per commit here; the next FULL commit syncs the WAL including these pages.
@@ -351,7 +360,7 @@ impl Store for SqliteStore {
             conn.execute_batch("PRAGMA synchronous = NORMAL")
                 .and_then(|()| conn.busy_timeout(FLUSH_BUSY_TIMEOUT))
                 .map_err(unavailable)?;
-            let res = flush_blocking(conn, &batch, max_ips);
+            let res = flush_blocking(conn, &batch, max_ips, ev.as_deref());
             let reset = conn
                 .execute_batch("PRAGMA synchronous = FULL")
                 .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
@@ -371,6 +380,7 @@ impl Store for SqliteStore {
 
     async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> StoreResult<SweepOutcome> {
         let keep = serde_json::Value::from(keep.to_vec()).to_string();
+        let ev = self.router();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let deleted = id_names(&tx, &SQL.sweep_delete(), params![at.delete_before.0, keep])?;
@@ -383,13 +393,15 @@ impl Store for SqliteStore {
             let expired = id_names(&tx, &SQL.sweep_expired(), params![at.now.0])?;
             // Same transaction: no idle change without its audit row.
             let audit = audit::of_sweep(at.now, &deleted, &deactivated, &expired);
+            let mut n = 0;
             for a in &audit {
-                write_audit(&tx, a)?;
+                n += write_audit(&tx, a, ev.as_deref())?;
             }
+            n += outbox::expiring_events(&tx, ev.as_deref(), at.now, at.expiring_before)?;
             let pruned = tx
                 .execute("DELETE FROM audit WHERE at < ?1", [at.audit_before.0])
                 .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
+            commit(tx, ev.as_deref(), n)?;
             Ok(SweepOutcome {
                 deactivated,
                 deleted,
@@ -422,6 +434,53 @@ impl Store for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
+    }
+
+    async fn enqueue_events(&self, rows: &[OutboxRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = rows.to_vec();
+        let ev = self.router();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let n = outbox::write_rows(&tx, &rows)?;
+            commit(tx, ev.as_deref(), n)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<(Vec<Claimed>, u64)> {
+        let owner = owner.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| outbox::claim(conn, &owner, now, lease_until, limit))
+            .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        owner: &str,
+        id: &str,
+        result: &AttemptResult,
+    ) -> StoreResult<bool> {
+        let (owner, id, result) = (owner.to_string(), id.to_string(), result.clone());
+        self.run(move |conn| outbox::finish(conn, &owner, &id, &result))
+            .await
+    }
+
+    async fn list_deliveries(&self, limit: usize) -> StoreResult<Vec<DeliveryRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| outbox::deliveries(conn, limit)).await
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize> {
+        self.run(move |conn| outbox::prune(conn, before)).await
     }
 
     /// Ready means able to commit, not only to read. In WAL mode a write lock held by another
@@ -473,7 +532,21 @@ fn id_names(
     rows.collect::<Result<_, _>>().map_err(unavailable)
 }
 
-fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> Step<()> {
+/// Commits `tx`, which wrote `events` outbox rows, and then wakes the dispatcher.
+fn commit(tx: rusqlite::Transaction<'_>, router: Option<&Router>, events: usize) -> Step<()> {
+    tx.commit().map_err(unavailable)?;
+    if let (Some(r), true) = (router, events > 0) {
+        r.written();
+    }
+    Ok(())
+}
+
+/// Writes the audit row and the outbox rows of its event; returns how many of those.
+fn write_audit(
+    tx: &rusqlite::Transaction<'_>,
+    a: &AuditEntry,
+    router: Option<&Router>,
+) -> Step<usize> {
     tx.prepare_cached(
         "INSERT INTO audit (at, actor, source_ip, action, token, token_key, token_id, details)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -491,10 +564,15 @@ fn write_audit(tx: &rusqlite::Transaction<'_>, a: &AuditEntry) -> Step<()> {
         ])
     })
     .map_err(unavailable)?;
-    Ok(())
+    outbox::audit_events(tx, router, [a])
 }
 
-fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -> Step<()> {
+fn flush_blocking(
+    conn: &mut Connection,
+    batch: &[UsageDelta],
+    max_ips: usize,
+    router: Option<&Router>,
+) -> Step<()> {
     // IMMEDIATE: the write lock is taken (with the busy wait) up front; a deferred transaction
     // that reads first could not wait for it when its first write came.
     let tx = conn
@@ -504,17 +582,26 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
     // latest use in this batch. One lookup per token, not one per (token, IP) row: a batch
     // from 10 000 client IPs of one token is 10 000 upserts and one existence check.
     let mut touched: HashMap<TokenId, (bool, Option<i64>)> = HashMap::new();
+    let mut names: HashMap<TokenId, String> = HashMap::new();
     {
         let mut exists = tx
-            .prepare_cached("SELECT 1 FROM tokens WHERE id = ?1")
+            .prepare_cached("SELECT name FROM tokens WHERE id = ?1")
             .map_err(unavailable)?;
         for d in batch {
             if let std::collections::hash_map::Entry::Vacant(e) = touched.entry(d.token_id) {
-                let found = exists.exists([&d.token_id]).map_err(unavailable)?;
-                e.insert((found, None));
+                let name: Option<String> = exists
+                    .query_row([&d.token_id], |r| r.get(0))
+                    .optional()
+                    .map_err(unavailable)?;
+                e.insert((name.is_some(), None));
+                if let Some(name) = name {
+                    names.insert(d.token_id, name);
+                }
             }
         }
     }
+    // Before the upserts: `ip.first_seen` needs the records as they were.
+    let events = outbox::usage_events(&tx, router, batch, &names)?;
     {
         let mut upsert = tx
             .prepare_cached(
@@ -564,7 +651,7 @@ fn flush_blocking(conn: &mut Connection, batch: &[UsageDelta], max_ips: usize) -
             trim_ips(&tx, &id.to_string(), max_ips)?;
         }
     }
-    tx.commit().map_err(unavailable)
+    commit(tx, router, events)
 }
 
 /// An IP's text form written into a reused buffer (a flush formats thousands of them).

@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // release reads it.
         "ALTER TABLE tokens ADD COLUMN revoked_secret_hash BLOB;",
     ),
+    (
+        8,
+        // The webhook outbox (SPEC §10), as in PostgreSQL's migration 7.
+        crate::store::sql::OUTBOX_TABLE,
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {

@@ -1,0 +1,311 @@
+//! The shared store's webhook outbox (SPEC §10): rows written inside the transactions of
+//! the changes they report, and the dispatcher's claims. Several instances share the table:
+//! a claim takes due rows with `FOR UPDATE SKIP LOCKED` and marks them leased to its owner,
+//! so two instances never make the same attempt; a result is recorded only by the owner
+//! still holding the lease.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::{GenericClient, Transaction};
+
+use super::{Fail, Inner};
+use crate::clock::Timestamp;
+use crate::events::{
+    AttemptResult, Claimed, DeliveryRecord, DeliveryStatus, Event, EventType, OutboxRow, Router,
+    DENIED_PER_TOKEN_HOUR, HOUR_MS,
+};
+use crate::model::{AuditEntry, UsageDelta};
+
+/// Inserts `rows`; one whose `once_key` exists already is skipped. Returns how many were
+/// written.
+pub(super) async fn write_rows<C: GenericClient>(c: &C, rows: &[OutboxRow]) -> Result<u64, Fail> {
+    let mut n = 0;
+    for r in rows {
+        n += c
+            .execute(
+                "INSERT INTO webhook_outbox (id, endpoint, url, event_type, token_id, payload,
+                    created_at, next_attempt_at, once_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+                 ON CONFLICT (once_key) DO NOTHING",
+                &[
+                    &r.id,
+                    &r.endpoint,
+                    &r.url,
+                    &r.event_type,
+                    &r.token_id,
+                    &r.payload,
+                    &r.created_at.0,
+                    &r.once_key,
+                ],
+            )
+            .await?;
+    }
+    Ok(n)
+}
+
+impl Inner {
+    pub(super) fn router(&self) -> Option<&Router> {
+        self.events
+            .get()
+            .map(|r| &**r)
+            .filter(|r| !r.endpoints().is_empty())
+    }
+
+    /// The outbox rows of audit entries, in their transaction.
+    pub(super) async fn audit_events(
+        &self,
+        tx: &Transaction<'_>,
+        audit: &[&AuditEntry],
+    ) -> Result<u64, Fail> {
+        let Some(router) = self.router() else {
+            return Ok(0);
+        };
+        write_rows(tx, &router.rows_of_audit(audit.iter().copied())).await
+    }
+
+    /// After a commit that wrote `n` rows: wake the dispatcher.
+    pub(super) fn written(&self, n: u64) {
+        if n > 0 {
+            if let Some(r) = self.router() {
+                r.written();
+            }
+        }
+    }
+
+    /// `ip.first_seen` and `ip.denied` of a usage flush, inside it (the tokens' rows are
+    /// locked, so concurrent flushes of one token are ordered and see each other's rows).
+    /// `names` holds the live tokens of the batch by id.
+    pub(super) async fn usage_events(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &[UsageDelta],
+        names: &HashMap<String, String>,
+    ) -> Result<u64, Fail> {
+        let Some(router) = self.router() else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        if router.wants(EventType::IpFirstSeen) {
+            let (mut ids, mut entries, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+            for d in batch {
+                if let (Some(at), true) =
+                    (d.first_used_at, names.contains_key(&d.token_id.to_string()))
+                {
+                    ids.push(d.token_id.to_string());
+                    entries.push(crate::net::canonical_ip(d.ip).to_string());
+                    ats.push(at);
+                }
+            }
+            if !ids.is_empty() {
+                let used: HashSet<(String, String)> = tx
+                    .query(
+                        "SELECT i.token_id, i.entry FROM token_ips i
+                         JOIN unnest($1::text[], $2::text[]) AS u(id, entry)
+                           ON i.token_id = u.id AND i.entry = u.entry
+                         WHERE i.first_used_at IS NOT NULL",
+                        &[&ids, &entries],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<_, Fail>>()?;
+                let mut rows = Vec::new();
+                let mut seen = HashSet::new();
+                for ((id, entry), at) in ids.into_iter().zip(entries).zip(ats) {
+                    if used.contains(&(id.clone(), entry.clone()))
+                        || !seen.insert((id.clone(), entry.clone()))
+                    {
+                        continue;
+                    }
+                    rows.extend(router.rows(&Event::first_seen(&id, &names[&id], &entry, at)));
+                }
+                written += write_rows(tx, &rows).await?;
+            }
+        }
+        if router.wants(EventType::IpDenied) {
+            // Per endpoint, token and hour: how many more `ip.denied` may be written.
+            let mut budget: HashMap<(String, String, i64), i64> = HashMap::new();
+            for d in batch {
+                let id = d.token_id.to_string();
+                let (Some(name), Some(at), Some(error)) =
+                    (names.get(&id), d.denied_at, d.denied_error)
+                else {
+                    continue;
+                };
+                let ip = crate::net::canonical_ip(d.ip).to_string();
+                let hour = at.0.div_euclid(HOUR_MS);
+                for row in router.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {
+                    let key = (row.endpoint.clone(), id.clone(), hour);
+                    let left = match budget.get(&key) {
+                        Some(n) => *n,
+                        None => {
+                            let start = hour * HOUR_MS;
+                            let used: i64 = tx
+                                .query_one(
+                                    "SELECT count(*) FROM webhook_outbox WHERE token_id = $1
+                                       AND event_type = 'ip.denied' AND endpoint = $2
+                                       AND created_at >= $3 AND created_at < $4",
+                                    &[&id, &row.endpoint, &start, &(start + HOUR_MS)],
+                                )
+                                .await?
+                                .try_get(0)?;
+                            DENIED_PER_TOKEN_HOUR - used
+                        }
+                    };
+                    let n = if left > 0 {
+                        write_rows(tx, std::slice::from_ref(&row)).await?
+                    } else {
+                        0
+                    };
+                    written += n;
+                    budget.insert(key, left - i64::try_from(n).unwrap_or(0));
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    pub(super) async fn expiring_events(
+        &self,
+        tx: &Transaction<'_>,
+        now: Timestamp,
+        before: Option<Timestamp>,
+    ) -> Result<u64, Fail> {
+        let (Some(router), Some(before)) = (self.router(), before) else {
+            return Ok(0);
+        };
+        if !router.wants(EventType::TokenExpiring) {
+            return Ok(0);
+        }
+        let rows = tx
+            .query(
+                "SELECT id, name, expires_at FROM tokens WHERE expires_at > $1 AND expires_at <= $2",
+                &[&now.0, &before.0],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, name, at): (String, String, i64) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            out.extend(router.rows(&Event::expiring(now, &id, &name, Timestamp(at))));
+        }
+        write_rows(tx, &out).await
+    }
+
+    pub(super) async fn enqueue(&self, rows: &[OutboxRow]) -> Result<(), Fail> {
+        let c = self.client().await?;
+        let n = write_rows(&**c, rows).await?;
+        self.written(n);
+        Ok(())
+    }
+
+    pub(super) async fn claim(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<(Vec<Claimed>, u64), Fail> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "WITH due AS (
+                    SELECT id FROM webhook_outbox
+                    WHERE status = 'pending' AND next_attempt_at <= $1
+                      AND (lease_until IS NULL OR lease_until <= $1)
+                    ORDER BY next_attempt_at, id LIMIT $4
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE webhook_outbox o SET lease_owner = $2, lease_until = $3
+                 FROM due WHERE o.id = due.id
+                 RETURNING o.id, o.endpoint, o.payload, o.attempts, o.created_at",
+                &[&now.0, &owner, &lease_until.0, &limit],
+            )
+            .await?;
+        let claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.try_get(0)?,
+                    endpoint: r.try_get(1)?,
+                    payload: r.try_get(2)?,
+                    attempts: r.try_get(3)?,
+                    created_at: Timestamp(r.try_get(4)?),
+                })
+            })
+            .collect::<Result<Vec<_>, Fail>>()?;
+        let pending: i64 = c
+            .query_one(
+                "SELECT count(*) FROM webhook_outbox WHERE status = 'pending'",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        Ok((claimed, u64::try_from(pending).unwrap_or(0)))
+    }
+
+    pub(super) async fn finish(
+        &self,
+        owner: &str,
+        id: &str,
+        r: &AttemptResult,
+    ) -> Result<bool, Fail> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE webhook_outbox SET status = $3, attempts = attempts + 1,
+                    last_attempt_at = $4, next_attempt_at = $5, response_status = $6,
+                    last_error = $7, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2",
+                &[
+                    &id,
+                    &owner,
+                    &r.status.as_str(),
+                    &r.at.0,
+                    &r.next_attempt_at.map(|t| t.0),
+                    &r.response_status,
+                    &r.error,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>, Fail> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, event_type, url, attempts, status, created_at, last_attempt_at,
+                    next_attempt_at, response_status
+                 FROM webhook_outbox ORDER BY created_at DESC, id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get(4)?;
+                Ok(DeliveryRecord {
+                    id: r.try_get(0)?,
+                    event_type: r.try_get(1)?,
+                    url: r.try_get(2)?,
+                    attempts: r.try_get(3)?,
+                    status: DeliveryStatus::parse(&status)
+                        .ok_or_else(|| super::corrupt(format!("delivery status {status:?}")))?,
+                    created_at: Timestamp(r.try_get(5)?),
+                    last_attempt_at: r.try_get::<_, Option<i64>>(6)?.map(Timestamp),
+                    next_attempt_at: r.try_get::<_, Option<i64>>(7)?.map(Timestamp),
+                    response_status: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn prune(&self, before: Timestamp) -> Result<u64, Fail> {
+        let c = self.client().await?;
+        Ok(c.execute(
+            "DELETE FROM webhook_outbox WHERE status <> 'pending'
+               AND coalesce(last_attempt_at, created_at) < $1",
+            &[&before.0],
+        )
+        .await?)
+    }
+}
