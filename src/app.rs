@@ -16,7 +16,7 @@ use crate::admin::key::{AdminKey, KeySource};
 use crate::admin::Admin;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, RateLimitBackend, ServerTlsConfig, StoreUrl};
-use crate::events::dispatch::Dispatcher;
+use crate::events::dispatch::{load_keys, Dispatcher};
 use crate::events::{Endpoint, EventType, Router};
 use crate::lifecycle::Sweeper;
 use crate::limiter::FailureLimiter;
@@ -109,12 +109,16 @@ impl Gateway {
         let forward_auth_tls = load_tls("forward_auth.tls", config.forward_auth.tls.as_ref())?;
         // The webhook endpoints (SPEC §10): the store writes their outbox rows in the
         // transactions of the changes they report.
+        // Their signing keys first: a missing one stops start-up before anything is opened.
+        let shared_store = matches!(config.store.url, StoreUrl::Postgres(_));
+        let signing = load_keys(&config.webhooks, shared_store)?;
         let router = Arc::new(Router::new(
             config
                 .webhooks
                 .endpoints
                 .iter()
-                .map(|e| Endpoint::new(&e.url, e.events))
+                .zip(&signing)
+                .map(|(e, key)| Endpoint::new(&e.url, e.events, key))
                 .collect(),
         ));
         let store: Arc<dyn Store> = match &config.store.url {
@@ -172,11 +176,11 @@ impl Gateway {
         } else {
             Some(Arc::new(Dispatcher::new(
                 &config.webhooks,
+                signing,
                 router.clone(),
                 store.clone(),
                 clock.clone(),
                 metrics.clone(),
-                store.health().is_some(),
             )?))
         };
         let shared = Shared {
@@ -358,7 +362,7 @@ impl Gateway {
     /// attempted (0 without endpoints). Tests that move the clock use it.
     pub async fn deliver_due_webhooks(&self) -> usize {
         match &self.webhooks {
-            Some(d) => d.round().await,
+            Some(d) => d.round_all().await,
             None => 0,
         }
     }

@@ -27,7 +27,7 @@ fn endpoint(c: &mut Config, rx: &Receiver, events: &[&str]) {
     let dir = c.admin.key_file.parent().unwrap().to_path_buf();
     c.webhooks.endpoints.push(WebhookEndpointConfig {
         url: rx.url().parse().unwrap(),
-        secret_file: dir.join("webhook.secret"),
+        secret_file: dir.join(format!("webhook{}.secret", c.webhooks.endpoints.len())),
         events: EventSet::parse(&events.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap(),
         ca_file: Some(rx.ca_file.clone()),
     });
@@ -444,15 +444,18 @@ async fn a_failing_receiver_gets_the_event_again_with_the_same_id_and_a_fresh_si
 }
 
 #[tokio::test]
-async fn a_410_fails_at_once_and_max_age_ends_the_retries() {
+async fn a_410_fails_at_once_a_redirect_is_not_followed_and_max_age_ends_the_retries() {
     let gone = Receiver::start().await;
     gone.always(Some(410));
     let down = Receiver::start().await;
     down.always(Some(500));
+    let moved = Receiver::start().await;
+    moved.always(Some(302));
     let gw = TestGateway::builder()
         .configure(|c| {
             endpoint(c, &gone, &["token.*"]);
             endpoint(c, &down, &["token.created"]);
+            endpoint(c, &moved, &["token.created"]);
             c.webhooks.max_age = Duration::from_secs(50);
         })
         .start()
@@ -461,15 +464,30 @@ async fn a_410_fails_at_once_and_max_age_ends_the_retries() {
     gone.until("the 410", WAIT, |g| g.len() == 1).await;
     down.until("the first failure", WAIT, |g| g.len() == 1)
         .await;
-    recorded(&gw, 2).await;
+    moved.until("the redirect", WAIT, |g| g.len() == 1).await;
+    let list = recorded(&gw, 3).await;
+    // A 3xx is a failure like any other (never followed): retried later.
+    let redirected: Vec<&Value> = list
+        .iter()
+        .filter(|d| d["url"] == format!("https://127.0.0.1:{}", moved.addr.port()))
+        .collect();
+    assert_eq!(redirected.len(), 1);
+    assert_eq!(redirected[0]["status"], "pending");
+    assert_eq!(redirected[0]["response_status"], 302);
+    assert_ne!(redirected[0]["next_attempt_at"], Value::Null);
+    moved.always(None);
     // Retried at ~5 s; the next (48 s or more after that) would pass max_age (50 s): failed.
     gw.clock.advance(Duration::from_secs(7));
     gw.gateway().kick_webhooks();
     down.until("the second failure", WAIT, |g| g.len() == 2)
         .await;
+    moved
+        .until("the redirected delivery's retry", WAIT, |g| g.len() == 2)
+        .await;
     let list = eventually("both deliveries failed", WAIT, || async {
         let l = deliveries(&gw).await;
-        l.iter().all(|d| d["status"] == "failed").then_some(l)
+        let failed = l.iter().filter(|d| d["status"] == "failed").count();
+        (failed == 2 && l.len() == 3).then_some(l)
     })
     .await
     .0;
@@ -494,7 +512,10 @@ async fn a_410_fails_at_once_and_max_age_ends_the_retries() {
         0,
         "nothing more is sent"
     );
-    assert_eq!((gone.got().len(), down.got().len()), (1, 2));
+    assert_eq!(
+        (gone.got().len(), down.got().len(), moved.got().len()),
+        (1, 2, 2)
+    );
 }
 
 #[tokio::test]
@@ -610,6 +631,11 @@ async fn two_postgres_instances_deliver_each_event_once() {
     assert!(!dir.path().join("webhook.secret").exists());
     drop(failing);
     std::fs::write(dir.path().join("webhook.secret"), secret_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(dir.path().join("webhook.secret"), private).unwrap();
+    }
 
     let a = TestGateway::builder()
         .postgres(&schema)
@@ -697,4 +723,119 @@ async fn two_postgres_instances_deliver_each_event_once() {
     assert_eq!(of_type(&got, "ip.first_seen")[0]["data"]["ip"], "127.0.0.1");
     verify_with_standardwebhooks(test, secret_key, &got);
     drop(b);
+}
+
+/// The outbox rows are in the change's own transaction: when they cannot be written (a
+/// trigger refuses them here), the change is refused too, and nothing of it remains.
+#[tokio::test]
+async fn a_change_whose_event_cannot_be_written_is_not_made() {
+    let rx = Receiver::start().await;
+    let gw = TestGateway::builder()
+        .configure(|c| endpoint(c, &rx, &["token.*"]))
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("ci", &[SD]).await;
+    rx.until("token.created", WAIT, |g| g.len() == 1).await;
+    let tokengate::config::StoreUrl::Sqlite(path) = &gw.config.store.url else {
+        panic!("the test gateway uses SQLite");
+    };
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_outbox BEFORE INSERT ON webhook_outbox
+         BEGIN SELECT RAISE(ABORT, 'outbox refused by the test'); END;",
+    )
+    .unwrap();
+    gw.patch_token("ci", json!({"description": "changed"}))
+        .await
+        .expect(503, Some("store_unavailable"));
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["ci"]})),
+    )
+    .await
+    .expect(503, Some("store_unavailable"));
+    gw.proxy_req(
+        Request::post("/_tokengate/revoke")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"tokens": [secret]}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await
+    .expect(503, Some("store_unavailable"));
+    let t = gw.token("ci").await;
+    assert_eq!(
+        (&t["description"], &t["status"]),
+        (&Value::Null, &json!("active"))
+    );
+    let audit = gw.admin(Method::GET, "/v1/audit", None).await.json();
+    assert_eq!(
+        audit["entries"].as_array().unwrap().len(),
+        1,
+        "only the create: {audit}"
+    );
+    db.execute_batch("DROP TRIGGER no_outbox").unwrap();
+    gw.patch_token("ci", json!({"description": "changed"}))
+        .await
+        .expect(200, None);
+    let got = rx.until("token.updated", WAIT, |g| g.len() == 2).await;
+    assert_eq!(got[1].event_type(), "token.updated");
+}
+
+/// An instance that claimed a row and died leaves it to another once its lease runs out;
+/// a result it reports after that is not recorded.
+#[tokio::test]
+async fn a_lease_that_ran_out_is_taken_over_and_a_late_result_is_not_recorded() {
+    use tokengate::events::{AttemptResult, DeliveryStatus};
+    let rx = Receiver::start().await;
+    rx.always(Some(503));
+    let gw = TestGateway::builder()
+        .configure(|c| endpoint(c, &rx, &["token.created"]))
+        .start()
+        .await;
+    gw.create_token("ci", &[SD]).await;
+    rx.until("the first attempt", WAIT, |g| g.len() == 1).await;
+    recorded(&gw, 1).await;
+    // "dead" claims the retry once it is due, and never reports.
+    gw.clock.advance(Duration::from_secs(7));
+    let key = tokengate::events::signing::SigningKey::parse(&secret_of(&secret_file(&gw)))
+        .unwrap()
+        .endpoint_key(&rx.url().parse::<http::Uri>().unwrap().to_string());
+    let store = gw.gateway().store.clone();
+    let (now, lease) = (gw.clock.now(), gw.clock.now().plus(Duration::from_secs(60)));
+    let (rows, pending) = store
+        .claim_deliveries("dead", &key, now, lease, 16)
+        .await
+        .unwrap();
+    assert_eq!((rows.len(), pending), (1, 1));
+    assert_eq!(
+        gw.gateway().deliver_due_webhooks().await,
+        0,
+        "leased to another"
+    );
+    assert_eq!(rx.got().len(), 1);
+    // Its lease runs out: this instance takes the row over and delivers it.
+    rx.always(None);
+    gw.clock.advance(Duration::from_secs(61));
+    gw.gateway().kick_webhooks();
+    rx.until("the delivery", WAIT, |g| g.len() == 2).await;
+    recorded(&gw, 2).await;
+    let late = AttemptResult {
+        at: gw.clock.now(),
+        status: DeliveryStatus::Failed,
+        next_attempt_at: None,
+        response_status: Some(500),
+        error: Some("late".into()),
+    };
+    assert!(!store
+        .finish_delivery("dead", lease, &rows[0].id, &late)
+        .await
+        .unwrap());
+    let list = deliveries(&gw).await;
+    assert_eq!(
+        (&list[0]["status"], &list[0]["attempts"]),
+        (&json!("delivered"), &json!(2))
+    );
 }

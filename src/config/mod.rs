@@ -567,6 +567,10 @@ fn webhooks(w: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
     let max_age = positive("webhooks.max_age", &w.max_age)?;
     let retention = positive("webhooks.retention", &w.retention)?;
     let expiry_notice = positive("webhooks.expiry_notice", &w.expiry_notice)?;
+    if retention < Duration::from_secs(3600) {
+        // ip.denied's once-per-hour and 100-per-hour limits count the rows of the hour.
+        return Err(invalid("webhooks.retention", "must be at least 1h"));
+    }
     if retention < expiry_notice {
         // A pruned token.expiring row would be written again while the token is still
         // within its notice.
@@ -612,9 +616,22 @@ fn webhooks(w: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
             }
             Some(p) => Some(nonempty_path(&key("ca_file"), p)?),
         };
+        let secret_file = nonempty_path(&key("secret_file"), &e.secret_file)?;
+        if let Some(j) = endpoints
+            .iter()
+            .position(|o: &WebhookEndpointConfig| o.secret_file == secret_file)
+        {
+            return Err(invalid(
+                key("secret_file"),
+                format!(
+                    "the same file as webhooks.endpoints[{j}].secret_file: each endpoint needs \
+                     its own secret (one receiver could otherwise sign events for the other)"
+                ),
+            ));
+        }
         endpoints.push(WebhookEndpointConfig {
             url,
-            secret_file: nonempty_path(&key("secret_file"), &e.secret_file)?,
+            secret_file,
             events,
             ca_file,
         });

@@ -519,3 +519,26 @@ fn webhooks_section_defaults_and_checks_its_endpoints() {
         assert!(!err.contains("pw@") && !err.contains("s3cret"), "{err}");
     }
 }
+
+#[test]
+fn webhook_endpoints_need_their_own_secrets_and_an_hour_of_retention() {
+    let two = "[[webhooks.endpoints]]\nurl = \"https://a/x\"\nevents = [\"*\"]\n\
+               [[webhooks.endpoints]]\nurl = \"https://b/x\"\nevents = [\"*\"]\n";
+    let err = load_str(two, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("webhooks.endpoints[1].secret_file") && err.contains("endpoints[0]"),
+        "{err}"
+    );
+    let ok = format!("{two}secret_file = \"data/b.secret\"\n");
+    assert_eq!(load_str(&ok, &[]).unwrap().webhooks.endpoints.len(), 2);
+    let err = load_str(
+        "[webhooks]\nretention = \"30m\"\nexpiry_notice = \"10m\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("webhooks.retention") && err.contains("1h"),
+        "{err}"
+    );
+}

@@ -220,8 +220,11 @@ pub fn from_audit(a: &AuditEntry) -> Event {
                 .and_then(Value::as_str)
                 .and_then(Timestamp::parse_rfc3339);
             let grace = until.map(|u| {
+                // To the nearest second: the grace's end and the entry's time are read a tick
+                // apart (3 599 999 ms is the 1 h asked for).
                 let ms = u64::try_from(u.0.saturating_sub(a.at.0)).unwrap_or(0);
-                humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+                let secs = (ms + 500) / 1000;
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
             });
             fields(EventType::TokenRegenerated).with("grace", grace)
         }
@@ -266,10 +269,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(url: &http::Uri, events: EventSet) -> Endpoint {
-        let digest = blake3::hash(url.to_string().as_bytes()).to_hex();
+    /// `signing`: the endpoint's key, which also keys the hash of its URL (so the store's
+    /// copy of the hash cannot be used to guess a secret in the URL's path).
+    pub fn new(url: &http::Uri, events: EventSet, signing: &signing::SigningKey) -> Endpoint {
         Endpoint {
-            key: digest.as_str()[..32].to_string(),
+            key: signing.endpoint_key(&url.to_string()),
             display: display_url(url),
             events,
         }
@@ -306,7 +310,8 @@ pub struct OutboxRow {
 pub struct Router {
     endpoints: Vec<Endpoint>,
     wanted: EventSet,
-    written: tokio::sync::Notify,
+    /// One per endpoint: its dispatcher lane waits on it.
+    wakes: Vec<tokio::sync::Notify>,
 }
 
 static NONE: LazyLock<Arc<Router>> = LazyLock::new(|| Arc::new(Router::default()));
@@ -314,10 +319,14 @@ static NONE: LazyLock<Arc<Router>> = LazyLock::new(|| Arc::new(Router::default()
 impl Router {
     pub fn new(endpoints: Vec<Endpoint>) -> Router {
         let wanted = EventSet(endpoints.iter().fold(0, |acc, e| acc | e.events.0));
+        let wakes = endpoints
+            .iter()
+            .map(|_| tokio::sync::Notify::new())
+            .collect();
         Router {
             endpoints,
             wanted,
-            written: tokio::sync::Notify::new(),
+            wakes,
         }
     }
 
@@ -343,17 +352,22 @@ impl Router {
         self.endpoints
             .iter()
             .filter(|e| e.events.contains(event.kind))
-            .map(|e| OutboxRow {
-                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-                endpoint: e.key.clone(),
-                url: e.display.clone(),
-                event_type: event.kind.as_str(),
-                token_id: event.token.as_ref().map(|(id, _)| id.clone()),
-                payload: payload.clone(),
-                created_at: event.at,
-                once_key: event.once_key.as_ref().map(|k| format!("{}:{k}", e.key)),
-            })
+            .map(|e| Self::row(e, event, payload.clone()))
             .collect()
+    }
+
+    /// The outbox row of `event` for endpoint `e` alone.
+    pub fn row(e: &Endpoint, event: &Event, payload: String) -> OutboxRow {
+        OutboxRow {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            endpoint: e.key.clone(),
+            url: e.display.clone(),
+            event_type: event.kind.as_str(),
+            token_id: event.token.as_ref().map(|(id, _)| id.clone()),
+            payload,
+            created_at: event.at,
+            once_key: event.once_key.as_ref().map(|k| format!("{}:{k}", e.key)),
+        }
     }
 
     /// The rows of the events audit entries report.
@@ -370,16 +384,21 @@ impl Router {
             .collect()
     }
 
-    /// Tells the dispatcher that rows were committed (called after the commit).
+    /// Tells the dispatcher's lanes that rows were committed (called after the commit).
     pub fn written(&self) {
-        if !self.endpoints.is_empty() {
-            self.written.notify_one();
+        for w in &self.wakes {
+            w.notify_one();
         }
     }
 
-    /// Resolves after the next [`Router::written`] (or at once if one is pending).
-    pub async fn wake(&self) {
-        self.written.notified().await;
+    /// Resolves after the next [`Router::written`] (or at once if one is pending), for the
+    /// lane of endpoint `i`.
+    pub async fn wake(&self, i: usize) {
+        if let Some(w) = self.wakes.get(i) {
+            w.notified().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -508,10 +527,13 @@ mod tests {
             (e.kind, e.data["reason"].as_str()),
             (EventType::TokenDeleted, Some("idle"))
         );
-        let e = from_audit(&entry(
-            AuditAction::Regenerate,
-            serde_json::json!({"previous_secret_expires_at": "2027-01-15T09:00:00Z"}),
-        ));
+        let e = from_audit(&AuditEntry {
+            at: Timestamp(1_800_000_000_001),
+            ..entry(
+                AuditAction::Regenerate,
+                serde_json::json!({"previous_secret_expires_at": "2027-01-15T09:00:00Z"}),
+            )
+        });
         assert_eq!(e.kind, EventType::TokenRegenerated);
         assert_eq!(e.data["grace"], "1h");
         let e = from_audit(&entry(
@@ -538,10 +560,13 @@ mod tests {
     fn rows_go_only_to_endpoints_that_take_the_type() {
         let a: http::Uri = "https://hooks.example.com/secret-path?k=v".parse().unwrap();
         let b: http::Uri = "http://127.0.0.1:9/x".parse().unwrap();
+        let key = signing::SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let r = Router::new(vec![
-            Endpoint::new(&a, set(&["token.*"]).unwrap()),
-            Endpoint::new(&b, set(&["ip.blocked"]).unwrap()),
+            Endpoint::new(&a, set(&["token.*"]).unwrap(), &key),
+            Endpoint::new(&b, set(&["ip.blocked"]).unwrap(), &key),
         ]);
+        assert_eq!(r.endpoints()[0].key.len(), 32);
+        assert!(!r.endpoints()[0].key.contains("secret"));
         let created = from_audit(&entry(
             AuditAction::Create,
             serde_json::json!({"description": "d"}),

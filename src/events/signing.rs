@@ -57,7 +57,24 @@ impl SigningKey {
         may_create: bool,
     ) -> Result<(SigningKey, KeyOrigin), String> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((SigningKey::parse(&text)?, KeyOrigin::File)),
+            Ok(text) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o077 != 0 {
+                        return Err(format!(
+                            "{} is readable by group or others (mode {:o}): chmod 600 it",
+                            path.display(),
+                            mode & 0o777
+                        ));
+                    }
+                }
+                Ok((SigningKey::parse(&text)?, KeyOrigin::File))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
                 let mut bytes = vec![0u8; GENERATED_BYTES];
                 getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
@@ -89,6 +106,13 @@ impl SigningKey {
             )),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
+    }
+
+    /// The store's key of the endpoint at `url`: a hash of the URL keyed by this secret
+    /// (32 hex digits), so the URL (whose path may be a secret) cannot be guessed from it.
+    pub fn endpoint_key(&self, url: &str) -> String {
+        let key = blake3::derive_key("tokengate 2026-12 webhook endpoint key", &self.0);
+        blake3::keyed_hash(&key, url.as_bytes()).to_hex().as_str()[..32].to_string()
     }
 
     /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
@@ -140,6 +164,13 @@ mod tests {
         assert_eq!(origin, KeyOrigin::File);
         assert_eq!(a.sign("m", 1, b"x"), b.sign("m", 1, b"x"));
         assert!(!format!("{a:?}").contains(&text[6..12]));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let err = SigningKey::load_or_create(&path, true).unwrap_err();
+            assert!(err.contains("readable by group or others"), "{err}");
+        }
     }
 
     #[test]

@@ -238,28 +238,38 @@ pub trait Store: Send + Sync + 'static {
     /// Writes webhook outbox rows on their own (events that report no store change:
     /// `auth.failures`); a row whose `once_key` exists is skipped.
     async fn enqueue_events(&self, rows: &[OutboxRow]) -> StoreResult<()>;
-    /// Leases to `owner`, until `lease_until`, at most `limit` pending deliveries due at `now`
-    /// and not leased by anyone (an expired lease counts as none); several instances never
-    /// lease the same row at once. Also returns how many deliveries are pending in all.
+    /// Leases to `owner`, until `lease_until`, at most `limit` pending deliveries to
+    /// `endpoint` due at `now` and not leased by anyone (an expired lease counts as none);
+    /// several instances never lease the same row at once. Also returns how many deliveries
+    /// are pending in all.
     async fn claim_deliveries(
         &self,
         owner: &str,
+        endpoint: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> StoreResult<(Vec<Claimed>, u64)>;
     /// Records one attempt at delivery `id` and releases its lease; `false` (nothing written)
-    /// when `owner` no longer holds it.
+    /// when `owner` no longer holds the lease it took until `lease_until`.
     async fn finish_delivery(
         &self,
         owner: &str,
+        lease_until: Timestamp,
         id: &str,
         result: &AttemptResult,
     ) -> StoreResult<bool>;
     /// Deliveries, newest first, at most `limit`.
     async fn list_deliveries(&self, limit: usize) -> StoreResult<Vec<DeliveryRecord>>;
-    /// Deletes delivered and failed rows last touched before `before`.
-    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize>;
+    /// Deletes delivered and failed rows last tried before `before`, and fails the pending
+    /// rows created before `orphaned_before` whose endpoint is not in `known` (no longer
+    /// configured: nothing would ever try them). Returns how many rows it changed.
+    async fn prune_deliveries(
+        &self,
+        before: Timestamp,
+        known: &[String],
+        orphaned_before: Timestamp,
+    ) -> StoreResult<usize>;
 
     /// Reachability of a store shared over the network; `None` for an embedded store, which
     /// is never "unreachable" for reads (every token is in memory).

@@ -152,7 +152,8 @@ pub(super) const OUTBOX_TABLE: &str = "CREATE TABLE webhook_outbox (
     lease_until     bigint,
     once_key        text UNIQUE
 );
-CREATE INDEX webhook_outbox_due ON webhook_outbox (status, next_attempt_at);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (endpoint, status, next_attempt_at);
+CREATE INDEX webhook_outbox_done ON webhook_outbox (status, last_attempt_at);
 CREATE INDEX webhook_outbox_by_time ON webhook_outbox (created_at);
 CREATE INDEX webhook_outbox_by_token ON webhook_outbox (token_id, event_type, created_at);";
 

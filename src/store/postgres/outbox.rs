@@ -4,7 +4,7 @@
 //! so two instances never make the same attempt; a result is recorded only by the owner
 //! still holding the lease.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio_postgres::{GenericClient, Transaction};
 
@@ -16,31 +16,36 @@ use crate::events::{
 };
 use crate::model::{AuditEntry, UsageDelta};
 
-/// Inserts `rows`; one whose `once_key` exists already is skipped. Returns how many were
-/// written.
+/// Inserts `rows` in one statement; one whose `once_key` exists already (or repeats an
+/// earlier row's) is skipped. Returns how many were written.
 pub(super) async fn write_rows<C: GenericClient>(c: &C, rows: &[OutboxRow]) -> Result<u64, Fail> {
-    let mut n = 0;
-    for r in rows {
-        n += c
-            .execute(
-                "INSERT INTO webhook_outbox (id, endpoint, url, event_type, token_id, payload,
-                    created_at, next_attempt_at, once_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
-                 ON CONFLICT (once_key) DO NOTHING",
-                &[
-                    &r.id,
-                    &r.endpoint,
-                    &r.url,
-                    &r.event_type,
-                    &r.token_id,
-                    &r.payload,
-                    &r.created_at.0,
-                    &r.once_key,
-                ],
-            )
-            .await?;
+    if rows.is_empty() {
+        return Ok(0);
     }
-    Ok(n)
+    let col = |f: fn(&OutboxRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+    let (ids, endpoints, urls, types, payloads) = (
+        col(|r| &r.id),
+        col(|r| &r.endpoint),
+        col(|r| &r.url),
+        col(|r| r.event_type),
+        col(|r| &r.payload),
+    );
+    let tokens: Vec<Option<&str>> = rows.iter().map(|r| r.token_id.as_deref()).collect();
+    let created: Vec<i64> = rows.iter().map(|r| r.created_at.0).collect();
+    let once: Vec<Option<&str>> = rows.iter().map(|r| r.once_key.as_deref()).collect();
+    Ok(c.execute(
+        "INSERT INTO webhook_outbox (id, endpoint, url, event_type, token_id, payload,
+            created_at, next_attempt_at, once_key)
+         SELECT id, endpoint, url, event_type, token_id, payload, created_at, created_at, once_key
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::int8[], $8::text[])
+              AS u(id, endpoint, url, event_type, token_id, payload, created_at, once_key)
+         ON CONFLICT (once_key) DO NOTHING",
+        &[
+            &ids, &endpoints, &urls, &types, &tokens, &payloads, &created, &once,
+        ],
+    )
+    .await?)
 }
 
 impl Inner {
@@ -123,8 +128,8 @@ impl Inner {
             }
         }
         if router.wants(EventType::IpDenied) {
-            // Per endpoint, token and hour: how many more `ip.denied` may be written.
-            let mut budget: HashMap<(String, String, i64), i64> = HashMap::new();
+            // Per endpoint, token and hour: the candidates, then as many as its budget allows.
+            let mut groups: BTreeMap<(String, String, i64), Vec<OutboxRow>> = BTreeMap::new();
             for d in batch {
                 let id = d.token_id.to_string();
                 let (Some(name), Some(at), Some(error)) =
@@ -136,31 +141,27 @@ impl Inner {
                 let hour = at.0.div_euclid(HOUR_MS);
                 for row in router.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {
                     let key = (row.endpoint.clone(), id.clone(), hour);
-                    let left = match budget.get(&key) {
-                        Some(n) => *n,
-                        None => {
-                            let start = hour * HOUR_MS;
-                            let used: i64 = tx
-                                .query_one(
-                                    "SELECT count(*) FROM webhook_outbox WHERE token_id = $1
-                                       AND event_type = 'ip.denied' AND endpoint = $2
-                                       AND created_at >= $3 AND created_at < $4",
-                                    &[&id, &row.endpoint, &start, &(start + HOUR_MS)],
-                                )
-                                .await?
-                                .try_get(0)?;
-                            DENIED_PER_TOKEN_HOUR - used
-                        }
-                    };
-                    let n = if left > 0 {
-                        write_rows(tx, std::slice::from_ref(&row)).await?
-                    } else {
-                        0
-                    };
-                    written += n;
-                    budget.insert(key, left - i64::try_from(n).unwrap_or(0));
+                    groups.entry(key).or_default().push(row);
                 }
             }
+            let mut rows = Vec::new();
+            for ((endpoint, id, hour), candidates) in groups {
+                let start = hour * HOUR_MS;
+                let used: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM webhook_outbox WHERE token_id = $1
+                           AND event_type = 'ip.denied' AND endpoint = $2
+                           AND created_at >= $3 AND created_at < $4",
+                        &[&id, &endpoint, &start, &(start + HOUR_MS)],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let left = usize::try_from(DENIED_PER_TOKEN_HOUR - used).unwrap_or(0);
+                // A candidate whose IP had its event this hour already is skipped by its
+                // once_key and leaves its place unused: the cap is never exceeded.
+                rows.extend(candidates.into_iter().take(left));
+            }
+            written += write_rows(tx, &rows).await?;
         }
         Ok(written)
     }
@@ -177,17 +178,30 @@ impl Inner {
         if !router.wants(EventType::TokenExpiring) {
             return Ok(0);
         }
-        let rows = tx
-            .query(
-                "SELECT id, name, expires_at FROM tokens WHERE expires_at > $1 AND expires_at <= $2",
-                &[&now.0, &before.0],
-            )
-            .await?;
+        // Per endpoint, only the tokens whose notice it has not had: an index probe each,
+        // in one statement, instead of an insert per token on every sweep.
         let mut out = Vec::new();
-        for r in rows {
-            let (id, name, at): (String, String, i64) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            out.extend(router.rows(&Event::expiring(now, &id, &name, Timestamp(at))));
+        for e in router
+            .endpoints()
+            .iter()
+            .filter(|e| e.events.contains(EventType::TokenExpiring))
+        {
+            let rows = tx
+                .query(
+                    "SELECT t.id, t.name, t.expires_at FROM tokens t
+                     WHERE t.expires_at > $1 AND t.expires_at <= $2
+                       AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.once_key =
+                           $3 || ':token.expiring:' || t.id || ':' || t.expires_at::text)",
+                    &[&now.0, &before.0, &e.key],
+                )
+                .await?;
+            for r in rows {
+                let (id, name, at): (String, String, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                let event = Event::expiring(now, &id, &name, Timestamp(at));
+                let payload = event.payload();
+                out.push(Router::row(e, &event, payload));
+            }
         }
         write_rows(tx, &out).await
     }
@@ -202,6 +216,7 @@ impl Inner {
     pub(super) async fn claim(
         &self,
         owner: &str,
+        endpoint: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: i64,
@@ -211,14 +226,14 @@ impl Inner {
             .query(
                 "WITH due AS (
                     SELECT id FROM webhook_outbox
-                    WHERE status = 'pending' AND next_attempt_at <= $1
+                    WHERE endpoint = $5 AND status = 'pending' AND next_attempt_at <= $1
                       AND (lease_until IS NULL OR lease_until <= $1)
                     ORDER BY next_attempt_at, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
                  UPDATE webhook_outbox o SET lease_owner = $2, lease_until = $3
                  FROM due WHERE o.id = due.id
                  RETURNING o.id, o.endpoint, o.payload, o.attempts, o.created_at",
-                &[&now.0, &owner, &lease_until.0, &limit],
+                &[&now.0, &owner, &lease_until.0, &limit, &endpoint],
             )
             .await?;
         let claimed = rows
@@ -246,6 +261,7 @@ impl Inner {
     pub(super) async fn finish(
         &self,
         owner: &str,
+        lease_until: Timestamp,
         id: &str,
         r: &AttemptResult,
     ) -> Result<bool, Fail> {
@@ -255,7 +271,7 @@ impl Inner {
                 "UPDATE webhook_outbox SET status = $3, attempts = attempts + 1,
                     last_attempt_at = $4, next_attempt_at = $5, response_status = $6,
                     last_error = $7, lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2",
+                 WHERE id = $1 AND lease_owner = $2 AND lease_until = $8",
                 &[
                     &id,
                     &owner,
@@ -264,6 +280,7 @@ impl Inner {
                     &r.next_attempt_at.map(|t| t.0),
                     &r.response_status,
                     &r.error,
+                    &lease_until.0,
                 ],
             )
             .await?;
@@ -299,13 +316,29 @@ impl Inner {
             .collect()
     }
 
-    pub(super) async fn prune(&self, before: Timestamp) -> Result<u64, Fail> {
+    pub(super) async fn prune(
+        &self,
+        before: Timestamp,
+        known: &[String],
+        orphaned_before: Timestamp,
+    ) -> Result<u64, Fail> {
         let c = self.client().await?;
-        Ok(c.execute(
-            "DELETE FROM webhook_outbox WHERE status <> 'pending'
-               AND coalesce(last_attempt_at, created_at) < $1",
-            &[&before.0],
-        )
-        .await?)
+        let pruned = c
+            .execute(
+                "DELETE FROM webhook_outbox WHERE status IN ('delivered', 'failed')
+                   AND last_attempt_at < $1",
+                &[&before.0],
+            )
+            .await?;
+        let failed = c
+            .execute(
+                "UPDATE webhook_outbox SET status = 'failed', next_attempt_at = NULL,
+                    last_attempt_at = $2, last_error = 'the endpoint is no longer configured',
+                    lease_owner = NULL, lease_until = NULL
+                 WHERE status = 'pending' AND NOT (endpoint = ANY($1)) AND created_at < $2",
+                &[&known, &orphaned_before.0],
+            )
+            .await?;
+        Ok(pruned + failed)
     }
 }

@@ -256,26 +256,29 @@ impl Store for PostgresStore {
     async fn claim_deliveries(
         &self,
         owner: &str,
+        endpoint: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> StoreResult<(Vec<Claimed>, u64)> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(owner.to_string(), move |i, o| async move {
-            i.claim(&o, now, lease_until, limit).await
-        })
+        self.run(
+            (owner.to_string(), endpoint.to_string()),
+            move |i, a| async move { i.claim(&a.0, &a.1, now, lease_until, limit).await },
+        )
         .await
     }
 
     async fn finish_delivery(
         &self,
         owner: &str,
+        lease_until: Timestamp,
         id: &str,
         result: &AttemptResult,
     ) -> StoreResult<bool> {
         self.run(
             (owner.to_string(), id.to_string(), result.clone()),
-            |i, a| async move { i.finish(&a.0, &a.1, &a.2).await },
+            move |i, a| async move { i.finish(&a.0, lease_until, &a.1, &a.2).await },
         )
         .await
     }
@@ -286,10 +289,17 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize> {
-        self.run((), move |i, _| async move { i.prune(before).await })
-            .await
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    async fn prune_deliveries(
+        &self,
+        before: Timestamp,
+        known: &[String],
+        orphaned_before: Timestamp,
+    ) -> StoreResult<usize> {
+        self.run(known.to_vec(), move |i, k| async move {
+            i.prune(before, &k, orphaned_before).await
+        })
+        .await
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -150,32 +150,45 @@ pub(super) fn expiring_events(
     if !router.wants(EventType::TokenExpiring) {
         return Ok(0);
     }
+    // Per endpoint, only the tokens whose notice it has not had yet.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, name, expires_at FROM tokens WHERE expires_at > ?1 AND expires_at <= ?2",
+            "SELECT t.id, t.name, t.expires_at FROM tokens t
+             WHERE t.expires_at > ?1 AND t.expires_at <= ?2
+               AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.once_key =
+                   ?3 || ':token.expiring:' || t.id || ':' || t.expires_at)",
         )
         .map_err(unavailable)?;
-    let found = stmt
-        .query_map(params![now.0, before.0], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
-        .map_err(unavailable)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
-    let rows: Vec<OutboxRow> = found
+    let mut rows = Vec::new();
+    for e in router
+        .endpoints()
         .iter()
-        .flat_map(|(id, name, at)| router.rows(&Event::expiring(now, id, name, Timestamp(*at))))
-        .collect();
+        .filter(|e| e.events.contains(EventType::TokenExpiring))
+    {
+        let found = stmt
+            .query_map(params![now.0, before.0, e.key], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        for (id, name, at) in found {
+            let event = Event::expiring(now, &id, &name, Timestamp(at));
+            let payload = event.payload();
+            rows.push(Router::row(e, &event, payload));
+        }
+    }
     write_rows(conn, &rows)
 }
 
 pub(super) fn claim(
     conn: &mut Connection,
     owner: &str,
+    endpoint: &str,
     now: Timestamp,
     lease_until: Timestamp,
     limit: i64,
@@ -189,14 +202,14 @@ pub(super) fn claim(
                 "UPDATE webhook_outbox SET lease_owner = ?2, lease_until = ?3
                  WHERE id IN (
                     SELECT id FROM webhook_outbox
-                    WHERE status = 'pending' AND next_attempt_at <= ?1
+                    WHERE endpoint = ?5 AND status = 'pending' AND next_attempt_at <= ?1
                       AND (lease_until IS NULL OR lease_until <= ?1)
                     ORDER BY next_attempt_at, id LIMIT ?4)
                  RETURNING id, endpoint, payload, attempts, created_at",
             )
             .map_err(unavailable)?;
         let rows = stmt
-            .query_map(params![now.0, owner, lease_until.0, limit], |r| {
+            .query_map(params![now.0, owner, lease_until.0, limit, endpoint], |r| {
                 Ok(Claimed {
                     id: r.get(0)?,
                     endpoint: r.get(1)?,
@@ -219,13 +232,19 @@ pub(super) fn claim(
     Ok((claimed, u64::try_from(pending).unwrap_or(0)))
 }
 
-pub(super) fn finish(conn: &Connection, owner: &str, id: &str, r: &AttemptResult) -> Step<bool> {
+pub(super) fn finish(
+    conn: &Connection,
+    owner: &str,
+    lease_until: Timestamp,
+    id: &str,
+    r: &AttemptResult,
+) -> Step<bool> {
     let n = conn
         .execute(
             "UPDATE webhook_outbox SET status = ?3, attempts = attempts + 1,
                 last_attempt_at = ?4, next_attempt_at = ?5, response_status = ?6,
                 last_error = ?7, lease_owner = NULL, lease_until = NULL
-             WHERE id = ?1 AND lease_owner = ?2",
+             WHERE id = ?1 AND lease_owner = ?2 AND lease_until = ?8",
             params![
                 id,
                 owner,
@@ -233,7 +252,8 @@ pub(super) fn finish(conn: &Connection, owner: &str, id: &str, r: &AttemptResult
                 r.at.0,
                 r.next_attempt_at.map(|t| t.0),
                 r.response_status,
-                r.error
+                r.error,
+                lease_until.0
             ],
         )
         .map_err(unavailable)?;
@@ -279,13 +299,31 @@ pub(super) fn deliveries(conn: &Connection, limit: i64) -> Step<Vec<DeliveryReco
     Ok(out)
 }
 
-pub(super) fn prune(conn: &Connection, before: Timestamp) -> Step<usize> {
-    conn.execute(
-        "DELETE FROM webhook_outbox WHERE status <> 'pending'
-           AND coalesce(last_attempt_at, created_at) < ?1",
-        [before.0],
-    )
-    .map_err(unavailable)
+/// `known`: the configured endpoints' keys as a JSON array.
+pub(super) fn prune(
+    conn: &Connection,
+    before: Timestamp,
+    known: &str,
+    orphaned_before: Timestamp,
+) -> Step<usize> {
+    let pruned = conn
+        .execute(
+            "DELETE FROM webhook_outbox WHERE status IN ('delivered', 'failed')
+               AND last_attempt_at < ?1",
+            [before.0],
+        )
+        .map_err(unavailable)?;
+    let failed = conn
+        .execute(
+            "UPDATE webhook_outbox SET status = 'failed', next_attempt_at = NULL,
+                last_attempt_at = ?2, last_error = 'the endpoint is no longer configured',
+                lease_owner = NULL, lease_until = NULL
+             WHERE status = 'pending' AND endpoint NOT IN (SELECT value FROM json_each(?1))
+               AND created_at < ?2",
+            params![known, orphaned_before.0],
+        )
+        .map_err(unavailable)?;
+    Ok(pruned + failed)
 }
 
 /// At open: leases held by an earlier run of this process (killed mid-attempt) are void,

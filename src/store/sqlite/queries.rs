@@ -453,24 +453,26 @@ impl Store for SqliteStore {
     async fn claim_deliveries(
         &self,
         owner: &str,
+        endpoint: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> StoreResult<(Vec<Claimed>, u64)> {
-        let owner = owner.to_string();
+        let (owner, endpoint) = (owner.to_string(), endpoint.to_string());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(move |conn| outbox::claim(conn, &owner, now, lease_until, limit))
+        self.run(move |conn| outbox::claim(conn, &owner, &endpoint, now, lease_until, limit))
             .await
     }
 
     async fn finish_delivery(
         &self,
         owner: &str,
+        lease_until: Timestamp,
         id: &str,
         result: &AttemptResult,
     ) -> StoreResult<bool> {
         let (owner, id, result) = (owner.to_string(), id.to_string(), result.clone());
-        self.run(move |conn| outbox::finish(conn, &owner, &id, &result))
+        self.run(move |conn| outbox::finish(conn, &owner, lease_until, &id, &result))
             .await
     }
 
@@ -479,8 +481,15 @@ impl Store for SqliteStore {
         self.run(move |conn| outbox::deliveries(conn, limit)).await
     }
 
-    async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<usize> {
-        self.run(move |conn| outbox::prune(conn, before)).await
+    async fn prune_deliveries(
+        &self,
+        before: Timestamp,
+        known: &[String],
+        orphaned_before: Timestamp,
+    ) -> StoreResult<usize> {
+        let known = serde_json::Value::from(known.to_vec()).to_string();
+        self.run(move |conn| outbox::prune(conn, before, &known, orphaned_before))
+            .await
     }
 
     /// Ready means able to commit, not only to read. In WAL mode a write lock held by another
