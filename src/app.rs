@@ -64,7 +64,7 @@ pub struct Gateway {
     /// The TLS listeners' certificates (for reloads).
     tls: Vec<Arc<ServerTls>>,
     proxy: Arc<Proxy>,
-    webhooks: Option<Arc<Dispatcher>>,
+    webhooks: Arc<Dispatcher>,
 }
 
 /// SPEC §4: the admin API is served in clear text only on loopback, unless
@@ -171,18 +171,16 @@ impl Gateway {
                     .map_err(|e| anyhow::anyhow!("{e}"))?
             }
         });
-        let webhooks = if config.webhooks.endpoints.is_empty() {
-            None
-        } else {
-            Some(Arc::new(Dispatcher::new(
-                &config.webhooks,
-                signing,
-                router.clone(),
-                store.clone(),
-                clock.clone(),
-                metrics.clone(),
-            )?))
-        };
+        // Without endpoints it has no lanes, but still tidies the outbox hourly: rows left by
+        // endpoints since removed fail after max_age and are pruned after retention.
+        let webhooks = Arc::new(Dispatcher::new(
+            &config.webhooks,
+            signing,
+            router.clone(),
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+        )?);
         let shared = Shared {
             store: store.clone(),
             index: index.clone(),
@@ -306,8 +304,8 @@ impl Gateway {
                     .run(config.lifecycle.sweep_interval, rx.clone()),
             ),
         ];
-        if let Some(d) = &webhooks {
-            background.push(tokio::spawn(d.clone().run(rx.clone())));
+        background.push(tokio::spawn(webhooks.clone().run(rx.clone())));
+        if !config.webhooks.endpoints.is_empty() {
             tracing::info!(
                 endpoints = config.webhooks.endpoints.len(),
                 "webhook dispatcher running"
@@ -361,17 +359,12 @@ impl Gateway {
     /// Runs a webhook delivery round here and now, returning how many deliveries it
     /// attempted (0 without endpoints). Tests that move the clock use it.
     pub async fn deliver_due_webhooks(&self) -> usize {
-        match &self.webhooks {
-            Some(d) => d.round_all().await,
-            None => 0,
-        }
+        self.webhooks.round_all().await
     }
 
     /// Wakes the background webhook dispatcher for a round (nothing without endpoints).
     pub fn kick_webhooks(&self) {
-        if let Some(d) = &self.webhooks {
-            d.kick();
-        }
+        self.webhooks.kick();
     }
 
     /// Idle upstream connections kept for reuse, summed over origins (connections held by

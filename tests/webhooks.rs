@@ -839,3 +839,35 @@ async fn a_lease_that_ran_out_is_taken_over_and_a_late_result_is_not_recorded() 
         (&json!("delivered"), &json!(2))
     );
 }
+
+/// Rows of an endpoint removed from the config are not left pending for ever: once older than
+/// `max_age` they fail, and `retention` later they are pruned (the hourly tidy runs without
+/// any endpoint too).
+#[tokio::test]
+async fn the_rows_of_a_removed_endpoint_fail_after_max_age_and_are_pruned() {
+    let rx = Receiver::start().await;
+    rx.always(Some(503));
+    let mut gw = TestGateway::builder()
+        .configure(|c| endpoint(c, &rx, &["token.created"]))
+        .start()
+        .await;
+    gw.create_token("ci", &[SD]).await;
+    rx.until("the first attempt", WAIT, |g| g.len() == 1).await;
+    recorded(&gw, 1).await;
+    gw.config.webhooks.endpoints.clear();
+    gw.restart().await;
+    gw.clock.advance(Duration::from_secs(25 * 3600));
+    let list = eventually("the orphaned row failed", WAIT, || async {
+        let l = deliveries(&gw).await;
+        (l[0]["status"] == "failed").then_some(l)
+    })
+    .await
+    .0;
+    assert_eq!(list[0]["attempts"], 1);
+    gw.clock.advance(Duration::from_secs(31 * 86_400));
+    eventually("the failed row pruned", WAIT, || async {
+        deliveries(&gw).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(rx.got().len(), 1);
+}
