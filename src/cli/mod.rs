@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Webhook deliveries (SPEC §10).
+    /// Webhook deliveries: what was sent to each endpoint, and how it went.
     #[command(subcommand)]
     Webhook(WebhookCmd),
 }
