@@ -66,6 +66,18 @@ async fn recorded(gw: &TestGateway, n: i64) -> Vec<Value> {
     .0
 }
 
+/// A public revocation of `secret` on the proxy listener.
+async fn revoke(gw: &TestGateway, secret: &str) -> Resp {
+    let body = json!({"tokens": [secret]}).to_string();
+    gw.proxy_req(
+        Request::post("/_tokengate/revoke")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap(),
+    )
+    .await
+}
+
 async fn deliveries(gw: &TestGateway) -> Vec<Value> {
     let r = gw
         .admin(Method::GET, "/v1/webhooks/deliveries?limit=1000", None)
@@ -166,16 +178,7 @@ async fn every_event_type_fires_with_its_data_and_a_valid_signature() {
     // token.deactivated (revoked) by a public revocation.
     let (leak, _) = gw.create_token("leak", &[SD]).await;
     secrets.push(leak.clone());
-    gw.proxy_req(
-        Request::post("/_tokengate/revoke")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                json!({"tokens": [leak]}).to_string(),
-            )))
-            .unwrap(),
-    )
-    .await
-    .expect(202, None);
+    revoke(&gw, &leak).await.expect(202, None);
 
     // token.deleted by the admin.
     gw.admin(Method::DELETE, "/v1/tokens/leak", None)
@@ -755,16 +758,9 @@ async fn a_change_whose_event_cannot_be_written_is_not_made() {
     )
     .await
     .expect(503, Some("store_unavailable"));
-    gw.proxy_req(
-        Request::post("/_tokengate/revoke")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                json!({"tokens": [secret]}).to_string(),
-            )))
-            .unwrap(),
-    )
-    .await
-    .expect(503, Some("store_unavailable"));
+    revoke(&gw, &secret)
+        .await
+        .expect(503, Some("store_unavailable"));
     let t = gw.token("ci").await;
     assert_eq!(
         (&t["description"], &t["status"]),
