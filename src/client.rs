@@ -34,12 +34,14 @@ pub(crate) struct ClientTls {
 /// A refusal by the API (status and its `error`/`message`), or a transport failure.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    #[error("{code}: {message}")]
+    #[error("{code}: {message} (admin API at {url})")]
     Api {
         status: StatusCode,
         code: String,
         message: String,
         body: Value,
+        /// The admin API's base URL (never a path, which may name a token).
+        url: String,
     },
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
@@ -171,6 +173,11 @@ impl AdminClient {
             let list: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
             message = format!("{message}: {}", list.join(", "));
         }
+        if let (Some(name), true) = (token_of(path), code == "not_found") {
+            if value.get("names").is_none() {
+                message = format!("no token named {name:?}");
+            }
+        }
         if message.is_empty() {
             message = format!("HTTP {status}");
         }
@@ -179,8 +186,22 @@ impl AdminClient {
             code,
             message,
             body: value,
+            url: self.base.clone(),
         })
     }
+}
+
+/// The token name in an admin path `/v1/tokens/{name}[/...]` (decoded as the CLI encodes it).
+fn token_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/tokens/")?;
+    let seg = rest.split(['/', '?']).next().filter(|s| !s.is_empty())?;
+    if matches!(seg, "activate" | "deactivate") {
+        return None;
+    }
+    let pair = format!("n={seg}");
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
 }
 
 /// An error and its causes, `a: b: c` (hyper's own message alone says little, e.g. which
@@ -197,4 +218,27 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_of_an_admin_path_is_decoded_as_the_cli_encodes_it() {
+        assert_eq!(token_of("/v1/tokens/feed-a").as_deref(), Some("feed-a"));
+        assert_eq!(
+            token_of("/v1/tokens/a+b%2Bc/ips/block").as_deref(),
+            Some("a b+c")
+        );
+        assert_eq!(token_of("/v1/tokens/x?limit=1").as_deref(), Some("x"));
+        for none in [
+            "/v1/tokens",
+            "/v1/tokens/",
+            "/v1/tokens/activate",
+            "/v1/audit?token=x",
+        ] {
+            assert_eq!(token_of(none), None, "{none}");
+        }
+    }
 }

@@ -514,6 +514,19 @@ async fn refusals_and_unreachable_api_exit_1_with_one_line() {
     let o = cli.run(&["token", "show", "nope"]).await;
     o.refused();
     assert!(o.stdout.is_empty(), "{o}");
+    // The refusal names the token and the admin API it came from.
+    assert!(
+        o.stderr.contains("not_found: no token named \"nope\""),
+        "{o}"
+    );
+    assert!(
+        o.stderr.contains(&format!("(admin API at {})", cli.url)),
+        "{o}"
+    );
+    let o = cli.run(&["ip", "list", "a b+c"]).await;
+    assert!(o.stderr.contains("no token named \"a b+c\""), "{o}");
+    let o = cli.run(&["token", "activate", "nope", "taken"]).await;
+    assert!(o.stderr.contains("nothing was changed: nope"), "{o}");
     cli.run(&["token", "create", "Taken", "--access", SD])
         .await
         .refused();
@@ -562,6 +575,11 @@ async fn usage_errors_exit_2() {
         // Wrong in ways only the command itself can see: still usage errors.
         &["token", "update", "feed"][..],
         &["--admin-url", "ftp://nowhere", "token", "list"][..],
+        // Values the API would refuse are refused before asking it.
+        &["token", "list", "--status", "deleted"][..],
+        &["audit", "--limit", "0"][..],
+        &["audit", "--limit", "1001"][..],
+        &["webhook", "deliveries", "--limit", "0"][..],
     ] {
         let o = cli.run(args).await;
         assert_eq!(o.code, Some(2), "{o}");

@@ -73,7 +73,8 @@ pub enum Command {
     /// Show the audit log (all tokens, or one).
     Audit {
         token: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many entries (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
     /// Webhook deliveries: what was sent to each endpoint, and how it went.
@@ -86,7 +87,7 @@ pub enum WebhookCmd {
     /// List deliveries, newest first: event type, endpoint, status, attempts.
     Deliveries {
         /// At most this many (1 to 1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
 }
@@ -117,7 +118,7 @@ pub enum TokenCmd {
     /// List tokens.
     List {
         /// Only active or inactive tokens.
-        #[arg(long)]
+        #[arg(long, value_parser = ["active", "inactive"])]
         status: Option<String>,
         /// Only names containing this (ignoring case).
         #[arg(long)]
