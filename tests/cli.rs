@@ -935,3 +935,23 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn help_names_the_environment_and_the_exit_codes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "TOKENGATE_ADMIN_KEY",
+        "TOKENGATE_ADMIN_URL",
+        "Exit status:",
+        "  0  success",
+        "  1  the API refused",
+        "  2  a usage error",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}

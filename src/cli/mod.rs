@@ -25,7 +25,8 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 #[command(
     name = "tokengate",
     version,
-    about = "Reverse-proxy authentication gateway for application tokens"
+    about = "Reverse-proxy authentication gateway for application tokens",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -33,6 +34,19 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+/// The environment and exit codes, under every `--help` of the top level.
+const AFTER_HELP: &str = "\
+Environment:
+  TOKENGATE_ADMIN_KEY   the admin key for the admin subcommands (and for serve: else admin.key_file)
+  TOKENGATE_ADMIN_URL   the admin API's base URL (as --admin-url)
+  TOKENGATE_<SECTION>__<KEY>  a config key, e.g. TOKENGATE_USAGE__FLUSH_INTERVAL=5s
+  RUST_LOG              log level of serve and dev (default info)
+
+Exit status:
+  0  success
+  1  the API refused, could not be reached, or the gateway could not start (one line on stderr)
+  2  a usage error: an unknown subcommand, flag or value";
 
 #[derive(Debug, Args)]
 pub struct Global {
