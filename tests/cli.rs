@@ -955,3 +955,50 @@ fn help_names_the_environment_and_the_exit_codes() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn every_argument_of_every_admin_subcommand_has_a_description() {
+    let commands: [&[&str]; 16] = [
+        &["token", "create"],
+        &["token", "list"],
+        &["token", "show"],
+        &["token", "update"],
+        &["token", "delete"],
+        &["token", "activate"],
+        &["token", "deactivate"],
+        &["token", "regenerate"],
+        &["token", "revoke"],
+        &["ip", "list"],
+        &["ip", "block"],
+        &["ip", "unblock"],
+        &["audit"],
+        &["webhook", "deliveries"],
+        &["access-types"],
+        &["serve"],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut entries = 0;
+        for line in text.lines() {
+            let t = line.trim();
+            if !line.starts_with("  ")
+                || !(t.starts_with('-') || t.starts_with('<') || t.starts_with('['))
+            {
+                continue;
+            }
+            entries += 1;
+            let parts: Vec<&str> = t.split("  ").filter(|p| !p.trim().is_empty()).collect();
+            assert!(
+                parts.len() >= 2,
+                "`tokengate {}`: {t:?} has no description",
+                args.join(" ")
+            );
+        }
+        assert!(entries > 0, "no arguments read from:\n{text}");
+    }
+}

@@ -86,6 +86,7 @@ pub enum Command {
     AccessTypes,
     /// Show the audit log (all tokens, or one).
     Audit {
+        /// Only this token's entries (its name).
         token: Option<String>,
         /// At most this many entries (1 to 1000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -110,10 +111,12 @@ pub enum WebhookCmd {
 pub enum TokenCmd {
     /// Create a token; prints its secret once.
     Create {
+        /// A unique name (compared ignoring case).
         name: String,
         /// Configured access types, comma-separated (see `tokengate access-types`).
         #[arg(long, value_delimiter = ',', required = true)]
         access: Vec<String>,
+        /// What the token is for, shown to administrators.
         #[arg(long)]
         description: Option<String>,
         /// Expire this long after creation (e.g. 90d, 12h).
@@ -139,15 +142,21 @@ pub enum TokenCmd {
         filter: Option<String>,
     },
     /// Show one token.
-    Show { name: String },
+    Show {
+        /// The token's name (ignoring case).
+        name: String,
+    },
     /// Change a token's description, access, expiry, rate limit or allow-list.
     Update {
+        /// The token's name (ignoring case).
         name: String,
+        /// A new description.
         #[arg(long)]
         description: Option<String>,
         /// Clear the description.
         #[arg(long, conflicts_with = "description")]
         clear_description: bool,
+        /// New access types, comma-separated (they replace the current ones).
         #[arg(long, value_delimiter = ',')]
         access: Option<Vec<String>>,
         /// A new expiry: an RFC 3339 UTC time, or `never`.
@@ -161,19 +170,25 @@ pub enum TokenCmd {
         allowed_ips: Option<String>,
     },
     /// Delete a token for good.
-    Delete { name: String },
+    Delete {
+        /// The token's name (ignoring case).
+        name: String,
+    },
     /// Activate tokens (all or nothing).
     Activate {
+        /// Token names (all are changed, or none).
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Deactivate tokens (all or nothing).
     Deactivate {
+        /// Token names (all are changed, or none).
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Replace a token's secret; the old one stops working at once. Prints the new secret once.
     Regenerate {
+        /// The token's name (ignoring case).
         name: String,
         /// Keep the old secret working this long (e.g. 1h, up to lifecycle.max_rotation_grace).
         #[arg(long)]
@@ -191,16 +206,23 @@ pub enum TokenCmd {
 #[derive(Debug, Subcommand)]
 pub enum IpCmd {
     /// The IPs that used a token, with their block state.
-    List { token: String },
+    List {
+        /// The token's name (ignoring case).
+        token: String,
+    },
     /// Block IPs or CIDRs for a token.
     Block {
+        /// The token's name (ignoring case).
         token: String,
+        /// IPs or CIDRs, e.g. 192.0.2.7 or 10.0.0.0/8.
         #[arg(required = true, value_name = "IP_OR_CIDR")]
         entries: Vec<String>,
     },
     /// Remove block entries.
     Unblock {
+        /// The token's name (ignoring case).
         token: String,
+        /// IPs or CIDRs, e.g. 192.0.2.7 or 10.0.0.0/8.
         #[arg(required = true, value_name = "IP_OR_CIDR")]
         entries: Vec<String>,
     },
