@@ -1002,3 +1002,66 @@ fn every_argument_of_every_admin_subcommand_has_a_description() {
         assert!(entries > 0, "no arguments read from:\n{text}");
     }
 }
+
+/// `script` (util-linux) runs the CLI on a pseudo-terminal, answering its question with
+/// `answer`; returns the exit code and everything the terminal showed.
+async fn on_a_terminal(cli: &Cli, args: &str, answer: &str) -> (Option<i32>, String) {
+    let line = format!("{BIN} --admin-url {} {args}", cli.url);
+    let answer = answer.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .env("TOKENGATE_ADMIN_KEY", ADMIN_KEY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_and_regenerate_ask_on_a_terminal_unless_yes() {
+    let gw = TestGateway::builder().start().await;
+    gw.create_token("ci", &[SD]).await;
+    let cli = Cli::new(&gw);
+    let (code, text) = on_a_terminal(&cli, "token delete ci", "n\n").await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("Delete token \"ci\"?") && text.contains("[y/N]"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was changed"), "{text}");
+    let (code, text) = on_a_terminal(&cli, "token regenerate ci", "\n").await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("Regenerate token \"ci\"?"), "{text}");
+    // Nothing changed: the token and its secret are as they were.
+    gw.token("ci").await;
+    let r = gw
+        .admin(Method::GET, "/v1/audit?token=ci", None)
+        .await
+        .json();
+    assert_eq!(r["entries"].as_array().unwrap().len(), 1, "{r}");
+    let (code, text) = on_a_terminal(&cli, "token regenerate ci", "yes\n").await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("tg_"), "the new secret is printed: {text}");
+    let (code, text) = on_a_terminal(&cli, "token delete ci --yes", "").await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("[y/N]"), "--yes does not ask: {text}");
+    gw.admin(Method::GET, "/v1/tokens/ci", None)
+        .await
+        .expect(404, Some("not_found"));
+}

@@ -173,6 +173,9 @@ pub enum TokenCmd {
     Delete {
         /// The token's name (ignoring case).
         name: String,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Activate tokens (all or nothing).
     Activate {
@@ -193,6 +196,9 @@ pub enum TokenCmd {
         /// Keep the old secret working this long (e.g. 1h, up to lifecycle.max_rotation_grace).
         #[arg(long)]
         grace: Option<String>,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Report leaked secrets (read from stdin, one a line) to the proxy listener's public
     /// revocation endpoint: each one that is a token's secret deactivates it. Needs no admin key.
@@ -310,6 +316,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// On a terminal (stdin), asks `question` and goes on only on `y` or `yes`; elsewhere, or
+/// with `--yes`, goes on at once (scripts are not asked).
+fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{} [y/N] ", printable(question));
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing was changed (--yes skips the question)")
     }
 }
 
@@ -591,7 +616,11 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             }
             v
         }
-        TokenCmd::Delete { name } => {
+        TokenCmd::Delete { name, yes } => {
+            confirm(
+                yes,
+                &format!("Delete token {name:?}? Its secret stops working at once and its IP records go."),
+            )?;
             c.call(Method::DELETE, &format!("/v1/tokens/{}", enc(&name)), None)
                 .await?;
             if !g.json {
@@ -605,7 +634,16 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
         TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,
-        TokenCmd::Regenerate { name, grace } => {
+        TokenCmd::Regenerate { name, grace, yes } => {
+            let then = if grace.is_some() {
+                "at the end of the grace"
+            } else {
+                "at once"
+            };
+            confirm(
+                yes,
+                &format!("Regenerate token {name:?}? Its current secret stops working {then}."),
+            )?;
             let v = c
                 .call(
                     Method::POST,
