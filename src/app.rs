@@ -333,12 +333,24 @@ impl Gateway {
             store: store.clone(),
         });
         background.extend(store.clone().follow(follower, rx));
+        let console = format!(
+            "{}://{admin_addr}/",
+            if config.admin.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        );
         tracing::info!(
             proxy = %proxy_addr,
             admin = %admin_addr,
             forward_auth = forward_auth_addr.map(tracing::field::display),
+            console = %console,
             "tokengate listening"
         );
+        if config.routes.is_empty() {
+            tracing::warn!("no [[routes]] are configured: the proxy listener answers every request 404 (add a [[routes]] section: see the README's Configuration)");
+        }
         Ok(Gateway {
             proxy_addr,
             admin_addr,

@@ -1065,3 +1065,60 @@ async fn delete_and_regenerate_ask_on_a_terminal_unless_yes() {
         .await
         .expect(404, Some("not_found"));
 }
+
+/// `serve` logs the console's URL with the listeners, and warns when no route is configured.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_the_console_url_and_warns_without_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             key_file = \"{d}/admin.key\"\n[store]\nurl = \"sqlite://{d}/tokengate.db\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut c = command(dir.path());
+    c.args(["--config", cfg.to_str().unwrap(), "serve"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let done = line.contains("no [[routes]]");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .expect("serve starts and warns within 60 s")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let listening = lines
+        .iter()
+        .find(|l| l.contains("tokengate listening"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let admin = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap();
+    assert!(
+        listening.contains(&format!("console=http://{admin}/")),
+        "{listening}"
+    );
+    let warn = lines.last().unwrap();
+    assert!(warn.contains("WARN") && warn.contains("404"), "{warn}");
+}
