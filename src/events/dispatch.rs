@@ -57,12 +57,9 @@ const BACKOFF: [Duration; 5] = [
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// One configured endpoint, ready to deliver to: what its lane needs.
+/// One configured endpoint, ready to deliver to: what its lane needs. `targets[i]` is the
+/// router's endpoint `i` (its store key and its wake-up).
 struct Target {
-    /// The endpoint's index in the router (its wake-up).
-    index: usize,
-    /// The store's key of the endpoint.
-    key: String,
     url: http::Uri,
     signing: SigningKey,
     client: HttpsClient,
@@ -125,8 +122,6 @@ impl Dispatcher {
             let tls = crate::tls::client_config(roots, None)
                 .map_err(|err| anyhow::anyhow!("{key_name}: TLS: {err}"))?;
             targets.push(Target {
-                index: i,
-                key: router.endpoints()[i].key.clone(),
                 url: e.url.clone(),
                 signing,
                 client: crate::tls::https_client(tls, None, Some(TIMEOUT)),
@@ -152,8 +147,8 @@ impl Dispatcher {
     /// One round of every lane, one after another; how many deliveries they attempted.
     pub async fn round_all(&self) -> usize {
         let mut n = 0;
-        for t in &self.targets {
-            n += self.round(t).await;
+        for i in 0..self.targets.len() {
+            n += self.round(i).await;
         }
         n
     }
@@ -183,7 +178,12 @@ impl Dispatcher {
     /// Prunes delivered and failed rows past `webhooks.retention`; fails the pending rows of
     /// endpoints no longer configured once they are older than `max_age`.
     async fn tidy(&self, now: Timestamp) {
-        let known: Vec<String> = self.targets.iter().map(|t| t.key.clone()).collect();
+        let known: Vec<String> = self
+            .router
+            .endpoints()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
         let res = self
             .store
             .prune_deliveries(now.minus(self.retention), &known, now.minus(self.max_age))
@@ -197,31 +197,31 @@ impl Dispatcher {
 
     /// Endpoint `i`'s loop: a round whenever rows may be due for it.
     async fn lane(self: Arc<Self>, i: usize, mut shutdown: watch::Receiver<bool>) {
-        let target = &self.targets[i];
         loop {
             let n = tokio::select! {
-                n = self.round(target) => n,
+                n = self.round(i) => n,
                 _ = shutdown.changed() => return,
             };
             if n == BATCH {
                 continue;
             }
             tokio::select! {
-                _ = self.router.wake(target.index) => {}
+                _ = self.router.wake(i) => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => return,
             }
         }
     }
 
-    /// One round of `target`'s lane: claims its rows due now and attempts each; returns how
+    /// One round of endpoint `i`'s lane: claims its rows due now and attempts each; returns how
     /// many it claimed (a full [`BATCH`]: more may be due).
-    async fn round(&self, target: &Target) -> usize {
+    async fn round(&self, i: usize) -> usize {
+        let (target, key) = (&self.targets[i], &self.router.endpoints()[i].key);
         let now = self.clock.now();
         let lease = now.plus(LEASE);
         let claimed = match self
             .store
-            .claim_deliveries(&self.owner, &target.key, now, lease, BATCH)
+            .claim_deliveries(&self.owner, key, now, lease, BATCH)
             .await
         {
             Ok((rows, pending)) => {

@@ -370,6 +370,39 @@ impl Router {
         }
     }
 
+    /// The `ip.denied` rows a usage flush may write, grouped by (endpoint key, token id,
+    /// hour): a store counts the group's rows of that hour already written and keeps at most
+    /// [`DENIED_PER_TOKEN_HOUR`] in all. `name_of` names the batch's live tokens (`None`:
+    /// gone, no event).
+    pub fn denied_candidates<'a>(
+        &self,
+        batch: &[crate::model::UsageDelta],
+        name_of: impl Fn(crate::model::TokenId) -> Option<&'a str>,
+    ) -> std::collections::BTreeMap<(String, String, i64), Vec<OutboxRow>> {
+        let mut groups: std::collections::BTreeMap<(String, String, i64), Vec<OutboxRow>> =
+            Default::default();
+        if !self.wants(EventType::IpDenied) {
+            return groups;
+        }
+        for d in batch {
+            let (Some(name), Some(at), Some(error)) =
+                (name_of(d.token_id), d.denied_at, d.denied_error)
+            else {
+                continue;
+            };
+            let (id, ip) = (
+                d.token_id.to_string(),
+                crate::net::canonical_ip(d.ip).to_string(),
+            );
+            let hour = at.0.div_euclid(HOUR_MS);
+            for row in self.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {
+                let key = (row.endpoint.clone(), id.clone(), hour);
+                groups.entry(key).or_default().push(row);
+            }
+        }
+        groups
+    }
+
     /// The rows of the events audit entries report.
     pub fn rows_of_audit<'a>(
         &self,

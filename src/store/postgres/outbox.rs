@@ -4,7 +4,7 @@
 //! so two instances never make the same attempt; a result is recorded only by the owner
 //! still holding the lease.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::{GenericClient, Transaction};
 
@@ -127,23 +127,9 @@ impl Inner {
                 written += write_rows(tx, &rows).await?;
             }
         }
-        if router.wants(EventType::IpDenied) {
-            // Per endpoint, token and hour: the candidates, then as many as its budget allows.
-            let mut groups: BTreeMap<(String, String, i64), Vec<OutboxRow>> = BTreeMap::new();
-            for d in batch {
-                let id = d.token_id.to_string();
-                let (Some(name), Some(at), Some(error)) =
-                    (names.get(&id), d.denied_at, d.denied_error)
-                else {
-                    continue;
-                };
-                let ip = crate::net::canonical_ip(d.ip).to_string();
-                let hour = at.0.div_euclid(HOUR_MS);
-                for row in router.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {
-                    let key = (row.endpoint.clone(), id.clone(), hour);
-                    groups.entry(key).or_default().push(row);
-                }
-            }
+        {
+            let groups = router
+                .denied_candidates(batch, |id| names.get(&id.to_string()).map(String::as_str));
             let mut rows = Vec::new();
             for ((endpoint, id, hour), candidates) in groups {
                 let start = hour * HOUR_MS;

@@ -95,44 +95,23 @@ pub(super) fn usage_events(
         }
         written += write_rows(conn, &rows)?;
     }
-    if router.wants(EventType::IpDenied) {
-        let mut budget: HashMap<(String, TokenId, i64), i64> = HashMap::new();
-        for d in batch {
-            let (Some(name), Some(at), Some(error)) =
-                (names.get(&d.token_id), d.denied_at, d.denied_error)
-            else {
-                continue;
-            };
-            let ip = crate::net::canonical_ip(d.ip).to_string();
-            let id = d.token_id.to_string();
-            let hour = at.0.div_euclid(HOUR_MS);
-            for row in router.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {
-                let key = (row.endpoint.clone(), d.token_id, hour);
-                let left = match budget.get(&key) {
-                    Some(n) => *n,
-                    None => {
-                        let start = hour * HOUR_MS;
-                        let used: i64 = conn
-                            .query_row(
-                                "SELECT count(*) FROM webhook_outbox WHERE token_id = ?1
-                                   AND event_type = 'ip.denied' AND endpoint = ?2
-                                   AND created_at >= ?3 AND created_at < ?4",
-                                params![id, row.endpoint, start, start + HOUR_MS],
-                                |r| r.get(0),
-                            )
-                            .map_err(unavailable)?;
-                        DENIED_PER_TOKEN_HOUR - used
-                    }
-                };
-                let n = if left > 0 {
-                    write_rows(conn, std::slice::from_ref(&row))?
-                } else {
-                    0
-                };
-                written += n;
-                budget.insert(key, left - i64::try_from(n).unwrap_or(0));
-            }
-        }
+    let groups = router.denied_candidates(batch, |id| names.get(&id).map(String::as_str));
+    for ((endpoint, id, hour), candidates) in groups {
+        let start = hour * HOUR_MS;
+        let used: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM webhook_outbox WHERE token_id = ?1
+                   AND event_type = 'ip.denied' AND endpoint = ?2
+                   AND created_at >= ?3 AND created_at < ?4",
+                params![id, endpoint, start, start + HOUR_MS],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        let left = usize::try_from(DENIED_PER_TOKEN_HOUR - used).unwrap_or(0);
+        // A candidate whose IP had its event this hour already is skipped by its once_key
+        // and leaves its place unused: the cap is never exceeded.
+        let rows: Vec<OutboxRow> = candidates.into_iter().take(left).collect();
+        written += write_rows(conn, &rows)?;
     }
     Ok(written)
 }
