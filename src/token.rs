@@ -224,6 +224,22 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Names a new token cannot take: the admin API's `/v1/tokens/activate` and
+/// `/v1/tokens/deactivate` would shadow `/v1/tokens/{name}` for them.
+pub const RESERVED_NAMES: [&str; 2] = ["activate", "deactivate"];
+
+/// [`validate_name`], and not one of [`RESERVED_NAMES`] (ignoring case).
+pub fn validate_new_name(name: &str) -> Result<(), String> {
+    validate_name(name)?;
+    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!(
+            "{name:?} is reserved: /v1/tokens/{} is an API path",
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
 /// The case-folded form under which names are unique and looked up.
 pub fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()

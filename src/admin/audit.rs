@@ -79,7 +79,7 @@ impl Admin {
                 event_type: d.event_type,
                 url: d.url,
                 attempts: d.attempts,
-                status: d.status.as_str(),
+                status: d.status,
                 created_at: d.created_at.rfc3339(),
                 last_attempt_at: d.last_attempt_at.map(Timestamp::rfc3339),
                 next_attempt_at: d

@@ -10,7 +10,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::{de, Deserialize, Deserializer};
-use serde_json::Value;
+use serde_json::{json, Value};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::clock::Timestamp;
 use crate::net::BlockEntry;
@@ -108,22 +110,29 @@ fn checked<'de, D: Deserializer<'de>, T: Field>(d: D) -> Result<Option<T>, D::Er
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewToken {
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Name, inline, required = true)]
     name: Option<Name>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Description, inline)]
     description: Option<Description>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = AccessList, inline, required = true)]
     access: Option<AccessList>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = ExpiresAt, inline)]
     expires_at: Option<ExpiresAt>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = ExpiresIn, inline)]
     expires_in: Option<ExpiresIn>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = RateLimitField, inline)]
     rate_limit: Option<RateLimitField>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = AllowedIps, inline)]
     allowed_ips: Option<AllowedIps>,
 }
 
@@ -185,20 +194,26 @@ fn expiry(at: Option<ExpiresAt>, r#in: Option<ExpiresIn>) -> Result<Option<Expir
 }
 
 /// `PATCH /v1/tokens/{name}`: what may change; the rest of a token may not.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenPatch {
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Description, inline)]
     description: Option<Description>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = AccessList, inline)]
     access: Option<AccessList>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = ExpiresAt, inline)]
     expires_at: Option<ExpiresAt>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = ExpiresIn, inline)]
     expires_in: Option<ExpiresIn>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = RateLimitField, inline)]
     rate_limit: Option<RateLimitField>,
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = AllowedIps, inline)]
     allowed_ips: Option<AllowedIps>,
 }
 
@@ -235,10 +250,11 @@ impl TokenPatch {
 }
 
 /// `POST /v1/tokens/{name}/regenerate`: no body, or `{"grace": "<duration>"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegenerateBody {
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Grace, inline)]
     grace: Option<Grace>,
 }
 
@@ -271,11 +287,22 @@ impl Field for Grace {
     }
 }
 
+impl PartialSchema for Grace {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"oneOf": [super::openapi::duration_schema("How long the replaced secret keeps working, up to lifecycle.max_rotation_grace."), {"type": "string", "pattern": "^\\s*0\\s*$", "description": "none"}]}),
+        )
+    }
+}
+
+impl ToSchema for Grace {}
+
 /// `POST /v1/tokens/activate` and `/deactivate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NamesBody {
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Names, inline, required = true)]
     names: Option<Names>,
 }
 
@@ -291,10 +318,11 @@ impl NamesBody {
 }
 
 /// `POST /v1/tokens/{name}/ips/block` and `/unblock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IpsBody {
     #[serde(default, deserialize_with = "checked")]
+    #[schema(value_type = Ips, inline, required = true)]
     ips: Option<Ips>,
 }
 
@@ -318,10 +346,18 @@ impl Field for Name {
         let Value::String(s) = v else {
             return Err("name must be a string".into());
         };
-        token::validate_name(&s)?;
+        token::validate_new_name(&s)?;
         Ok(Name(s))
     }
 }
+
+impl PartialSchema for Name {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(super::openapi::name_schema())
+    }
+}
+
+impl ToSchema for Name {}
 
 /// `expires_at`: an RFC 3339 UTC instant (`2027-01-31T00:00:00Z`), or `null` for never.
 #[derive(Debug, Clone, Copy)]
@@ -341,6 +377,16 @@ impl Field for ExpiresAt {
     }
 }
 
+impl PartialSchema for ExpiresAt {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"oneOf": [super::openapi::timestamp_schema("RFC 3339 UTC; must lie in the future (and within lifecycle.max_expiry)."), {"type": "null", "description": "never"}]}),
+        )
+    }
+}
+
+impl ToSchema for ExpiresAt {}
+
 /// `expires_in`: a duration such as `"90d"` or `"12h"`.
 #[derive(Debug, Clone, Copy)]
 struct ExpiresIn(std::time::Duration);
@@ -359,6 +405,16 @@ impl Field for ExpiresIn {
     }
 }
 
+impl PartialSchema for ExpiresIn {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(super::openapi::duration_schema(
+            "From now, such as \"90d\" (instead of expires_at); not zero.",
+        ))
+    }
+}
+
+impl ToSchema for ExpiresIn {}
+
 /// A description, or `null` for none.
 #[derive(Debug)]
 struct Description(Option<String>);
@@ -375,6 +431,16 @@ impl Field for Description {
         }
     }
 }
+
+impl PartialSchema for Description {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"type": ["string", "null"], "maxLength": token::DESCRIPTION_MAX, "description": "At most 1024 characters; null for none."}),
+        )
+    }
+}
+
+impl ToSchema for Description {}
 
 /// A non-empty list of access type names (which ones are configured is the handler's check).
 #[derive(Debug)]
@@ -399,6 +465,16 @@ impl Field for AccessList {
     }
 }
 
+impl PartialSchema for AccessList {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/AccessType"}, "description": "Duplicates are folded."}),
+        )
+    }
+}
+
+impl ToSchema for AccessList {}
+
 /// Token names, 1 to [`MAX_LIST`] of them (checked when they are looked up).
 #[derive(Debug)]
 struct Names(Vec<String>);
@@ -408,6 +484,16 @@ impl Field for Names {
         string_list(v, "names").map(Names)
     }
 }
+
+impl PartialSchema for Names {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"type": "array", "minItems": 1, "maxItems": MAX_LIST, "items": {"type": "string"}, "examples": [["feed-a"]]}),
+        )
+    }
+}
+
+impl ToSchema for Names {}
 
 /// IPs and CIDRs, 1 to [`MAX_LIST`] of them.
 #[derive(Debug)]
@@ -422,6 +508,16 @@ impl Field for Ips {
             .map(Ips)
     }
 }
+
+impl PartialSchema for Ips {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"type": "array", "minItems": 1, "maxItems": MAX_LIST, "items": super::openapi::ip_or_cidr_schema()}),
+        )
+    }
+}
+
+impl ToSchema for Ips {}
 
 /// `rate_limit`: `{"requests": N, "per": "<duration>"}`, or `null` for none.
 #[derive(Debug)]
@@ -450,6 +546,16 @@ impl Field for RateLimitField {
         }
     }
 }
+
+impl PartialSchema for RateLimitField {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"oneOf": [{"$ref": "#/components/schemas/RateLimit"}, {"type": "null", "description": "no limit"}]}),
+        )
+    }
+}
+
+impl ToSchema for RateLimitField {}
 
 /// The most entries an allow-list holds (SPEC §1).
 pub(crate) const MAX_ALLOWED_IPS: usize = 100;
@@ -485,6 +591,16 @@ impl Field for AllowedIps {
         Ok(AllowedIps(Some(list)))
     }
 }
+
+impl PartialSchema for AllowedIps {
+    fn schema() -> RefOr<Schema> {
+        super::openapi::schema(
+            json!({"oneOf": [{"type": "array", "minItems": 1, "maxItems": MAX_ALLOWED_IPS, "items": super::openapi::ip_or_cidr_schema()}, {"type": "null", "description": "any client IP"}]}),
+        )
+    }
+}
+
+impl ToSchema for AllowedIps {}
 
 fn not_a_list(field: &str) -> String {
     format!("{field} must be an array of strings")

@@ -3,7 +3,7 @@
 //! Handlers return an [`AdminError`]; none builds an error response itself.
 
 use bytes::Bytes;
-use http::header::RETRY_AFTER;
+use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value};
@@ -37,7 +37,8 @@ pub(crate) enum AdminError {
     },
     PayloadTooLarge,
     UnsupportedMediaType,
-    MethodNotAllowed,
+    /// The path exists with these methods only (the `Allow` value).
+    MethodNotAllowed(String),
     /// Lost an optimistic-concurrency race too many times.
     Conflict,
     /// A store call failed (logged here, with its cause).
@@ -85,9 +86,29 @@ impl From<StoreError> for AdminError {
 }
 
 impl AdminError {
+    /// Every `error` code an admin answer can carry (the OpenAPI document's enum).
+    pub(crate) const CODES: [&'static str; 13] = [
+        "unauthorized",
+        "too_many_failures",
+        "invalid_request",
+        "not_found",
+        "token_expired",
+        "token_revoked",
+        "name_taken",
+        "blocked_by_cidr",
+        "payload_too_large",
+        "unsupported_media_type",
+        "method_not_allowed",
+        "conflict",
+        "store_unavailable",
+    ];
+
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let retry_after = match self {
-            AdminError::TooManyFailures(secs) => Some(secs),
+        let header = match &self {
+            AdminError::TooManyFailures(secs) => Some((RETRY_AFTER, HeaderValue::from(*secs))),
+            AdminError::MethodNotAllowed(allow) => {
+                HeaderValue::from_str(allow).ok().map(|v| (ALLOW, v))
+            }
             _ => None,
         };
         let (status, code, message, extra) = self.parts();
@@ -98,9 +119,8 @@ impl AdminError {
             body.insert(k.into(), v);
         }
         let mut resp = json_response(status, &Value::Object(body));
-        if let Some(secs) = retry_after {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        if let Some((name, value)) = header {
+            resp.headers_mut().insert(name, value);
         }
         resp
     }
@@ -191,7 +211,7 @@ impl AdminError {
                 "request bodies must be application/json".into(),
                 None,
             ),
-            AdminError::MethodNotAllowed => (
+            AdminError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this method is not allowed on this path".into(),
@@ -235,6 +255,42 @@ mod tests {
     async fn body(resp: Response<Full<Bytes>>) -> Value {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Every variant's code is one the OpenAPI document lists, and every listed code is used.
+    #[test]
+    fn codes_lists_every_code() {
+        let all = [
+            AdminError::Unauthorized,
+            AdminError::TooManyFailures(1),
+            invalid("f", "m"),
+            AdminError::NotFound,
+            AdminError::NoSuchPath,
+            AdminError::NamesNotFound(vec![]),
+            AdminError::TokensExpired(vec![]),
+            AdminError::TokensRevoked(vec![]),
+            AdminError::NameTaken,
+            AdminError::BlockedByCidr {
+                ip: "10.0.0.1".into(),
+                cidr: "10.0.0.0/8".into(),
+            },
+            AdminError::PayloadTooLarge,
+            AdminError::UnsupportedMediaType,
+            AdminError::MethodNotAllowed("GET".into()),
+            AdminError::Conflict,
+            AdminError::Unavailable("x".into()),
+            AdminError::NotReady(NotReady::Failed),
+        ];
+        let used: std::collections::BTreeSet<&str> = all.into_iter().map(|e| e.parts().1).collect();
+        let listed: std::collections::BTreeSet<&str> = AdminError::CODES.into_iter().collect();
+        assert_eq!(used, listed);
+    }
+
+    #[tokio::test]
+    async fn method_not_allowed_names_the_allowed_methods() {
+        let resp = AdminError::MethodNotAllowed("GET, POST".into()).into_response();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[ALLOW], "GET, POST");
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub(crate) mod dto;
 mod error;
 mod ips;
 pub(crate) mod key;
+pub(crate) mod openapi;
 mod probes;
 mod query;
 mod routes;

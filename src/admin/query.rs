@@ -49,6 +49,48 @@ pub(crate) struct ListQuery {
 }
 
 impl ListParams {
+    /// This list's query parameters as OpenAPI parameter objects.
+    pub(crate) fn openapi_parameters(&self) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        let empty = "An empty value is the same as none.";
+        self.params
+            .iter()
+            .map(|p| {
+                let (schema, description) = match *p {
+                    "status" => (
+                        json!({"type": "string", "enum": ["active", "inactive", ""]}),
+                        format!("Only tokens of this effective status. {empty}"),
+                    ),
+                    "q" => (
+                        json!({"type": "string"}),
+                        "Only names containing this (ignoring case).".to_string(),
+                    ),
+                    "limit" => (
+                        json!({"anyOf": [
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": self.max_limit,
+                                "default": self.default_limit,
+                            },
+                            {"type": "string", "enum": [""]},
+                        ]}),
+                        format!("The most entries in one answer. {empty}"),
+                    ),
+                    "after" => (
+                        json!({"type": "string"}),
+                        "The previous page's `next`: continue after this name.".to_string(),
+                    ),
+                    _ => (
+                        json!({"type": "string"}),
+                        "Only the entries of the token of this name (ignoring case).".to_string(),
+                    ),
+                };
+                json!({"name": p, "in": "query", "required": false, "schema": schema, "description": description})
+            })
+            .collect()
+    }
+
     pub(crate) fn parse(&self, query: Option<&str>) -> Result<ListQuery, AdminError> {
         let mut out = ListQuery {
             limit: self.default_limit,

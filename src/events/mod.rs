@@ -436,7 +436,8 @@ impl Router {
 }
 
 /// A delivery's state in the outbox (SPEC §4 `GET /v1/webhooks/deliveries`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
     Delivered,
