@@ -1003,6 +1003,79 @@ fn every_argument_of_every_admin_subcommand_has_a_description() {
     }
 }
 
+/// `serve` and `dev` are no API clients: their help shows `--config` and none of the client
+/// flags, which every admin subcommand shows (and accepts before or after itself).
+#[test]
+fn client_flags_are_shown_only_under_the_admin_subcommands() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let client = [
+        "--admin-url",
+        "--json",
+        "--ca-file",
+        "--client-cert",
+        "--client-key",
+    ];
+    for args in [&["serve"][..], &["dev"]] {
+        let text = help(args);
+        assert!(text.contains("--config"), "{args:?}:\n{text}");
+        for flag in client {
+            assert!(!text.contains(flag), "{args:?} shows {flag}:\n{text}");
+        }
+    }
+    for args in [
+        &["token", "list"][..],
+        &["token"],
+        &["ip", "block"],
+        &["audit"],
+        &["access-types"],
+        &["webhook", "deliveries"],
+        &[],
+    ] {
+        let text = help(args);
+        for flag in client {
+            assert!(text.contains(flag), "{args:?} lacks {flag}:\n{text}");
+        }
+    }
+}
+
+/// The admin URL: a flag after the subcommand, else one before it, else TOKENGATE_ADMIN_URL.
+#[tokio::test]
+async fn an_admin_url_flag_wins_over_the_environment() {
+    let gw = TestGateway::builder().start().await;
+    let live = format!("http://{}", gw.admin);
+    let dead = format!("http://{}", refused_addr().await);
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = |env: &str, args: Vec<String>| {
+        let mut c = command(dir.path());
+        c.args(args)
+            .env("TOKENGATE_ADMIN_KEY", ADMIN_KEY)
+            .env("TOKENGATE_ADMIN_URL", env);
+        run(c, Duration::from_secs(60))
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let o = attempt(&live, s(&["access-types"])).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = attempt(&dead, s(&["--admin-url", &live, "access-types"])).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = attempt(&dead, s(&["access-types", "--admin-url", &live])).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = attempt(
+        &live,
+        s(&["--admin-url", &live, "token", "list", "--admin-url", &dead]),
+    )
+    .await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains(&dead), "{o:?}");
+}
+
 /// `script` (util-linux) runs the CLI on a pseudo-terminal, answering its question with
 /// `answer`; returns the exit code and everything the terminal showed.
 async fn on_a_terminal(cli: &Cli, args: &str, answer: &str) -> (Option<i32>, String) {

@@ -29,8 +29,12 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
     after_help = AFTER_HELP
 )]
 pub struct Cli {
+    /// Config file (default: config/tokengate.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The admin-client flags given before the subcommand.
     #[command(flatten)]
-    pub global: Global,
+    pub client: TopClientFlags,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -48,26 +52,101 @@ Exit status:
   1  the API refused, could not be reached, or the gateway could not start (one line on stderr)
   2  a usage error: an unknown subcommand, flag or value";
 
-#[derive(Debug, Args)]
+/// The flags of an admin API client, twice: at the top level (before the subcommand, not
+/// passed down, so `serve` and `dev` do not show them) and on each admin subcommand group
+/// (global within it, so they may follow the subcommand too).
+macro_rules! client_flags {
+    ($(#[$meta:meta])* $name:ident, global = $global:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Args)]
+        pub struct $name {
+            /// Admin API base URL (default: env TOKENGATE_ADMIN_URL, else from the config's
+            /// admin.listen, else http://127.0.0.1:9090).
+            #[arg(long, global = $global, value_name = "URL")]
+            pub admin_url: Option<String>,
+            /// Print the API's JSON instead of a table.
+            #[arg(long, global = $global)]
+            pub json: bool,
+            /// CA certificate for a TLS admin listener.
+            #[arg(long, global = $global, value_name = "FILE")]
+            pub ca_file: Option<PathBuf>,
+            /// Client certificate for a TLS admin listener.
+            #[arg(long, global = $global, value_name = "FILE")]
+            pub client_cert: Option<PathBuf>,
+            /// Client key for a TLS admin listener.
+            #[arg(long, global = $global, value_name = "FILE")]
+            pub client_key: Option<PathBuf>,
+        }
+    };
+}
+
+client_flags!(
+    /// Client flags before the subcommand (`tokengate --json token list`).
+    TopClientFlags,
+    global = false
+);
+client_flags!(
+    /// Client flags of an admin subcommand group (`tokengate token list --json`).
+    ClientFlags,
+    global = true
+);
+
+/// What an admin subcommand runs with: the config file and the client flags, from wherever
+/// on the command line they were given.
+#[derive(Debug, Default)]
 pub struct Global {
-    /// Config file (default: config/tokengate.toml if present, else built-in defaults).
-    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Admin API base URL (default: from the config's admin.listen, else http://127.0.0.1:9090).
-    #[arg(long, global = true, env = "TOKENGATE_ADMIN_URL", value_name = "URL")]
     pub admin_url: Option<String>,
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
     pub json: bool,
-    /// CA certificate for a TLS admin listener.
-    #[arg(long, global = true, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Client certificate for a TLS admin listener.
-    #[arg(long, global = true, value_name = "FILE")]
     pub client_cert: Option<PathBuf>,
-    /// Client key for a TLS admin listener.
-    #[arg(long, global = true, value_name = "FILE")]
     pub client_key: Option<PathBuf>,
+}
+
+impl Global {
+    fn new(config: Option<PathBuf>, top: TopClientFlags, sub: ClientFlags) -> Global {
+        Global {
+            config,
+            // A flag after the subcommand, one before it (clap hands the later of the two to
+            // both), then the environment.
+            admin_url: sub.admin_url.or(top.admin_url).or_else(|| {
+                std::env::var("TOKENGATE_ADMIN_URL")
+                    .ok()
+                    .filter(|u| !u.trim().is_empty())
+            }),
+            json: sub.json || top.json,
+            ca_file: sub.ca_file.or(top.ca_file),
+            client_cert: sub.client_cert.or(top.client_cert),
+            client_key: sub.client_key.or(top.client_key),
+        }
+    }
+}
+
+/// `tokengate token ...`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    #[command(subcommand)]
+    pub cmd: TokenCmd,
+}
+
+/// `tokengate ip ...`.
+#[derive(Debug, Args)]
+pub struct IpArgs {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    #[command(subcommand)]
+    pub cmd: IpCmd,
+}
+
+/// `tokengate webhook ...`.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    #[command(subcommand)]
+    pub cmd: WebhookCmd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,13 +156,14 @@ pub enum Command {
     /// Zero-setup demo: gateway, two echo upstreams and a demo token, state in a temp dir.
     Dev,
     /// Manage application tokens.
-    #[command(subcommand)]
-    Token(TokenCmd),
+    Token(TokenArgs),
     /// See and block the client IPs of a token.
-    #[command(subcommand)]
-    Ip(IpCmd),
+    Ip(IpArgs),
     /// List the configured access types (name and label).
-    AccessTypes,
+    AccessTypes {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Show the audit log (all tokens, or one).
     Audit {
         /// Only this token's entries (its name).
@@ -91,10 +171,11 @@ pub enum Command {
         /// At most this many entries (1 to 1000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
+        #[command(flatten)]
+        client: ClientFlags,
     },
     /// Webhook deliveries: what was sent to each endpoint, and how it went.
-    #[command(subcommand)]
-    Webhook(WebhookCmd),
+    Webhook(WebhookArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,19 +349,23 @@ pub fn init_tracing() {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (config, top) = (cli.config, cli.client);
+    let global = |sub| Global::new(config.clone(), top, sub);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.global.config.as_deref()).await,
+        Command::Serve => serve(config.as_deref()).await,
         Command::Dev => crate::dev::run().await,
-        // Public: needs no admin key, so no admin client.
-        Command::Token(TokenCmd::Revoke { proxy_url }) => revoke_cmd(&cli.global, proxy_url).await,
-        Command::Token(cmd) => token_cmd(&cli.global, cmd).await,
-        Command::Ip(cmd) => ip_cmd(&cli.global, cmd).await,
-        Command::AccessTypes => {
-            let c = admin_client(&cli.global)?;
+        Command::Token(TokenArgs { client, cmd }) => match cmd {
+            // Public: needs no admin key, so no admin client.
+            TokenCmd::Revoke { proxy_url } => revoke_cmd(&global(client), proxy_url).await,
+            cmd => token_cmd(&global(client), cmd).await,
+        },
+        Command::Ip(IpArgs { client, cmd }) => ip_cmd(&global(client), cmd).await,
+        Command::AccessTypes { client } => {
+            let g = global(client);
+            let c = admin_client(&g)?;
             let v = c.call(Method::GET, "/v1/access-types", None).await?;
-            let json = cli.global.json;
             print_answer(
-                json,
+                g.json,
                 &v,
                 "access_types",
                 &ACCESS_TYPE_HEADER,
@@ -288,18 +373,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit { token, limit } => {
-            let c = admin_client(&cli.global)?;
+        Command::Audit {
+            token,
+            limit,
+            client,
+        } => {
+            let g = global(client);
+            let c = admin_client(&g)?;
             let mut path = format!("/v1/audit?limit={limit}");
             if let Some(t) = token {
                 path.push_str(&format!("&token={}", enc(&t)));
             }
             let v = c.call(Method::GET, &path, None).await?;
-            print_answer(cli.global.json, &v, "entries", &AUDIT_HEADER, audit_row);
+            print_answer(g.json, &v, "entries", &AUDIT_HEADER, audit_row);
             Ok(())
         }
-        Command::Webhook(WebhookCmd::Deliveries { limit }) => {
-            let c = admin_client(&cli.global)?;
+        Command::Webhook(WebhookArgs {
+            client,
+            cmd: WebhookCmd::Deliveries { limit },
+        }) => {
+            let g = global(client);
+            let c = admin_client(&g)?;
             let v = c
                 .call(
                     Method::GET,
@@ -307,13 +401,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            print_answer(
-                cli.global.json,
-                &v,
-                "deliveries",
-                &DELIVERY_HEADER,
-                delivery_row,
-            );
+            print_answer(g.json, &v, "deliveries", &DELIVERY_HEADER, delivery_row);
             Ok(())
         }
     }
