@@ -5,7 +5,11 @@
 //! The browser tests skip, with a printed reason, when `/usr/bin/chromium` or
 //! `/usr/bin/chromedriver` is missing, and fail instead when `TOKENGATE_TEST_REQUIRE` names
 //! `chromium` (see `support::skip`); `.ci/run` installs both and requires them. With `TOKENGATE_SCREENSHOTS=1`
-//! they also write `docs/console-list.png` and `docs/console-token.png`.
+//! they also write the README's pictures: `docs/console-{list,token,rotation,audit}.png` at
+//! 1280 px and `docs/console-{list,token,audit}-narrow.png` at 400 px.
+//!
+//! The console's "now" (for "3 days ago") is the page's `Date.now()`; [`sign_in`] pins it to
+//! the gateway's manual clock, so relative times follow the time the tests move.
 //!
 //! The WebDriver client is a few dozen lines over the hyper client the other tests use: the
 //! protocol is JSON over HTTP, and this keeps a TLS stack out of the dev-dependencies.
@@ -469,11 +473,63 @@ fn console_url(gw: &TestGateway) -> String {
     format!("http://{}/", gw.admin)
 }
 
+/// Opens the console, pins its clock to the gateway's (see [`pin_clock`]) and signs in.
 async fn sign_in(b: &Browser, gw: &TestGateway) {
     b.goto(&console_url(gw)).await;
+    b.ready("#signin-key").await;
+    pin_clock(b, gw).await;
     b.fill("#signin-key", &format!("{ADMIN_KEY}\u{E007}")).await;
     b.ready("#view-list").await;
 }
+
+/// The console's "now" for relative times is `Date.now()` in the page: pin it to the
+/// gateway's manual clock (which tests move by days), so that "3 days ago" means three days
+/// of the gateway's time. Lasts until the next page load.
+async fn pin_clock(b: &Browser, gw: &TestGateway) {
+    let now = tokengate::clock::Clock::now(&gw.clock).millis();
+    b.js("const t = arguments[0]; Date.now = () => t;", json!([now]))
+        .await;
+}
+
+/// The exact UTC text the console shows on hover for an API time (`2026-11-26T03:04:05Z`).
+fn exact(rfc3339: &str) -> String {
+    rfc3339.replace('T', " ").replace('Z', " UTC")
+}
+
+/// The `data-name`s of the token list's rows, top to bottom.
+async fn listed(b: &Browser) -> Vec<String> {
+    let v = b
+        .js(
+            "return [...document.querySelectorAll('#token-rows tr')].map(r => r.dataset.name)",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until the token list shows exactly `names`, in that order.
+async fn wait_listed(b: &Browser, what: &str, names: &[&str]) {
+    b.wait(
+        what,
+        "const rows = [...document.querySelectorAll('#token-rows tr')].map(r => r.dataset.name); \
+         return JSON.stringify(rows) === JSON.stringify(arguments[0]);",
+        json!([names]),
+    )
+    .await;
+}
+
+/// The `aria-sort` of each sortable header of the token list (`null` where absent).
+async fn aria_sort(b: &Browser) -> Value {
+    b.js(
+        "const o = {}; document.querySelectorAll('#token-table th[data-sort]')\
+           .forEach(th => { o[th.dataset.sort] = th.getAttribute('aria-sort'); }); return o;",
+        json!([]),
+    )
+    .await
+}
+
+/// Whether the page scrolls sideways (the 400 px rule: it must not).
+const FITS: &str = "return document.documentElement.scrollWidth <= window.innerWidth";
 
 /// A proxied GET from a chosen client address (the test's loopback peer is a trusted proxy
 /// in the gateways that use this).
@@ -500,6 +556,13 @@ async fn confirm(b: &Browser, needle: &str) {
     b.wait_gone("#confirm-dialog").await;
 }
 
+/// Waits for the confirmation dialog and cancels it.
+async fn cancel(b: &Browser) {
+    b.ready("#confirm-cancel").await;
+    b.click("#confirm-cancel").await;
+    b.wait_gone("#confirm-dialog").await;
+}
+
 /// Creates a token with a description through the admin API; returns its secret.
 async fn create(gw: &TestGateway, name: &str, description: &str, access: &[&str]) -> String {
     let r = gw
@@ -511,6 +574,87 @@ async fn create(gw: &TestGateway, name: &str, description: &str, access: &[&str]
         .await;
     r.expect(201, None);
     r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// The README's demo data: five tokens in each state (one lapsed to idle after 31 days, one
+/// deactivated), `soc-dashboard` used once and `siem-export` from four client addresses at
+/// different times (the test's loopback peer is a trusted proxy here). Returns
+/// `siem-export`'s secret.
+async fn demo_gateway() -> (TestGateway, Upstream, String) {
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let hour = Duration::from_secs(3600);
+    let day = 24 * hour;
+
+    // A token nobody used for 30 days lapses to inactive (idle).
+    create(
+        &gw,
+        "legacy-importer",
+        "Old CSV importer, replaced by siem-export",
+        &["third-party-feeds"],
+    )
+    .await;
+    gw.clock.advance(31 * day);
+    let secret = create(
+        &gw,
+        "siem-export",
+        "Nightly SIEM export of alarms and audit events",
+        &["security-director", "third-party-feeds"],
+    )
+    .await;
+    let soc = create(
+        &gw,
+        "soc-dashboard",
+        "SOC wall dashboard (read-only)",
+        &["security-director"],
+    )
+    .await;
+    create(
+        &gw,
+        "threat-feed-partner",
+        "Threat intelligence partner feed",
+        &["third-party-feeds"],
+    )
+    .await;
+    create(
+        &gw,
+        "contractor-2024",
+        "Temporary access for the audit contractor",
+        &["security-director"],
+    )
+    .await;
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["contractor-2024"]})),
+    )
+    .await
+    .expect(200, None);
+    gw.clock.advance(2 * hour);
+    get_from(&gw, "/sd/alarms", &soc, "192.0.2.10")
+        .await
+        .expect(200, None);
+
+    // siem-export is used from four addresses, at different times.
+    for (ip, n) in [
+        ("198.51.100.23", 3),
+        ("2001:db8::7", 1),
+        ("203.0.113.9", 2),
+        ("192.0.2.44", 5),
+    ] {
+        gw.clock.advance(3 * hour + Duration::from_secs(17 * 60));
+        for _ in 0..n {
+            get_from(&gw, "/sd/events", &secret, ip)
+                .await
+                .expect(200, None);
+        }
+    }
+    (gw, up, secret)
 }
 
 // === the page itself (no browser needed) ===
@@ -960,80 +1104,7 @@ async fn console_cidr_blocks_and_screenshots() {
     let Some(b) = Browser::start("console_cidr_blocks_and_screenshots").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = TestGateway::builder()
-        .route("/sd/", "security-director", up.addr)
-        .route("/feeds/", "third-party-feeds", up.addr)
-        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
-        .start()
-        .await;
-    let hour = Duration::from_secs(3600);
-    let day = 24 * hour;
-
-    // A token nobody used for 30 days lapses to inactive (idle).
-    create(
-        &gw,
-        "legacy-importer",
-        "Old CSV importer, replaced by siem-export",
-        &["third-party-feeds"],
-    )
-    .await;
-    gw.clock.advance(31 * day);
-    let secret = create(
-        &gw,
-        "siem-export",
-        "Nightly SIEM export of alarms and audit events",
-        &["security-director", "third-party-feeds"],
-    )
-    .await;
-    let soc = create(
-        &gw,
-        "soc-dashboard",
-        "SOC wall dashboard (read-only)",
-        &["security-director"],
-    )
-    .await;
-    create(
-        &gw,
-        "threat-feed-partner",
-        "Threat intelligence partner feed",
-        &["third-party-feeds"],
-    )
-    .await;
-    create(
-        &gw,
-        "contractor-2024",
-        "Temporary access for the audit contractor",
-        &["security-director"],
-    )
-    .await;
-    gw.admin(
-        Method::POST,
-        "/v1/tokens/deactivate",
-        Some(json!({"names": ["contractor-2024"]})),
-    )
-    .await
-    .expect(200, None);
-    gw.clock.advance(2 * hour);
-    get_from(&gw, "/sd/alarms", &soc, "192.0.2.10")
-        .await
-        .expect(200, None);
-
-    // siem-export is used from four addresses, at different times.
-    for (ip, n) in [
-        ("198.51.100.23", 3),
-        ("2001:db8::7", 1),
-        ("203.0.113.9", 2),
-        ("192.0.2.44", 5),
-    ] {
-        gw.clock.advance(3 * hour + Duration::from_secs(17 * 60));
-        for _ in 0..n {
-            get_from(&gw, "/sd/events", &secret, ip)
-                .await
-                .expect(200, None);
-        }
-    }
-
+    let (gw, _up, secret) = demo_gateway().await;
     sign_in(&b, &gw).await;
     b.wait(
         "five tokens listed",
@@ -1051,7 +1122,7 @@ async fn console_cidr_blocks_and_screenshots() {
     let lapses = b
         .text("#token-rows tr[data-name='soc-dashboard'] td.lapses")
         .await;
-    assert!(lapses.contains("UTC"), "{lapses}");
+    assert_eq!(lapses, "in 29 days", "{lapses}");
 
     if let Some(dir) = screenshots_wanted() {
         b.click("#token-rows tr[data-name='contractor-2024'] input[type=checkbox]")
@@ -1617,4 +1688,622 @@ async fn console_shows_a_revoked_token_with_its_advice() {
     b.click("#token-toggle").await;
     b.wait_text("#token-toggle", "Deactivate").await;
     assert_eq!(gw.token("leaked").await["status"], "active");
+}
+
+/// SPEC §7 "times show relative with the exact UTC time on hover": the list, the token page,
+/// the IP table and the audit view show "3 days ago" / "in 27 days" / "just now", each a
+/// `<time>` whose `datetime` is the API's value and whose title is the exact UTC time. "Now"
+/// is the gateway's clock (pinned in the page, see [`pin_clock`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_times_are_relative_with_the_exact_time_on_hover() {
+    let Some(b) = Browser::start("console_times_are_relative_with_the_exact_time_on_hover").await
+    else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", "security-director", up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let hour = Duration::from_secs(3600);
+    let day = 24 * hour;
+    let secret = create(&gw, "older", "Used three days ago", &["security-director"]).await;
+    gw.clock.advance(2 * hour);
+    get_from(&gw, "/sd/x", &secret, "192.0.2.7")
+        .await
+        .expect(200, None);
+    gw.clock.advance(3 * day);
+    let now = tokengate::clock::Clock::now(&gw.clock);
+    // 5 h 35 min ahead reads "in 6 hours" (rounded to the nearest hour).
+    let in_6h = now.plus(5 * hour + Duration::from_secs(35 * 60)).rfc3339();
+    gw.create_token_with(json!({
+        "name": "newer", "access": ["security-director"], "expires_at": in_6h,
+    }))
+    .await;
+    let older = gw.token("older").await;
+    let last_used = older["last_used_at"].as_str().unwrap().to_string();
+    let lapses = older["inactive_at"].as_str().unwrap().to_string();
+
+    sign_in(&b, &gw).await;
+    let cell = "#token-rows tr[data-name='older'] td.last-used time";
+    b.wait_text(cell, "3 days ago").await;
+    let time_of = "const e = document.querySelector(arguments[0]); \
+                   return e ? [e.tagName, e.textContent, e.getAttribute('datetime'), e.title] : null;";
+    assert_eq!(
+        b.js(time_of, json!([cell])).await,
+        json!(["TIME", "3 days ago", last_used, exact(&last_used)])
+    );
+    // Used 3 days ago: it lapses 27 days from now (inactive_after is 30 days).
+    let cell = "#token-rows tr[data-name='older'] td.lapses time";
+    assert_eq!(
+        b.js(time_of, json!([cell])).await,
+        json!(["TIME", "in 27 days", lapses, exact(&lapses)])
+    );
+    assert_eq!(
+        b.text("#token-rows tr[data-name='newer'] td.last-used")
+            .await,
+        "never"
+    );
+
+    // The token page: relative, and the exact time beside it; the IP table: relative.
+    b.click("#token-rows tr[data-name='newer'] td.name a").await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-facts", "Expires").await;
+    let facts = b.text("#token-facts").await;
+    assert!(
+        facts.contains(&format!("in 6 hours{}", exact(&in_6h))),
+        "{facts}"
+    );
+    assert!(
+        facts.contains(&format!("just now{}", exact(&now.rfc3339()))),
+        "{facts}"
+    );
+    b.click("#back-to-list").await;
+    b.click("#token-rows tr[data-name='older'] td.name a").await;
+    let ip = "#ip-rows tr[data-ip='192.0.2.7']";
+    b.wait_text(&format!("{ip} td.when"), "3 days ago").await;
+    assert_eq!(
+        b.js(time_of, json!([format!("{ip} td.when time")])).await,
+        json!(["TIME", "3 days ago", last_used, exact(&last_used)])
+    );
+    // Blocking: "since just now".
+    b.fill("#block-input", "198.51.100.0/24\u{E007}").await;
+    confirm(&b, "198.51.100.0/24").await;
+    b.wait_text(
+        "#ip-rows tr[data-ip='198.51.100.0/24'] td.blocked",
+        "since just now",
+    )
+    .await;
+
+    // The audit view: the block just now, the creation three days and two hours ago.
+    b.click("#nav-audit").await;
+    b.ready("#view-audit").await;
+    b.wait(
+        "three audit entries",
+        "return document.querySelectorAll('#audit-rows tr').length === 3",
+        json!([]),
+    )
+    .await;
+    let at = b
+        .js(
+            "return [...document.querySelectorAll('#audit-rows td.at time')]\
+               .map(t => [t.textContent, t.getAttribute('datetime'), t.title])",
+            json!([]),
+        )
+        .await;
+    let created = older["created_at"].as_str().unwrap();
+    assert_eq!(at[0][0], "just now", "{at}");
+    assert_eq!(at[1][0], "just now", "{at}");
+    assert_eq!(
+        at[2],
+        json!(["3 days ago", created, exact(created)]),
+        "{at}"
+    );
+}
+
+/// SPEC §7 "the list sorts by column and pages": a header is a button that sorts the rows
+/// loaded (again: the other way), `aria-sort` names the order, the keyboard works; with a
+/// page of 25, "Load more" continues the same filtered list, the new rows are sorted in, and
+/// a change made on the second page keeps every loaded row in view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sorts_by_column_and_pages_with_filters() {
+    let Some(b) = Browser::start("console_sorts_by_column_and_pages_with_filters").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    // tok-01 .. tok-30, each used once, later names earlier (tok-30 used first, tok-01 last),
+    // except tok-29 (never used) and tok-27, used most recently of all.
+    let mut secrets = Vec::new();
+    for i in 1..=30 {
+        let (secret, _) = gw
+            .create_token(&format!("tok-{i:02}"), &["security-director"])
+            .await;
+        secrets.push(secret);
+    }
+    for i in (1..=30).rev().filter(|i| *i != 29 && *i != 27) {
+        gw.clock.advance(Duration::from_secs(60));
+        gw.get("/sd/x", Some(&secrets[i - 1]))
+            .await
+            .expect(200, None);
+    }
+    gw.clock.advance(Duration::from_secs(60));
+    gw.get("/sd/x", Some(&secrets[26])).await.expect(200, None);
+    // Three inactive ones: tok-05 (first page) and tok-28, tok-30 (second page).
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/deactivate",
+        Some(json!({"names": ["tok-05", "tok-28", "tok-30"]})),
+    )
+    .await
+    .expect(200, None);
+    let names = |r: std::ops::RangeInclusive<usize>| -> Vec<String> {
+        r.map(|i| format!("tok-{i:02}")).collect()
+    };
+
+    sign_in(&b, &gw).await;
+    b.choose("#page-size", "25").await;
+    b.wait(
+        "a first page of 25",
+        "return document.querySelectorAll('#token-rows tr').length === 25",
+        json!([]),
+    )
+    .await;
+    assert_eq!(listed(&b).await, names(1..=25));
+    b.ready("#load-more").await;
+    assert_eq!(
+        aria_sort(&b).await,
+        json!({"name": "ascending", "description": null, "access": null,
+               "status": null, "last_used": null, "lapses": null})
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('sort-note').hidden",
+            json!([])
+        )
+        .await,
+        json!(true)
+    );
+
+    // Last used, ascending: the oldest use first (tok-25 on this page); then descending.
+    b.click("#token-table th[data-sort='last_used'] button")
+        .await;
+    let asc: Vec<String> = names(1..=25).into_iter().rev().collect();
+    let asc: Vec<&str> = asc.iter().map(String::as_str).collect();
+    wait_listed(&b, "oldest use first", &asc).await;
+    let sorts = aria_sort(&b).await;
+    assert_eq!(sorts["last_used"], "ascending", "{sorts}");
+    assert_eq!(sorts["name"], Value::Null, "{sorts}");
+    // The list is incomplete and not in the API's order: the page says so.
+    b.wait_text("#sort-note", "load more").await;
+    b.click("#token-table th[data-sort='last_used'] button")
+        .await;
+    let desc: Vec<&str> = asc.iter().rev().copied().collect();
+    wait_listed(&b, "newest use first", &desc).await;
+    assert_eq!(aria_sort(&b).await["last_used"], "descending");
+
+    // Load more: the next page of the same list, sorted in (tok-27 was used last of all;
+    // tok-29, never used, goes to the end).
+    b.click("#load-more").await;
+    let mut all: Vec<String> = vec!["tok-27".into()];
+    all.extend(
+        names(1..=30)
+            .into_iter()
+            .filter(|n| n != "tok-27" && n != "tok-29"),
+    );
+    all.push("tok-29".into());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    wait_listed(&b, "all 30, newest use first", &all).await;
+    b.wait_gone("#load-more").await;
+    assert_eq!(
+        b.js(
+            "return document.getElementById('sort-note').hidden",
+            json!([])
+        )
+        .await,
+        json!(true),
+        "everything is loaded: the order is complete"
+    );
+
+    // The keyboard: Status is a button; Enter sorts by it (active first).
+    let id = b.ready("#token-table th[data-sort='status'] button").await;
+    b.cmd(
+        Method::POST,
+        &format!("/element/{id}/value"),
+        Some(json!({"text": "\u{E007}"})),
+    )
+    .await;
+    b.wait(
+        "sorted by status",
+        "return document.querySelector(\"#token-table th[data-sort='status']\")\
+           .getAttribute('aria-sort') === 'ascending'",
+        json!([]),
+    )
+    .await;
+    let rows = listed(&b).await;
+    assert_eq!(&rows[27..], ["tok-05", "tok-28", "tok-30"], "{rows:?}");
+    assert_eq!(&rows[..2], ["tok-01", "tok-02"], "{rows:?}");
+    let focused = b
+        .js(
+            "return document.activeElement.getAttribute('data-sort')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(focused, json!("status"), "the header keeps the focus");
+
+    // A filter starts a new list; "Load more" continues that filter (27 active tokens).
+    b.choose("#filter-status", "active").await;
+    b.wait(
+        "a first page of 25 active tokens",
+        "return document.querySelectorAll('#token-rows tr').length === 25",
+        json!([]),
+    )
+    .await;
+    b.click("#load-more").await;
+    b.wait(
+        "27 active tokens",
+        "return document.querySelectorAll('#token-rows tr').length === 27 \
+           && document.getElementById('load-more').hidden",
+        json!([]),
+    )
+    .await;
+    let rows = listed(&b).await;
+    for n in ["tok-05", "tok-28", "tok-30"] {
+        assert!(!rows.iter().any(|r| r == n), "{n} is inactive: {rows:?}");
+    }
+    // Deactivating a token of the second page reloads every row shown, not just page one.
+    b.click("#token-rows tr[data-name='tok-29'] input[type=checkbox]")
+        .await;
+    b.click("#bulk-deactivate").await;
+    confirm(&b, "tok-29").await;
+    b.wait_text("#bulk-ok", "Deactivated 1 token").await;
+    b.wait(
+        "26 active tokens",
+        "return document.querySelectorAll('#token-rows tr').length === 26",
+        json!([]),
+    )
+    .await;
+    assert_eq!(gw.token("tok-29").await["status"], "inactive");
+    let rows = listed(&b).await;
+    assert!(rows.iter().any(|r| r == "tok-26"), "{rows:?}");
+    assert_eq!(aria_sort(&b).await["status"], "ascending");
+}
+
+/// SPEC §7 "deactivate and block ask for confirmation": from the list's selection, on the
+/// token page, from the IP table's selection and for a typed IP or CIDR. Cancelling (the
+/// button, or Escape) changes nothing; confirming changes it, as the admin API shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_confirms_deactivate_and_block() {
+    let Some(b) = Browser::start("console_confirms_deactivate_and_block").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .route("/sd/", "security-director", up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let secret = create(&gw, "alpha", "First", &["security-director"]).await;
+    create(&gw, "beta", "Second", &["security-director"]).await;
+    get_from(&gw, "/sd/x", &secret, "192.0.2.1")
+        .await
+        .expect(200, None);
+    let status = |name: &'static str| {
+        let gw = &gw;
+        async move { gw.token(name).await["status"].clone() }
+    };
+    let blocked = |ip: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.ips("alpha")
+                .await
+                .into_iter()
+                .find(|r| r["ip"] == ip)
+                .map(|r| r["blocked"].clone())
+        }
+    };
+
+    sign_in(&b, &gw).await;
+    // 1. Deactivate from the list's selection.
+    b.click("#token-rows tr[data-name='beta'] input[type=checkbox]")
+        .await;
+    b.click("#bulk-deactivate").await;
+    cancel(&b).await;
+    assert_eq!(status("beta").await, "active");
+    // Escape cancels too.
+    b.click("#bulk-deactivate").await;
+    let id = b.ready("#confirm-cancel").await;
+    b.cmd(
+        Method::POST,
+        &format!("/element/{id}/value"),
+        Some(json!({"text": "\u{E00C}"})),
+    )
+    .await;
+    b.wait_gone("#confirm-dialog").await;
+    assert_eq!(status("beta").await, "active");
+    b.click("#bulk-deactivate").await;
+    confirm(&b, "Deactivate beta").await;
+    b.wait_text("#token-rows tr[data-name='beta'] td.status", "Inactive")
+        .await;
+    assert_eq!(status("beta").await, "inactive");
+
+    // 2. Deactivate on the token page.
+    b.click("#token-rows tr[data-name='alpha'] td.name a").await;
+    b.ready("#token-body").await;
+    b.wait_text("#token-toggle", "Deactivate").await;
+    b.click("#token-toggle").await;
+    cancel(&b).await;
+    assert_eq!(status("alpha").await, "active");
+    b.click("#token-toggle").await;
+    confirm(&b, "Deactivate alpha").await;
+    b.wait_text("#token-toggle", "Activate").await;
+    assert_eq!(status("alpha").await, "inactive");
+
+    // 3. Block from the IP table's selection.
+    let row = "#ip-rows tr[data-ip='192.0.2.1']";
+    b.click(&format!("{row} input[type=checkbox]")).await;
+    b.click("#ips-block").await;
+    cancel(&b).await;
+    assert_eq!(blocked("192.0.2.1").await, Some(json!(false)));
+    b.click("#ips-block").await;
+    confirm(&b, "192.0.2.1").await;
+    b.wait_text(&format!("{row} td.blocked"), "Blocked").await;
+    assert_eq!(blocked("192.0.2.1").await, Some(json!(true)));
+
+    // 4. Block a typed CIDR.
+    b.fill("#block-input", "203.0.113.0/24\u{E007}").await;
+    cancel(&b).await;
+    assert_eq!(blocked("203.0.113.0/24").await, None);
+    assert_eq!(b.value("#block-input").await, "203.0.113.0/24");
+    b.click("#block-submit").await;
+    confirm(&b, "203.0.113.0/24").await;
+    b.wait_text(
+        "#ip-rows tr[data-ip='203.0.113.0/24'] td.blocked",
+        "Blocked",
+    )
+    .await;
+    assert_eq!(blocked("203.0.113.0/24").await, Some(json!(true)));
+}
+
+/// SPEC §7 "an audit view lists /v1/audit" (§8): reachable from the navigation, newest
+/// first, each entry with its time, actor, source IP, action, token and details (as text);
+/// filtered by token name (any case) through the address, also from the token page's link;
+/// and paged ("Show more" asks the API for a longer list: it has no cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_audit_view() {
+    let Some(b) = Browser::start("console_audit_view").await else {
+        return;
+    };
+    let (gw, _up) = gateway().await;
+    let payload = "<img src=x onerror=\"window.pwned=1\"> nightly";
+    create(&gw, "feed-a", payload, &["security-director"]).await;
+    for i in 1..=25 {
+        gw.create_token(&format!("filler-{i:02}"), &["security-director"])
+            .await;
+    }
+    sign_in(&b, &gw).await;
+    // Admin actions in the page: deactivate feed-a, block an address for it.
+    b.click("#token-rows tr[data-name='feed-a'] td.name a")
+        .await;
+    b.ready("#token-body").await;
+    b.click("#token-toggle").await;
+    confirm(&b, "Deactivate feed-a").await;
+    b.wait_text("#token-toggle", "Activate").await;
+    b.fill("#block-input", "192.0.2.9\u{E007}").await;
+    confirm(&b, "192.0.2.9").await;
+    b.wait_text("#ip-rows tr[data-ip='192.0.2.9'] td.blocked", "Blocked")
+        .await;
+
+    // The navigation leads to every token's entries, newest first.
+    b.click("#nav-audit").await;
+    b.ready("#view-audit").await;
+    assert_eq!(
+        b.js(
+            "return document.getElementById('nav-audit').getAttribute('aria-current')",
+            json!([])
+        )
+        .await,
+        json!("page")
+    );
+    b.wait(
+        "28 entries",
+        "return document.querySelectorAll('#audit-rows tr').length === 28",
+        json!([]),
+    )
+    .await;
+    let api = gw.admin(Method::GET, "/v1/audit", None).await.json();
+    let rows = b
+        .js(
+            "return [...document.querySelectorAll('#audit-rows tr')].map(r => \
+               [...r.querySelectorAll('td')].map(td => td.textContent))",
+            json!([]),
+        )
+        .await;
+    let entries = api["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 28, "{api}");
+    for (row, e) in rows.as_array().unwrap().iter().zip(entries) {
+        assert_eq!(row[1], e["actor"], "{row} {e}");
+        assert_eq!(row[2], e["source_ip"], "{row} {e}");
+        assert_eq!(row[3], e["action"], "{row} {e}");
+        assert_eq!(row[4], e["token"], "{row} {e}");
+    }
+    assert_eq!(rows[0][3], "block", "{rows}");
+    assert_eq!(rows[0][1], "admin-key", "{rows}");
+    assert_eq!(rows[0][2], "127.0.0.1", "{rows}");
+    assert_eq!(rows[0][5], "ips [\"192.0.2.9\"]", "{rows}");
+    assert_eq!(
+        rows[1][5], "previous_reason noneprevious_status active",
+        "{rows}"
+    );
+    assert_eq!(rows[1][3], "deactivate", "{rows}");
+    assert_eq!(rows[27][3], "create", "{rows}");
+    assert_eq!(rows[27][4], "feed-a", "{rows}");
+    // Details are text: the description's markup is shown, not run.
+    let details = b.text("#audit-rows tr:last-child td.details").await;
+    assert!(details.contains(payload), "{details}");
+    let injected = b
+        .js(
+            "return [typeof window.pwned, document.querySelectorAll('#audit-rows img').length]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(injected, json!(["undefined", 0]));
+
+    // Filter by token, any case: the address names it, so it can be linked and goes back.
+    b.fill("#audit-token", "FEED-A\u{E007}").await;
+    b.wait(
+        "feed-a's three entries",
+        "return [...document.querySelectorAll('#audit-rows tr')].map(r => r.dataset.action)\
+           .join() === 'block,deactivate,create'",
+        json!([]),
+    )
+    .await;
+    let hash = b.js("return location.hash", json!([])).await;
+    assert_eq!(hash, json!("#/audit?token=FEED-A"));
+    b.click("#audit-all").await;
+    b.wait(
+        "every entry again",
+        "return document.querySelectorAll('#audit-rows tr').length === 28",
+        json!([]),
+    )
+    .await;
+    b.fill("#audit-token", "nobody\u{E007}").await;
+    b.wait_text("#audit-empty", "No audit entries for a token named nobody")
+        .await;
+
+    // Paging: 25 at a time; "Show more" brings the rest.
+    b.click("#audit-all").await;
+    b.choose("#audit-page-size", "25").await;
+    b.wait(
+        "25 entries",
+        "return document.querySelectorAll('#audit-rows tr').length === 25",
+        json!([]),
+    )
+    .await;
+    b.click("#audit-more").await;
+    b.wait(
+        "all 28 entries",
+        "return document.querySelectorAll('#audit-rows tr').length === 28",
+        json!([]),
+    )
+    .await;
+    b.wait_gone("#audit-more").await;
+
+    // The token page links to its own entries.
+    b.click("#audit-rows tr[data-token='feed-a'] td.token a")
+        .await;
+    b.ready("#token-body").await;
+    b.click("#token-audit-link").await;
+    b.ready("#view-audit").await;
+    b.wait(
+        "feed-a's entries",
+        "const r = [...document.querySelectorAll('#audit-rows tr')]; \
+         return r.length === 3 && r.every(t => t.dataset.token === 'feed-a');",
+        json!([]),
+    )
+    .await;
+    assert_eq!(b.value("#audit-token").await, "feed-a");
+}
+
+/// SPEC §7 "the layout holds at 400 px wide": at a 400 px viewport no view scrolls sideways
+/// (the list, the token page, the audit log, the create and confirmation dialogs; tables
+/// scroll inside their own frame). With `TOKENGATE_SCREENSHOTS=1` it also writes the narrow
+/// pictures and the audit log's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_holds_at_400_px() {
+    let Some(b) = Browser::start("console_holds_at_400_px").await else {
+        return;
+    };
+    let (gw, _up, _secret) = demo_gateway().await;
+    b.set_window(400, 900).await;
+    let width = b.js("return window.innerWidth", json!([])).await;
+    assert!(width.as_u64().is_some_and(|w| w <= 400), "{width}");
+    sign_in(&b, &gw).await;
+    b.wait(
+        "five tokens listed",
+        "return document.querySelectorAll('#token-rows tr').length === 5",
+        json!([]),
+    )
+    .await;
+    let shots = screenshots_wanted();
+    let fit = |what: &'static str| {
+        let b = &b;
+        async move {
+            let v = b.js(FITS, json!([])).await;
+            let sizes = b
+                .js(
+                    "return [document.documentElement.scrollWidth, window.innerWidth]",
+                    json!([]),
+                )
+                .await;
+            assert_eq!(v, json!(true), "{what} scrolls sideways at 400 px: {sizes}");
+        }
+    };
+    fit("the token list").await;
+    // The table scrolls inside its frame, not the page.
+    let inner = b
+        .js(
+            "const w = document.querySelector('#view-list .table-wrap'); \
+             return [w.scrollWidth > w.clientWidth, getComputedStyle(w).overflowX]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(inner, json!([true, "auto"]));
+    if let Some(dir) = &shots {
+        b.js("document.activeElement.blur()", json!([])).await;
+        b.screenshot(&dir.join("console-list-narrow.png")).await;
+    }
+
+    b.click("#open-create").await;
+    b.ready("#create-rate-requests").await;
+    let dialog_fits = "const d = document.querySelector('dialog[open]'); \
+         return d.scrollWidth <= d.clientWidth && d.getBoundingClientRect().right <= window.innerWidth";
+    assert_eq!(b.js(dialog_fits, json!([])).await, json!(true));
+    fit("the create dialog").await;
+    b.click("#create-cancel").await;
+    b.wait_gone("#create-dialog").await;
+
+    b.click("#token-rows tr[data-name='siem-export'] td.name a")
+        .await;
+    b.wait(
+        "four client IPs",
+        "return document.querySelectorAll('#ip-rows tr').length === 4",
+        json!([]),
+    )
+    .await;
+    fit("the token page").await;
+    if let Some(dir) = &shots {
+        b.js(
+            "window.scrollTo(0, 0); document.activeElement.blur()",
+            json!([]),
+        )
+        .await;
+        b.screenshot(&dir.join("console-token-narrow.png")).await;
+    }
+    b.click("#ip-rows tr[data-ip='192.0.2.44'] input[type=checkbox]")
+        .await;
+    b.click("#ips-block").await;
+    b.ready("#confirm-ok").await;
+    assert_eq!(b.js(dialog_fits, json!([])).await, json!(true));
+    fit("the confirmation").await;
+    b.click("#confirm-ok").await;
+    b.wait_text("#ip-rows tr[data-ip='192.0.2.44'] td.blocked", "Blocked")
+        .await;
+
+    b.click("#nav-audit").await;
+    b.ready("#view-audit").await;
+    b.wait(
+        "the audit entries",
+        "return document.querySelectorAll('#audit-rows tr').length === 7",
+        json!([]),
+    )
+    .await;
+    fit("the audit log").await;
+    if let Some(dir) = &shots {
+        b.js("document.activeElement.blur()", json!([])).await;
+        b.screenshot(&dir.join("console-audit-narrow.png")).await;
+        b.set_window(1280, 900).await;
+        b.js("document.activeElement.blur()", json!([])).await;
+        b.screenshot(&dir.join("console-audit.png")).await;
+    }
 }

@@ -12,7 +12,10 @@
   'use strict';
 
   var KEY_STORE = 'tokengate.adminKey';
-  var PAGE_SIZE = 500;
+  // The API's largest page of tokens: a reload after a change asks for every row shown.
+  var MAX_TOKEN_LIMIT = 10000;
+  // The API's largest audit list (it has no cursor: "show more" asks for a longer list).
+  var MAX_AUDIT_LIMIT = 1000;
   // The configured access types ({name, label}, config order), from /v1/access-types once
   // signed in: check boxes, badges and labels all come from it.
   var ACCESS = null;
@@ -84,15 +87,70 @@
 
   function pad(n) { return n < 10 ? '0' + n : String(n); }
 
-  // "2025-03-04 09:15 UTC", with the exact RFC 3339 value as the tooltip.
-  function when(value, none) {
+  // --- times: relative text, the exact UTC time on hover ---
+
+  // "Now" for relative times is this browser's clock, always read through Date.now() (the
+  // browser tests pin it to the gateway's manual clock).
+  function nowMs() { return Date.now(); }
+
+  // "2025-03-04 09:15:07 UTC": the exact instant, whatever the browser's time zone.
+  function exactText(d) {
+    return d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate()) +
+      ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ':' + pad(d.getUTCSeconds()) + ' UTC';
+  }
+
+  // Unit, its length in seconds, and the distance (in seconds) up to which it is used.
+  // Days run to 100 so that the lapse (30 days) and expiry presets (90 days) read exactly.
+  var UNITS = [
+    ['minute', 60, 45 * 60],
+    ['hour', 3600, 22 * 3600],
+    ['day', 86400, 100 * 86400],
+    ['month', 2629746, 18 * 2629746],
+    ['year', 31556952, Infinity]
+  ];
+
+  // "just now", "in 5 hours", "3 days ago": `ms` relative to `ref` (both epoch ms).
+  function relativeText(ms, ref) {
+    var secs = (ms - ref) / 1000;
+    var abs = Math.abs(secs);
+    if (abs < 45) return 'just now';
+    for (var i = 0; i < UNITS.length; i++) {
+      if (abs < UNITS[i][2]) {
+        var n = Math.max(1, Math.round(abs / UNITS[i][1]));
+        var phrase = n + ' ' + UNITS[i][0] + (n === 1 ? '' : 's');
+        return secs < 0 ? phrase + ' ago' : 'in ' + phrase;
+      }
+    }
+    return '';
+  }
+
+  // A <time> showing `value` (an RFC 3339 string from the API) relative to now, with the
+  // exact UTC time as its tooltip; `none` when there is no time. With `exact`, the exact time
+  // follows as visible text too (the token page's details, where there is room for it and a
+  // touch screen has no hover).
+  function when(value, none, exact) {
     if (!value) return el('span', { class: 'muted', text: none || '—' });
     var d = new Date(value);
-    var text = isNaN(d.getTime())
-      ? value
-      : d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate()) +
-        ' ' + pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes()) + ' UTC';
-    return el('time', { datetime: value, title: value, text: text });
+    if (isNaN(d.getTime())) return el('span', { text: value });
+    var t = el('time', { class: 'rel', datetime: value, title: exactText(d), text: relativeText(d.getTime(), nowMs()) });
+    if (!exact) return t;
+    return el('span', { class: 'when-both' }, t, el('span', { class: 'exact', text: exactText(d) }));
+  }
+
+  // Relative texts age: refresh them all now and then (from their own datetime attribute).
+  function refreshTimes() {
+    var ref = nowMs();
+    Array.prototype.forEach.call(document.querySelectorAll('time.rel'), function (t) {
+      var ms = Date.parse(t.getAttribute('datetime'));
+      if (!isNaN(ms)) t.textContent = relativeText(ms, ref);
+    });
+  }
+
+  // "2025-03-04 10:15:07 UTC (in 1 hour)", for a sentence.
+  function untilText(value) {
+    var d = new Date(value);
+    if (isNaN(d.getTime())) return String(value);
+    return exactText(d) + ' (' + relativeText(d.getTime(), nowMs()) + ')';
   }
 
   function reasonText(reason) {
@@ -272,22 +330,38 @@
   var state = {
     tokens: [],
     next: null,
+    // The filter the loaded rows were fetched with: "load more" continues that list even if
+    // the filter inputs were edited meanwhile (a new filter starts a new list).
+    listQuery: null,
+    // The list's order, among the rows loaded; the API itself pages by name.
+    sort: { key: 'name', dir: 'asc' },
     selected: new Set(),
     listSeq: 0,
     token: null,
     ips: [],
     ipSelected: new Set(),
     tokenSeq: 0,
+    audit: [],
+    auditToken: '',
+    auditLimit: 0,
+    auditSeq: 0,
     // The rate limit and allow-list the edit form was filled with: a save sends them only
     // when the form now differs, so it never undoes a change made elsewhere meanwhile.
     editBase: { rate_limit: null, allowed_ips: null }
   };
 
-  var VIEWS = ['view-signin', 'view-list', 'view-token'];
+  var VIEWS = ['view-signin', 'view-list', 'view-token', 'view-audit'];
 
   function showView(id) {
     VIEWS.forEach(function (v) { $(v).hidden = v !== id; });
     $('session-bar').hidden = id === 'view-signin';
+    $('main-nav').hidden = id === 'view-signin';
+    // The token page belongs to the token list.
+    var current = id === 'view-audit' ? 'nav-audit' : 'nav-tokens';
+    ['nav-tokens', 'nav-audit'].forEach(function (n) {
+      if (n === current) $(n).setAttribute('aria-current', 'page');
+      else $(n).removeAttribute('aria-current');
+    });
   }
 
   function focusHeading(id) {
@@ -301,11 +375,14 @@
     ACCESS = null;
     state.tokens = [];
     state.next = null;
+    state.listQuery = null;
+    state.audit = [];
     state.selected.clear();
     state.token = null;
     state.ips = [];
     state.ipSelected.clear();
     clear($('token-rows'));
+    clear($('audit-rows'));
     clear($('ip-rows'));
     clear($('token-facts'));
     ['create-dialog', 'secret-dialog', 'confirm-dialog'].forEach(function (id) {
@@ -339,7 +416,13 @@
       });
       return;
     }
-    var m = /^#\/tokens\/([^/]+)$/.exec(window.location.hash);
+    var hash = window.location.hash;
+    var audit = /^#\/audit(?:\?(.*))?$/.exec(hash);
+    if (audit) {
+      showAudit(new URLSearchParams(audit[1] || '').get('token') || '', fromNavigation);
+      return;
+    }
+    var m = /^#\/tokens\/([^/]+)$/.exec(hash);
     if (m) {
       var name;
       try { name = decodeURIComponent(m[1]); } catch (e) { name = m[1]; }
@@ -390,24 +473,31 @@
     showView('view-list');
     document.title = 'Application Tokens · tokengate';
     if (fromNavigation) focusHeading('list-title');
-    loadList(false);
+    loadList(state.listQuery ? 'reload' : 'fresh');
   }
 
-  function loadList(append) {
+  // `mode`: 'fresh' (a new filter or page size: the first page), 'more' (the next page of the
+  // same list) or 'reload' (after a change: the same list again, as many rows as were shown).
+  function loadList(mode) {
     var seq = ++state.listSeq;
+    var size = Number($('page-size').value);
+    var query = mode === 'fresh' || !state.listQuery
+      ? { q: $('filter-q').value.trim(), status: $('filter-status').value }
+      : state.listQuery;
+    var append = mode === 'more' && !!state.next;
+    var limit = mode === 'reload' ? Math.min(MAX_TOKEN_LIMIT, Math.max(size, state.tokens.length)) : size;
     var params = new URLSearchParams();
-    var q = $('filter-q').value.trim();
-    var status = $('filter-status').value;
-    if (q) params.set('q', q);
-    if (status) params.set('status', status);
-    params.set('limit', String(PAGE_SIZE));
-    if (append && state.next) params.set('after', state.next);
+    if (query.q) params.set('q', query.q);
+    if (query.status) params.set('status', query.status);
+    params.set('limit', String(limit));
+    if (append) params.set('after', state.next);
     setText('list-error', '');
     setText('filter-error', '');
     $('filter-q').removeAttribute('aria-invalid');
     $('token-table').setAttribute('aria-busy', 'true');
     return api('GET', '/v1/tokens?' + params.toString()).then(function (data) {
       if (seq !== state.listSeq) return;
+      state.listQuery = query;
       state.tokens = append ? state.tokens.concat(data.tokens) : data.tokens;
       state.next = data.next;
       var present = new Set(state.tokens.map(function (t) { return t.name; }));
@@ -428,10 +518,71 @@
     });
   }
 
+  // --- sorting the loaded rows ---
+
+  function timeKey(v) {
+    var ms = v ? Date.parse(v) : NaN;
+    return isNaN(ms) ? null : ms;
+  }
+
+  // The value a column sorts by; null sorts last in either direction.
+  var SORT_KEYS = {
+    name: function (t) { return t.name.toLowerCase(); },
+    description: function (t) { return t.description ? t.description.toLowerCase() : null; },
+    access: function (t) { return (t.access || []).map(accessLabel).join(', ').toLowerCase() || null; },
+    // Active first, then the inactive ones grouped by reason.
+    status: function (t) { return (t.status === 'active' ? '0' : '1') + (t.inactive_reason || ''); },
+    last_used: function (t) { return timeKey(t.last_used_at); },
+    // Lapses on: the idle lapse, else (already inactive) the deletion.
+    lapses: function (t) { return timeKey(t.inactive_at) !== null ? timeKey(t.inactive_at) : timeKey(t.delete_at); }
+  };
+
+  function compareBy(key, dir) {
+    var f = SORT_KEYS[key];
+    var sign = dir === 'desc' ? -1 : 1;
+    return function (a, b) {
+      var x = f(a);
+      var y = f(b);
+      if (x !== y) {
+        if (x === null) return 1;
+        if (y === null) return -1;
+        if (x < y) return -sign;
+        if (x > y) return sign;
+      }
+      // Ties by name, ascending whatever the direction, so the order is stable.
+      var n = a.name.toLowerCase();
+      var m = b.name.toLowerCase();
+      return n < m ? -1 : n > m ? 1 : 0;
+    };
+  }
+
+  function sortedTokens() {
+    return state.tokens.slice().sort(compareBy(state.sort.key, state.sort.dir));
+  }
+
+  // The header of the sorted column carries aria-sort; its button shows the direction.
+  function renderSortHeaders() {
+    Array.prototype.forEach.call($('token-table').querySelectorAll('th[data-sort]'), function (th) {
+      var on = th.getAttribute('data-sort') === state.sort.key;
+      if (on) th.setAttribute('aria-sort', state.sort.dir === 'asc' ? 'ascending' : 'descending');
+      else th.removeAttribute('aria-sort');
+      th.classList.toggle('sorted', on);
+    });
+  }
+
+  // A click on the sorted column reverses it; on another column, sorts by it ascending.
+  function sortBy(key) {
+    if (!SORT_KEYS[key]) return;
+    if (state.sort.key === key) state.sort.dir = state.sort.dir === 'asc' ? 'desc' : 'asc';
+    else state.sort = { key: key, dir: 'asc' };
+    renderList();
+  }
+
   function renderList() {
     var body = $('token-rows');
     clear(body);
-    state.tokens.forEach(function (t) {
+    renderSortHeaders();
+    sortedTokens().forEach(function (t) {
       var selected = state.selected.has(t.name);
       var box = el('input', { type: 'checkbox', checked: selected, 'aria-label': 'Select ' + t.name, 'data-name': t.name });
       box.addEventListener('change', function () {
@@ -463,8 +614,13 @@
     empty.hidden = state.tokens.length > 0;
     empty.textContent = filtered ? 'No token matches this filter.' : 'No tokens yet. Create one with “New token”.';
     var n = state.tokens.length;
-    setText('token-count', n === 0 ? '' : n + (n === 1 ? ' token' : ' tokens') + (state.next ? ' shown' : ''));
+    setText('token-count', n === 0 ? '' : n + (n === 1 ? ' token' : ' tokens') + (state.next ? ' shown, more to load' : ''));
     $('load-more').hidden = !state.next;
+    // Only the rows loaded are sorted: say so while the list is incomplete and its order is
+    // not the API's own (by name).
+    var partial = !!state.next && !(state.sort.key === 'name' && state.sort.dir === 'asc');
+    $('sort-note').hidden = !partial;
+    setText('sort-note', partial ? 'Sorted among the tokens loaded; load more to sort the rest in.' : '');
     renderSelection();
   }
 
@@ -510,7 +666,7 @@
       var n = data.tokens.length;
       setText('bulk-ok', (activate ? 'Activated ' : 'Deactivated ') + n + (n === 1 ? ' token.' : ' tokens.'));
       state.selected.clear();
-      return loadList(false);
+      return loadList('reload');
     }, function (e) {
       if (e.status !== 401) setText('bulk-error', actionMessage(e));
       renderSelection();
@@ -576,7 +732,7 @@
       setText('bulk-ok', 'Created token ' + created.name + '.');
       setText('bulk-error', '');
       showSecret('Token ' + created.name + ' created', created.token);
-      loadList(false);
+      loadList('reload');
     }, function (e) {
       if (e.status !== 401) showFormError('create', e, CREATE_FIELDS);
     }).then(function () {
@@ -667,6 +823,7 @@
     showView('view-token');
     document.title = name + ' · Application Tokens · tokengate';
     setText('crumb-name', name);
+    $('token-audit-link').href = auditHash(name);
     setText('token-load-error', '');
     setText('token-action-error', '');
     setText('token-action-ok', '');
@@ -728,18 +885,18 @@
     fact(dl, 'Description', t.description ? t.description : el('span', { class: 'muted', text: '—' }), 'desc');
     fact(dl, 'Access', accessBadges(t.access));
     fact(dl, 'Status', status);
-    fact(dl, 'Created', when(t.created_at));
-    fact(dl, 'Activated', when(t.activated_at));
-    fact(dl, 'Deactivated', when(t.deactivated_at));
-    fact(dl, 'Last used', when(t.last_used_at, 'never'));
-    fact(dl, 'Expires', when(t.expires_at, 'never'));
+    fact(dl, 'Created', when(t.created_at, null, true));
+    fact(dl, 'Activated', when(t.activated_at, null, true));
+    fact(dl, 'Deactivated', when(t.deactivated_at, null, true));
+    fact(dl, 'Last used', when(t.last_used_at, 'never', true));
+    fact(dl, 'Expires', when(t.expires_at, 'never', true));
     fact(dl, 'Rate limit', t.rate_limit ? rateText(t.rate_limit) : el('span', { class: 'muted', text: 'none' }), 'rate-limit');
     var allowed = el('span', { class: t.allowed_ips ? 'allow-list' : 'muted', text: t.allowed_ips ? null : 'any' });
     (t.allowed_ips || []).forEach(function (a) { allowed.appendChild(el('code', { text: a })); });
     fact(dl, 'Allowed IPs', allowed, 'allowed-ips');
-    if (t.previous_secret_expires_at) fact(dl, 'Old secret works until', when(t.previous_secret_expires_at));
-    fact(dl, 'Lapses on', when(t.inactive_at, t.status === 'active' ? '—' : 'already inactive'));
-    fact(dl, 'Deleted if unused on', when(t.delete_at));
+    if (t.previous_secret_expires_at) fact(dl, 'Old secret works until', when(t.previous_secret_expires_at, null, true));
+    fact(dl, 'Lapses on', when(t.inactive_at, t.status === 'active' ? '—' : 'already inactive', true));
+    fact(dl, 'Deleted if unused on', when(t.delete_at, null, true));
     if (fillForm) {
       $('edit-description').value = t.description || '';
       renderAccessChoices('edit-access', t.access);
@@ -800,7 +957,7 @@
         state.token = data;
         renderToken(data, false);
         setText('token-action-ok', data.previous_secret_expires_at
-          ? 'The secret was regenerated; the old one works until ' + when(data.previous_secret_expires_at).textContent + '.'
+          ? 'The secret was regenerated; the old one works until ' + untilText(data.previous_secret_expires_at) + '.'
           : 'The secret was regenerated; the old one no longer works.');
         showSecret('New secret for ' + data.name, secret);
       }, function (e) {
@@ -1058,6 +1215,100 @@
     loadIps();
   }
 
+  // --- audit log ---
+
+  function auditHash(token) {
+    return token ? '#/audit?token=' + encodeURIComponent(token) : '#/audit';
+  }
+
+  // The filter lives in the address (#/audit?token=NAME), so it can be linked and goes back.
+  function auditFor(token) {
+    var hash = auditHash(token);
+    if (window.location.hash === hash) showAudit(token, false);
+    else window.location.hash = hash;
+  }
+
+  function showAudit(token, fromNavigation) {
+    showView('view-audit');
+    document.title = (token ? token + ' · ' : '') + 'Audit log · tokengate';
+    if (fromNavigation) focusHeading('audit-title');
+    state.auditToken = token;
+    $('audit-token').value = token;
+    $('audit-all').hidden = !token;
+    loadAudit(Number($('audit-page-size').value));
+  }
+
+  // The API answers the newest `limit` entries and has no cursor: "show more" asks again for
+  // a longer list (up to the API's maximum).
+  function loadAudit(limit) {
+    var seq = ++state.auditSeq;
+    var params = new URLSearchParams();
+    if (state.auditToken) params.set('token', state.auditToken);
+    params.set('limit', String(limit));
+    setText('audit-error', '');
+    setText('audit-filter-error', '');
+    $('audit-token').removeAttribute('aria-invalid');
+    $('audit-table').setAttribute('aria-busy', 'true');
+    return api('GET', '/v1/audit?' + params.toString()).then(function (data) {
+      if (seq !== state.auditSeq) return;
+      state.audit = data.entries;
+      state.auditLimit = limit;
+      renderAudit();
+    }, function (e) {
+      if (seq !== state.auditSeq || e.status === 401) return;
+      if (e.field === 'token') {
+        setText('audit-filter-error', e.message);
+        $('audit-token').setAttribute('aria-invalid', 'true');
+      } else {
+        setText('audit-error', e.message);
+      }
+    }).then(function () {
+      if (seq === state.auditSeq) $('audit-table').removeAttribute('aria-busy');
+    });
+  }
+
+  // `details` (a JSON object) as "key value" pairs, all text; a null value reads "none".
+  function detailsNode(details) {
+    var keys = details && typeof details === 'object' ? Object.keys(details) : [];
+    if (keys.length === 0) return el('span', { class: 'muted', text: '—' });
+    var box = el('span', { class: 'details' });
+    keys.forEach(function (k) {
+      var v = details[k];
+      var value = v === null
+        ? el('span', { class: 'v muted', text: 'none' })
+        : el('span', { class: 'v', text: typeof v === 'string' ? v : JSON.stringify(v) });
+      box.appendChild(el('span', { class: 'kv' }, el('span', { class: 'k', text: k }), ' ', value));
+    });
+    return box;
+  }
+
+  function renderAudit() {
+    var body = $('audit-rows');
+    clear(body);
+    state.audit.forEach(function (a) {
+      body.appendChild(el('tr', { 'data-action': a.action, 'data-token': a.token },
+        el('td', { class: 'when at' }, when(a.at)),
+        el('td', { class: 'actor', text: a.actor }),
+        el('td', { class: 'ip source-ip' }, a.source_ip ? a.source_ip : el('span', { class: 'muted', text: '—' })),
+        el('td', { class: 'action' }, el('span', { class: 'badge badge-action', text: a.action })),
+        el('td', { class: 'name token' }, el('a', { href: '#/tokens/' + encodeURIComponent(a.token), text: a.token })),
+        el('td', { class: 'details' }, detailsNode(a.details))
+      ));
+    });
+    var n = state.audit.length;
+    var empty = $('audit-empty');
+    empty.hidden = n > 0;
+    empty.textContent = state.auditToken
+      ? 'No audit entries for a token named ' + state.auditToken + '.'
+      : 'No audit entries yet.';
+    // A full answer may have more behind it.
+    var more = n >= state.auditLimit && state.auditLimit < MAX_AUDIT_LIMIT;
+    var capped = n >= MAX_AUDIT_LIMIT;
+    setText('audit-count', n === 0 ? '' : (n === 1 ? '1 entry' : n + ' entries') +
+      (more ? ', newest first; older ones to show' : capped ? ': the newest ' + MAX_AUDIT_LIMIT + ', the most the API returns' : ''));
+    $('audit-more').hidden = !more;
+  }
+
   // --- wiring ---
 
   var filterTimer = null;
@@ -1069,17 +1320,32 @@
     $('filter-form').addEventListener('submit', function (ev) {
       ev.preventDefault();
       window.clearTimeout(filterTimer);
-      loadList(false);
+      loadList('fresh');
     });
     $('filter-q').addEventListener('input', function () {
       window.clearTimeout(filterTimer);
-      filterTimer = window.setTimeout(function () { loadList(false); }, 250);
+      filterTimer = window.setTimeout(function () { loadList('fresh'); }, 250);
     });
-    $('filter-status').addEventListener('change', function () { loadList(false); });
+    $('filter-status').addEventListener('change', function () { loadList('fresh'); });
+    $('page-size').addEventListener('change', function () { loadList('fresh'); });
+    Array.prototype.forEach.call($('token-table').querySelectorAll('button.sort'), function (btn) {
+      btn.addEventListener('click', function () { sortBy(btn.getAttribute('data-sort')); });
+    });
     $('select-all-tokens').addEventListener('change', selectAllTokens);
     $('bulk-activate').addEventListener('click', function () { bulk(true); });
     $('bulk-deactivate').addEventListener('click', function () { bulk(false); });
-    $('load-more').addEventListener('click', function () { loadList(true); });
+    $('load-more').addEventListener('click', function () { loadList('more'); });
+
+    $('audit-filter-form').addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      auditFor($('audit-token').value.trim());
+    });
+    $('audit-all').addEventListener('click', function () { auditFor(''); });
+    $('audit-page-size').addEventListener('change', function () { loadAudit(Number($('audit-page-size').value)); });
+    $('audit-more').addEventListener('click', function () {
+      loadAudit(Math.min(MAX_AUDIT_LIMIT, state.auditLimit + Number($('audit-page-size').value)));
+    });
+    window.setInterval(refreshTimes, 30000);
 
     $('open-create').addEventListener('click', openCreate);
     $('create-form').addEventListener('submit', submitCreate);
