@@ -242,6 +242,41 @@ async fn token_create_prints_a_working_secret_once() {
     gw.get("/sd/z", Some(secret))
         .await
         .expect(403, Some("access_denied"));
+
+    // --secret-only prints the secret alone, on one line (for TOKEN=$(...)), on create and
+    // on regenerate; with --json it is a usage error.
+    for args in [
+        &[
+            "token",
+            "create",
+            "feed-c",
+            "--access",
+            TPF,
+            "--secret-only",
+        ][..],
+        &["token", "regenerate", "feed-c", "--secret-only"],
+    ] {
+        let o = cli.run(args).await;
+        o.ok();
+        let secret = o.stdout.strip_suffix('\n').unwrap_or_else(|| panic!("{o}"));
+        assert!(
+            secret.len() == 39 && secret.starts_with("tg_") && !secret.contains('\n'),
+            "{o}"
+        );
+        gw.get("/feeds/z", Some(secret)).await.expect(200, None);
+    }
+    let o = cli
+        .run(&[
+            "token",
+            "create",
+            "feed-d",
+            "--access",
+            TPF,
+            "--secret-only",
+            "--json",
+        ])
+        .await;
+    assert_eq!(o.code, Some(2), "{o}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -71,15 +71,6 @@ fn which(bin: &str, extra: &[&str]) -> Option<String> {
         .find(|p| Path::new(p).is_file())
 }
 
-/// A free loopback port (the proxy binds it right after; `start` retries on a lost race).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `cmd` (which listens on `port`) and waits until the port accepts; `None` if the
 /// process exited first (e.g. the port was taken meanwhile).
 async fn run(mut cmd: Command, port: u16, dir: tempfile::TempDir, log: &Path) -> Option<Front> {

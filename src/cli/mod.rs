@@ -212,6 +212,9 @@ pub enum TokenCmd {
         /// Only these client IPs and CIDRs may use it, comma-separated.
         #[arg(long, value_name = "IP_OR_CIDR,...", value_delimiter = ',')]
         allowed_ips: Option<Vec<String>>,
+        /// Print only the secret, on one line (for scripts: TOKEN=$(tokengate token create ...)).
+        #[arg(long, conflicts_with = "json")]
+        secret_only: bool,
     },
     /// List tokens.
     List {
@@ -277,6 +280,9 @@ pub enum TokenCmd {
         /// Keep the old secret working this long (e.g. 1h, up to lifecycle.max_rotation_grace).
         #[arg(long)]
         grace: Option<String>,
+        /// Print only the new secret, on one line.
+        #[arg(long, conflicts_with = "json")]
+        secret_only: bool,
         /// Do not ask for confirmation (asked only when stdin is a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
@@ -574,6 +580,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             expires_at,
             rate_limit,
             allowed_ips,
+            secret_only,
         } => {
             let mut body = json!({"name": name, "access": access});
             if let Some(r) = rate_limit {
@@ -593,7 +600,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             }
             let v = c.call(Method::POST, "/v1/tokens", Some(body)).await?;
             if !g.json {
-                print_secret(&v);
+                print_secret(&v, secret_only);
                 return Ok(());
             }
             v
@@ -722,7 +729,12 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Activate { names } => status_cmd(&c, g, "activate", names).await?,
         TokenCmd::Deactivate { names } => status_cmd(&c, g, "deactivate", names).await?,
-        TokenCmd::Regenerate { name, grace, yes } => {
+        TokenCmd::Regenerate {
+            name,
+            grace,
+            yes,
+            secret_only,
+        } => {
             let then = if grace.is_some() {
                 "at the end of the grace"
             } else {
@@ -740,7 +752,7 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             if !g.json {
-                print_secret(&v);
+                print_secret(&v, secret_only);
                 return Ok(());
             }
             v

@@ -257,7 +257,12 @@ pub(super) fn token_text(t: &Value) -> String {
     out
 }
 
-pub(super) fn print_secret(t: &Value) {
+/// A created or regenerated token and its secret; with `secret_only`, the secret alone.
+pub(super) fn print_secret(t: &Value, secret_only: bool) {
+    if secret_only {
+        out(&format!("{}\n", s(t, "token")));
+        return;
+    }
     print_token(t);
     out(&format!(
         "\nsecret:          {}\n(store it now: it cannot be shown again)\n",

@@ -538,6 +538,16 @@ async fn upstream_handle(
 }
 
 /// An address where nothing listens (bound, then released).
+/// A loopback port nothing listens on right now (bound, read, released), for a process that
+/// binds it itself (the caller copes with losing a race for it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
