@@ -332,11 +332,15 @@ impl RawConfig {
         // Only `TOKENGATE_<SECTION>__<KEY>` are config keys; `TOKENGATE_ADMIN_KEY` and friends
         // are not, and must not trip the unknown-key check.
         let mut overrides = config::Map::<String, String>::new();
+        // `section.key` (as the TOML names it) → the variable that set it, so that an unknown
+        // key set from the environment is reported by the variable's name.
+        let mut from_env = std::collections::HashMap::<String, String>::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             if rest.contains("__") {
+                from_env.insert(rest.to_ascii_lowercase().replace("__", "."), k.clone());
                 overrides.insert(k, v);
             } else if let Some(section) = misspelt_section(rest) {
                 // `TOKENGATE_USAGE_FLUSH_INTERVAL`: meant as a key, and silently ignored it
@@ -368,10 +372,23 @@ impl RawConfig {
             .try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Invalid {
-                key,
-                message: e.into_inner().to_string(),
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // An unknown key (or section) that only the environment names: the variable.
+            let var = message
+                .starts_with("unknown field")
+                .then(|| {
+                    from_env.iter().find(|(toml, _)| {
+                        toml.as_str() == path || toml.split('.').next() == Some(path.as_str())
+                    })
+                })
+                .flatten();
+            match var {
+                Some((_, var)) => ConfigError::Invalid {
+                    key: var.clone(),
+                    message: format!("not a config key ({path}: {message})"),
+                },
+                None => ConfigError::Invalid { key: path, message },
             }
         })?;
         if file.is_none() && raw.routes.is_none() {

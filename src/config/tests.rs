@@ -64,6 +64,23 @@ fn env_overrides_scalars_and_ignores_non_config_vars() {
     assert!(e.to_string().starts_with("proxy.failed_auth_limit:"), "{e}");
 }
 
+/// An unknown key or section set from the environment is refused by the variable's name (the
+/// operator wrote no TOML for it); the same key in the file is refused by its TOML name.
+#[test]
+fn an_unknown_key_from_the_environment_names_the_variable() {
+    for var in [
+        "TOKENGATE_USAGE__FLUSH_INTERVALL",
+        "TOKENGATE_USAGEE__FLUSH_INTERVAL",
+    ] {
+        let e = load_str("", &[(var, "5s")]).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{var}: not a config key")), "{e}");
+    }
+    let e = load_str("[usage]\nflush_intervall = \"5s\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("usage.flush_intervall:"), "{e}");
+}
+
 #[test]
 fn errors_name_the_key() {
     let e = load_str("[usage]\nflush_interval = \"soon\"\n", &[]).unwrap_err();
