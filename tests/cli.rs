@@ -265,8 +265,9 @@ async fn token_create_prints_a_working_secret_once() {
         );
         gw.get("/feeds/z", Some(secret)).await.expect(200, None);
     }
-    let o = cli
-        .run(&[
+    // --json anywhere on the line: before the subcommand, between, or after.
+    for args in [
+        &[
             "token",
             "create",
             "feed-d",
@@ -274,9 +275,22 @@ async fn token_create_prints_a_working_secret_once() {
             TPF,
             "--secret-only",
             "--json",
-        ])
-        .await;
-    assert_eq!(o.code, Some(2), "{o}");
+        ][..],
+        &[
+            "--json",
+            "token",
+            "create",
+            "feed-d",
+            "--access",
+            TPF,
+            "--secret-only",
+        ],
+        &["token", "--json", "regenerate", "feed-c", "--secret-only"],
+    ] {
+        let o = cli.run(args).await;
+        assert_eq!(o.code, Some(2), "{o}");
+        assert!(o.stdout.is_empty(), "{o}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -35,6 +35,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long any one page state may take to appear.
 const WAIT: Duration = Duration::from_secs(20);
+/// How long chromedriver may take to start and name its port (a loaded CI machine, with test
+/// binaries still compiling beside it, has taken more than 20 s).
+const STARTUP: Duration = Duration::from_secs(90);
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 // === a minimal WebDriver client ===
@@ -92,7 +95,7 @@ impl Browser {
         let port = driver_port(&mut driver.0);
         let http = client();
         // Ready when /status says so (bounded polling, no fixed sleep).
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + STARTUP;
         loop {
             let req = Request::get(format!("http://127.0.0.1:{port}/status"))
                 .body(Full::default())
@@ -404,7 +407,7 @@ fn driver_port(driver: &mut Child) -> u16 {
             }
         }
     });
-    rx.recv_timeout(WAIT)
+    rx.recv_timeout(STARTUP)
         .ok()
         .flatten()
         .filter(|p| *p != 0)

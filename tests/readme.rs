@@ -54,11 +54,18 @@ async fn the_five_minute_walkthrough_runs_as_written() {
     let script = walkthrough(&readme)
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{proxy}"))
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
-        .replace("3000", &api.to_string());
+        .replace("127.0.0.1:3000", &format!("127.0.0.1:{api}"))
+        .replace("http.server 3000", &format!("http.server {api}"));
     assert!(
         script.contains("token create") && script.contains("serve"),
         "{script}"
     );
+    for fixed in ["8080", "9090", "3000"] {
+        assert!(
+            !script.contains(fixed),
+            "a fixed port is left in:\n{script}"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tokengate"))
         .parent()
@@ -99,9 +106,7 @@ async fn the_five_minute_walkthrough_runs_as_written() {
         let _ = Command::new("kill")
             .args(["-TERM", &format!("-{group}")])
             .status();
-        status
-            .expect("the walkthrough finished within 2 minutes")
-            .expect("bash ran")
+        status.ok().map(|s| s.expect("bash ran"))
     })
     .await
     .unwrap();
@@ -110,6 +115,7 @@ async fn the_five_minute_walkthrough_runs_as_written() {
     let log = read("my-gateway/gateway.log");
     let shown =
         format!("script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway.log:\n{log}");
+    let status = status.unwrap_or_else(|| panic!("the walkthrough hung for 2 minutes: {shown}"));
     assert!(status.success(), "{status}: {shown}");
     // The API answered through the gateway with the token (Python's directory listing) ...
     assert!(stdout.contains("<!DOCTYPE HTML>"), "{shown}");

@@ -43,7 +43,7 @@ pub(crate) fn timestamp_schema(description: &str) -> Value {
 }
 
 /// humantime's grammar: numbers, each with one of its units, optionally spaced.
-const DURATION_PATTERN: &str = "^\\s*([0-9]+(\\.[0-9]+)?\\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\\s*)+$";
+const DURATION_PATTERN: &str = "^\\s*([0-9]+(\\.[0-9]+)?\\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\\s*)+$";
 
 /// A humantime duration such as `"90d"` or `"1h 30m"`.
 pub(crate) fn duration_schema(description: &str) -> Value {

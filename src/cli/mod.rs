@@ -213,7 +213,7 @@ pub enum TokenCmd {
         #[arg(long, value_name = "IP_OR_CIDR,...", value_delimiter = ',')]
         allowed_ips: Option<Vec<String>>,
         /// Print only the secret, on one line (for scripts: TOKEN=$(tokengate token create ...)).
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long)]
         secret_only: bool,
     },
     /// List tokens.
@@ -281,7 +281,7 @@ pub enum TokenCmd {
         #[arg(long)]
         grace: Option<String>,
         /// Print only the new secret, on one line.
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long)]
         secret_only: bool,
         /// Do not ask for confirmation (asked only when stdin is a terminal).
         #[arg(long, short = 'y')]
@@ -363,7 +363,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenArgs { client, cmd }) => match cmd {
             // Public: needs no admin key, so no admin client.
             TokenCmd::Revoke { proxy_url } => revoke_cmd(&global(client), proxy_url).await,
-            cmd => token_cmd(&global(client), cmd).await,
+            cmd => {
+                let g = global(client);
+                // --json may stand before the subcommand, out of clap's sight of --secret-only.
+                let secret_only = matches!(
+                    cmd,
+                    TokenCmd::Create {
+                        secret_only: true,
+                        ..
+                    } | TokenCmd::Regenerate {
+                        secret_only: true,
+                        ..
+                    }
+                );
+                if secret_only && g.json {
+                    return Err(UsageError(
+                        "--secret-only and --json cannot be used together".into(),
+                    )
+                    .into());
+                }
+                token_cmd(&g, cmd).await
+            }
         },
         Command::Ip(IpArgs { client, cmd }) => ip_cmd(&global(client), cmd).await,
         Command::AccessTypes { client } => {

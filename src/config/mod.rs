@@ -334,7 +334,7 @@ impl RawConfig {
         let mut overrides = config::Map::<String, String>::new();
         // `section.key` (as the TOML names it) → the variable that set it, so that an unknown
         // key set from the environment is reported by the variable's name.
-        let mut from_env = std::collections::HashMap::<String, String>::new();
+        let mut from_env = std::collections::BTreeMap::<String, String>::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
