@@ -91,8 +91,8 @@ async fn the_five_minute_walkthrough_runs_as_written() {
             cmd.env_remove(k);
         }
     }
-    // Its own process group: the gateway and the stand-in API it starts in the background
-    // are stopped with it, whatever happens.
+    // Its own process group: the background jobs the walkthrough starts (the stand-in API,
+    // the gateway) are stopped with it, however it ends.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let status = tokio::task::spawn_blocking(move || {
         let mut child = cmd.spawn().expect("bash runs");
@@ -102,9 +102,10 @@ async fn the_five_minute_walkthrough_runs_as_written() {
             let _ = tx.send(child.wait());
         });
         let status = rx.recv_timeout(Duration::from_secs(120));
-        // SIGTERM to the group: the gateway drains and exits, the file server stops.
+        // SIGTERM to the group (the gateway drains and exits). The `--` matters: procps's
+        // kill reads a bare `-12345` as an option, and then signals every process it may.
         let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{group}")])
+            .args(["-TERM", "--", &format!("-{group}")])
             .status();
         status.ok().map(|s| s.expect("bash ran"))
     })
