@@ -227,7 +227,10 @@ pub async fn serve_tls<C, H, Fut, B>(
                     req.extensions_mut().insert(s.clone());
                 }
                 let guard = InFlight::start(&conn_watch, req.version() >= http::Version::HTTP_2);
-                let fut = handler(req);
+                // Boxed: hyper moves the service's future into its dispatcher per request, and
+                // the pipeline's future is large; moving a pointer is cheaper than copying it
+                // (benches/instructions.sh, BENCHMARKS.md).
+                let fut = Box::pin(handler(req));
                 async move {
                     let resp = fut.await;
                     Ok::<_, Infallible>(resp.map(|inner| Tracked {
