@@ -211,6 +211,16 @@ impl Browser {
         }
     }
 
+    /// Waits until the table body `tbody` holds exactly `n` rows.
+    async fn wait_rows(&self, tbody: &str, n: usize) {
+        self.wait(
+            &format!("{n} rows in {tbody}"),
+            "return document.querySelectorAll(arguments[0] + ' tr').length === arguments[1]",
+            json!([tbody, n]),
+        )
+        .await;
+    }
+
     /// Waits until `css` matches an element that is displayed and enabled; its WebDriver id.
     async fn ready(&self, css: &str) -> String {
         self.wait(
@@ -976,12 +986,7 @@ async fn console_end_to_end() {
     )
     .await;
     b.choose("#filter-status", "").await;
-    b.wait(
-        "both tokens listed",
-        "return document.querySelectorAll('#token-rows tr').length === 2",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 2).await;
 
     // Select-all and a bulk action over both.
     b.click("#select-all-tokens").await;
@@ -1109,12 +1114,7 @@ async fn console_cidr_blocks_and_screenshots() {
     };
     let (gw, _up, secret) = demo_gateway().await;
     sign_in(&b, &gw).await;
-    b.wait(
-        "five tokens listed",
-        "return document.querySelectorAll('#token-rows tr').length === 5",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 5).await;
     let legacy = b
         .text("#token-rows tr[data-name='legacy-importer'] td.status")
         .await;
@@ -1142,12 +1142,7 @@ async fn console_cidr_blocks_and_screenshots() {
 
     b.click("#token-rows tr[data-name='siem-export'] td.name a")
         .await;
-    b.wait(
-        "four client IPs",
-        "return document.querySelectorAll('#ip-rows tr').length === 4",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#ip-rows", 4).await;
     // Newest use first.
     let order = b
         .js(
@@ -1439,12 +1434,7 @@ async fn console_rate_limit_and_allow_list() {
     gw.clock.advance(Duration::from_secs(60));
 
     b.click("#ips-refresh").await;
-    b.wait(
-        "two client IPs",
-        "return document.querySelectorAll('#ip-rows tr').length === 2",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#ip-rows", 2).await;
     let disabled = "return document.getElementById('ips-allow-only').disabled";
     assert_eq!(
         b.js(disabled, json!([])).await,
@@ -1782,12 +1772,7 @@ async fn console_times_are_relative_with_the_exact_time_on_hover() {
     // The audit view: the block just now, the creation three days and two hours ago.
     b.click("#nav-audit").await;
     b.ready("#view-audit").await;
-    b.wait(
-        "three audit entries",
-        "return document.querySelectorAll('#audit-rows tr').length === 3",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 3).await;
     let at = b
         .js(
             "return [...document.querySelectorAll('#audit-rows td.at time')]\
@@ -1846,12 +1831,7 @@ async fn console_sorts_by_column_and_pages_with_filters() {
 
     sign_in(&b, &gw).await;
     b.choose("#page-size", "25").await;
-    b.wait(
-        "a first page of 25",
-        "return document.querySelectorAll('#token-rows tr').length === 25",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 25).await;
     assert_eq!(listed(&b).await, names(1..=25));
     b.ready("#load-more").await;
     assert_eq!(
@@ -1936,12 +1916,7 @@ async fn console_sorts_by_column_and_pages_with_filters() {
 
     // A filter starts a new list; "Load more" continues that filter (27 active tokens).
     b.choose("#filter-status", "active").await;
-    b.wait(
-        "a first page of 25 active tokens",
-        "return document.querySelectorAll('#token-rows tr').length === 25",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 25).await;
     b.click("#load-more").await;
     b.wait(
         "27 active tokens",
@@ -1960,12 +1935,7 @@ async fn console_sorts_by_column_and_pages_with_filters() {
     b.click("#bulk-deactivate").await;
     confirm(&b, "tok-29").await;
     b.wait_text("#bulk-ok", "Deactivated 1 token").await;
-    b.wait(
-        "26 active tokens",
-        "return document.querySelectorAll('#token-rows tr').length === 26",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 26).await;
     assert_eq!(gw.token("tok-29").await["status"], "inactive");
     let rows = listed(&b).await;
     assert!(rows.iter().any(|r| r == "tok-26"), "{rows:?}");
@@ -2108,12 +2078,7 @@ async fn console_audit_view() {
         .await,
         json!("page")
     );
-    b.wait(
-        "28 entries",
-        "return document.querySelectorAll('#audit-rows tr').length === 28",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 28).await;
     let api = gw.admin(Method::GET, "/v1/audit", None).await.json();
     let rows = b
         .js(
@@ -2164,12 +2129,7 @@ async fn console_audit_view() {
     let hash = b.js("return location.hash", json!([])).await;
     assert_eq!(hash, json!("#/audit?token=FEED-A"));
     b.click("#audit-all").await;
-    b.wait(
-        "every entry again",
-        "return document.querySelectorAll('#audit-rows tr').length === 28",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 28).await;
     b.fill("#audit-token", "nobody\u{E007}").await;
     b.wait_text("#audit-empty", "No audit entries for a token named nobody")
         .await;
@@ -2177,19 +2137,9 @@ async fn console_audit_view() {
     // Paging: 25 at a time; "Show more" brings the rest.
     b.click("#audit-all").await;
     b.choose("#audit-page-size", "25").await;
-    b.wait(
-        "25 entries",
-        "return document.querySelectorAll('#audit-rows tr').length === 25",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 25).await;
     b.click("#audit-more").await;
-    b.wait(
-        "all 28 entries",
-        "return document.querySelectorAll('#audit-rows tr').length === 28",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 28).await;
     b.wait_gone("#audit-more").await;
 
     // The token page links to its own entries.
@@ -2222,12 +2172,7 @@ async fn console_holds_at_400_px() {
     let width = b.js("return window.innerWidth", json!([])).await;
     assert!(width.as_u64().is_some_and(|w| w <= 400), "{width}");
     sign_in(&b, &gw).await;
-    b.wait(
-        "five tokens listed",
-        "return document.querySelectorAll('#token-rows tr').length === 5",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#token-rows", 5).await;
     let shots = screenshots_wanted();
     let fit = |what: &'static str| {
         let b = &b;
@@ -2268,12 +2213,7 @@ async fn console_holds_at_400_px() {
 
     b.click("#token-rows tr[data-name='siem-export'] td.name a")
         .await;
-    b.wait(
-        "four client IPs",
-        "return document.querySelectorAll('#ip-rows tr').length === 4",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#ip-rows", 4).await;
     fit("the token page").await;
     if let Some(dir) = &shots {
         b.js(
@@ -2295,12 +2235,7 @@ async fn console_holds_at_400_px() {
 
     b.click("#nav-audit").await;
     b.ready("#view-audit").await;
-    b.wait(
-        "the audit entries",
-        "return document.querySelectorAll('#audit-rows tr').length === 7",
-        json!([]),
-    )
-    .await;
+    b.wait_rows("#audit-rows", 7).await;
     fit("the audit log").await;
     if let Some(dir) = &shots {
         b.js("document.activeElement.blur()", json!([])).await;

@@ -240,25 +240,10 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
         .stderr(Stdio::piped());
     // The gateway runs on this runtime's other thread while the tester blocks this one; a
     // tester still busy after 10 minutes is stopped (its output so far is then the report).
-    let out = tokio::task::spawn_blocking(move || {
-        let child = cmd.spawn().expect("schemathesis runs");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(std::time::Duration::from_secs(600)) {
-            Ok(out) => out.expect("schemathesis ran"),
-            Err(_) => {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                rx.recv().unwrap().expect("schemathesis ran")
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let (out, _) =
+        tokio::task::spawn_blocking(move || run_grouped(cmd, std::time::Duration::from_secs(600)))
+            .await
+            .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout
         .find("=== SUMMARY")

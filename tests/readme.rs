@@ -91,26 +91,13 @@ async fn the_five_minute_walkthrough_runs_as_written() {
             cmd.env_remove(k);
         }
     }
-    // Its own process group: the background jobs the walkthrough starts (the stand-in API,
-    // the gateway) are stopped with it, however it ends.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let status = tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().expect("bash runs");
-        let group = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx.recv_timeout(Duration::from_secs(120));
-        // SIGTERM to the group (the gateway drains and exits). The `--` matters: procps's
-        // kill reads a bare `-12345` as an option, and then signals every process it may.
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{group}")])
-            .status();
-        status.ok().map(|s| s.expect("bash ran"))
-    })
-    .await
-    .unwrap();
+    // The background jobs the walkthrough starts (the stand-in API, the gateway) are in its
+    // process group, stopped with it however it ends (SIGTERM: the gateway drains and exits).
+    let (out, finished) =
+        tokio::task::spawn_blocking(move || run_grouped(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    let status = finished.then_some(out.status);
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let (stdout, stderr) = (read("stdout"), read("stderr"));
     let log = read("my-gateway/gateway.log");

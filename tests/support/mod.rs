@@ -538,6 +538,38 @@ async fn upstream_handle(
 }
 
 /// An address where nothing listens (bound, then released).
+/// Runs `cmd` (blocking: call it from `spawn_blocking` in an async test) in a process group of
+/// its own for at most `limit`. When it ends, the group gets SIGTERM, so that what it started
+/// in the background ends too; when the time runs out, SIGKILL. Returns its output (empty for
+/// stdio that is not piped) and whether it ended by itself.
+pub fn run_grouped(
+    mut cmd: std::process::Command,
+    limit: Duration,
+) -> (std::process::Output, bool) {
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} cannot start: {e}"));
+    let group = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let ended = rx.recv_timeout(limit);
+    let signal = if ended.is_ok() { "-TERM" } else { "-KILL" };
+    // The `--` matters: procps's kill reads a bare `-12345` as an option, and then signals
+    // every process it may.
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{group}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let finished = ended.is_ok();
+    let out = ended
+        .or_else(|_| rx.recv())
+        .expect("the waiting thread answers");
+    (out.expect("waiting for the child"), finished)
+}
+
 /// A loopback port nothing listens on right now (bound, read, released), for a process that
 /// binds it itself (the caller copes with losing a race for it).
 pub fn free_port() -> u16 {
