@@ -123,4 +123,19 @@ async fn the_five_minute_walkthrough_runs_as_written() {
     // The secret went to the shell variable only: never into the log.
     assert!(log.contains("generated a new admin key"), "{shown}");
     assert!(!log.contains("tg_"), "{shown}");
+    // Nothing the walkthrough started outlives it: the gateway and the stand-in API stop
+    // listening (the gateway drains first).
+    for port in [admin, proxy, api] {
+        eventually(
+            &format!("nothing listens on {port} after the walkthrough"),
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 }
