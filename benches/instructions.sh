@@ -20,6 +20,8 @@
 #   benches/instructions.sh                     # all cases, REPS=2, N1=5000, N2=25000
 #   CASES="proxy refusal" REPS=1 benches/instructions.sh
 #   BIN=/path/to/other/tokengate benches/instructions.sh   # another build (no cargo build)
+#   PROFILE_DIR=/tmp/prof CASES=proxy REPS=1 benches/instructions.sh
+#       # also keeps each run's callgrind output there, as CASE-N.out, for callgrind_annotate
 #
 # Needs valgrind, h2load (nghttp2-client), nginx, curl, python3. Loopback and ephemeral ports
 # only; stops what it starts. Prints one line per case and repetition, then a summary table.
@@ -123,6 +125,7 @@ CONF
   kill -TERM "$pid"; wait "$pid" || true
   # callgrind's totals line: the process's instructions (all threads).
   awk '/^(summary|totals):/ { print $2; exit }' "$d/callgrind.out"
+  if [[ -n ${PROFILE_DIR:-} ]]; then mkdir -p "$PROFILE_DIR"; cp "$d/callgrind.out" "$PROFILE_DIR/$case-$n.out"; fi
   rm -rf "$d"
 }
 

@@ -35,6 +35,12 @@ impl Client {
 
     /// GET `path` with `secret`; the status and the body.
     async fn get(&mut self, path: &str, secret: &str) -> (u16, String) {
+        let (status, body) = self.get_bytes(path, secret).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// GET `path` with `secret`; the status and the body's bytes.
+    async fn get_bytes(&mut self, path: &str, secret: &str) -> (u16, Bytes) {
         let req = Request::get(path)
             .header("host", "gw.test")
             .header("authorization", format!("Bearer {secret}"))
@@ -43,8 +49,7 @@ impl Client {
         self.sender.ready().await.unwrap();
         let resp = self.sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 }
 
@@ -56,6 +61,16 @@ async fn gateway() -> (Upstream, TestGateway, String) {
         .await;
     let (secret, _) = gw.create_token("feed", &[SD]).await;
     (up, gw, secret)
+}
+
+/// A gateway routing `/sd/` to `addr`, and a token for it.
+async fn gateway_to(addr: SocketAddr) -> (TestGateway, String) {
+    let gw = TestGateway::builder()
+        .route("/sd/", "security-director", addr)
+        .start()
+        .await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    (gw, secret)
 }
 
 /// The upstream connections (gateway side) the upstream's requests arrived on, in order.
@@ -165,11 +180,7 @@ async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
 #[tokio::test]
 async fn a_reused_connection_closed_by_the_upstream_does_not_fail_the_next_request() {
     let (addr, mut closed) = closing_upstream().await;
-    let gw = TestGateway::builder()
-        .route("/sd/", "security-director", addr)
-        .start()
-        .await;
-    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    let (gw, secret) = gateway_to(addr).await;
     let mut c = Client::connect(&gw).await;
     // Each request finds the connection of the one before closed by the upstream: whether
     // the gateway has already seen the close or not, the request goes on a new connection.
@@ -292,4 +303,108 @@ async fn a_client_using_more_origins_than_it_keeps_still_reuses_connections() {
         .map(|(_, n)| n.load(std::sync::atomic::Ordering::SeqCst))
         .collect();
     assert_eq!(conns, vec![1; 6]);
+}
+
+/// A keep-alive upstream (hyper) that answers every request with `CHUNKS` chunks of 64 KiB,
+/// chunked, yielding to the runtime between chunks so the answer arrives in many reads.
+/// Byte `i` of the body is `i % 251`. Returns its address, the connections it accepted, and
+/// those that ended.
+const CHUNKS: usize = 128;
+type Counter = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+async fn streaming_upstream() -> (SocketAddr, Counter, Counter) {
+    use std::sync::atomic::Ordering;
+    /// The next chunk, and whether the scheduler was visited before it.
+    struct Chunks(usize, bool);
+    impl hyper::body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            if self.0 == CHUNKS {
+                return std::task::Poll::Ready(None);
+            }
+            if !self.1 {
+                // Each chunk after a trip through the scheduler.
+                self.1 = true;
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let start = self.0 * 65_536;
+            self.0 += 1;
+            self.1 = false;
+            let chunk: Vec<u8> = (start..start + 65_536).map(|i| (i % 251) as u8).collect();
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(chunk)))))
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, ended) = (Counter::default(), Counter::default());
+    let (c, e) = (conns.clone(), ended.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let e = e.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Chunks(0, false)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+                e.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, conns, ended)
+}
+
+#[tokio::test]
+async fn a_long_streamed_answer_arrives_whole_and_its_connection_serves_the_next_request() {
+    // The answer arrives in many reads while the client reads it: every byte must arrive, in
+    // order, and the upstream connection must then be ready for the client's next request.
+    let (addr, conns, _) = streaming_upstream().await;
+    let (gw, secret) = gateway_to(addr).await;
+    let mut c = Client::connect(&gw).await;
+    for round in 0..3 {
+        let (status, body) = c.get_bytes("/sd/stream", &secret).await;
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), CHUNKS * 65_536, "round {round}");
+        let wrong = body
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != (i % 251) as u8);
+        assert_eq!(wrong, None, "round {round}: the body arrived out of order");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_gone_in_the_middle_of_an_answer_leaves_no_broken_connection_behind() {
+    let (addr, conns, ended) = streaming_upstream().await;
+    let (gw, secret) = gateway_to(addr).await;
+    // A raw client that reads the head and a little of the body, then hangs up.
+    let mut s = TcpStream::connect(gw.gateway().proxy_addr).await.unwrap();
+    let req = format!(
+        "GET /sd/stream HTTP/1.1\r\nhost: gw.test\r\nauthorization: Bearer {secret}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 16_384];
+    s.read_exact(&mut got).await.unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..16]);
+    drop(s);
+    // The half-read connection cannot carry another request: it is closed, not parked idle.
+    eventually(
+        "the half-read upstream connection is closed",
+        Duration::from_secs(10),
+        || async { (ended.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(gw.gateway().upstream_idle_connections(), 0);
+    // And the next client is served whole, on a new upstream connection.
+    let mut c = Client::connect(&gw).await;
+    let (status, body) = c.get_bytes("/sd/stream", &secret).await;
+    assert_eq!((status, body.len()), (200, CHUNKS * 65_536));
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
