@@ -18,13 +18,10 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde_json::{json, Value};
+use support::certs::{Ca, Leaf};
 use support::*;
 use tokengate::app::{Gateway, StartOptions};
 use tokengate::config::{Config, ServerTlsConfig, StoreUrl};
@@ -32,91 +29,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 const SD: &str = "security-director";
-
-// === certificates ===
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-#[derive(Clone)]
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key_der.clone().into())
-    }
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Ca { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        roots
-    }
-
-    fn issue(&self, sans: &[&str], dn: &[(DnType, &str)], eku: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        for (t, v) in dn {
-            params.distinguished_name.push(t.clone(), *v);
-        }
-        params.extended_key_usages = vec![eku];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-
-    /// A server certificate for `sans` (DNS names or IPs).
-    fn server(&self, sans: &[&str]) -> Leaf {
-        self.issue(
-            sans,
-            &[(DnType::CommonName, sans[0])],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    /// A client certificate with subject `CN=<cn>,O=Example Ops`.
-    fn client(&self, cn: &str) -> Leaf {
-        self.issue(
-            &[],
-            &[
-                (DnType::OrganizationName, "Example Ops"),
-                (DnType::CommonName, cn),
-            ],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
-    }
-}
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);

@@ -932,8 +932,7 @@ fn store_url(s: &str) -> Result<StoreUrl, ConfigError> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         // Checked here so a typo stops start-up naming the key; the driver's message names
         // the option at fault, never the URL (which may carry a password).
-        <tokio_postgres::Config as std::str::FromStr>::from_str(s)
-            .map_err(|e| invalid("store.url", format!("not a valid PostgreSQL URL ({e})")))?;
+        crate::store::postgres::tls::PgUrl::parse(s).map_err(|e| invalid("store.url", e))?;
         return Ok(StoreUrl::Postgres(s.to_string()));
     }
     Err(invalid(

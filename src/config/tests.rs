@@ -145,6 +145,31 @@ fn bad_postgres_urls_are_refused_without_echoing_them() {
 }
 
 #[test]
+fn postgres_tls_parameters_are_checked_at_load() {
+    for (url, why) in [
+        (
+            "postgres://u:hunter2@db/x?sslmode=prefer",
+            "falls back to plaintext",
+        ),
+        (
+            "postgres://u:hunter2@db/x?sslmode=verify-full&sslkey=k.pem",
+            "go together",
+        ),
+    ] {
+        let e = load_str(&format!("[store]\nurl = \"{url}\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.url:") && e.contains(why), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+    load_str(
+        "[store]\nurl = \"postgres://u@db/x?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem\"\n",
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
 fn postgres_urls_are_redacted_in_debug() {
     let u = StoreUrl::Postgres("postgres://u:hunter2@db/x".into());
     assert!(!format!("{u:?}").contains("hunter2"));

@@ -21,6 +21,7 @@ use tokengate::config::{Config, RouteConfig, StoreUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod certs;
 pub mod redis;
 pub mod webhooks;
 
@@ -854,6 +855,14 @@ impl PgCluster {
     /// Initialises and starts a cluster with trust authentication. Panics with the reason if
     /// that is impossible (the caller has already decided PostgreSQL tests run).
     pub async fn start() -> PgCluster {
+        let c = PgCluster::init().await;
+        c.start_server();
+        c
+    }
+
+    /// Initialises a cluster (trust authentication) without starting it, so a test can change
+    /// its configuration first ([`PgCluster::write_data_file`]) and then `start_server`.
+    pub async fn init() -> PgCluster {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| {
@@ -903,8 +912,39 @@ impl PgCluster {
                 "--no-instructions",
             ],
         );
-        c.start_server();
         c
+    }
+
+    /// Writes `name` into the data directory (`postgresql.conf`, `pg_hba.conf`, a certificate
+    /// or key), owned by the server's user, mode 0600; returns its path.
+    pub fn write_data_file(&self, name: &str, content: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("data").join(name);
+        std::fs::write(&path, content).expect("write into the data directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if let Some(user) = &self.as_user {
+            let out = std::process::Command::new("chown")
+                .arg(user)
+                .arg(&path)
+                .output()
+                .expect("chown");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        path
+    }
+
+    /// Appends `lines` to `postgresql.conf`.
+    pub fn configure(&self, lines: &str) {
+        let conf = self.dir.path().join("data").join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push('\n');
+        text.push_str(lines);
+        self.write_data_file("postgresql.conf", &text);
+    }
+
+    /// The cluster's directory (its Unix socket lives here).
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn run(&self, tool: &str, args: &[&str]) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{describe, quote_ident, PostgresStore, CONNECT_TIMEOUT};
 use crate::store::ChangeSink;
@@ -104,7 +104,8 @@ impl PostgresStore {
         sink: &dyn ChangeSink,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, self.listen_cfg.connect(NoTls));
+        let connect =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.listen_cfg.connect(self.tls.clone()));
         let (client, mut conn) = match connect.await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Ended::Lost(describe(&e)),

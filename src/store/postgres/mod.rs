@@ -26,16 +26,17 @@ mod follower;
 mod outbox;
 mod queries;
 mod schema;
+pub mod tls;
 mod writes;
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::rows::{Columns, Value};
 use super::{StoreError, StoreHealth, StoreResult};
@@ -52,6 +53,8 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
     /// For the follower's dedicated connection.
     listen_cfg: tokio_postgres::Config,
+    /// The TLS connector of every connection (never used with `sslmode=disable`).
+    tls: MakeRustlsConnect,
     schema: String,
     health: StoreHealth,
     clock: SharedClock,
@@ -92,16 +95,31 @@ impl From<Fail> for StoreError {
     }
 }
 
+/// What went wrong, with the server's own words when it answered (a `pg_hba.conf` refusal, a
+/// wrong password) and the chain of causes otherwise (a TLS handshake's reason, a refused
+/// connection): tokio-postgres's own message is only "db error" or "error connecting".
 fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
-        None => format!("PostgreSQL: {e}"),
+    if let Some(db) = e.as_db_error() {
+        return format!("PostgreSQL {}: {}", db.code().code(), db.message());
     }
+    let mut out = format!("PostgreSQL: {e}");
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 fn pool_fail(e: deadpool_postgres::PoolError) -> Fail {
+    use deadpool_postgres::PoolError;
+    let why = match &e {
+        PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
+    };
     Fail::Store(StoreError::Unavailable(format!(
-        "cannot get a PostgreSQL connection: {e}"
+        "cannot get a PostgreSQL connection: {why}"
     )))
 }
 
@@ -136,9 +154,11 @@ impl PostgresStore {
         outage_grace: Duration,
         clock: SharedClock,
     ) -> StoreResult<PostgresStore> {
-        let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::Unavailable(format!("store.url is not a valid PostgreSQL URL: {e}"))
-        })?;
+        let parsed = tls::PgUrl::parse(url)
+            .map_err(|e| StoreError::Unavailable(format!("store.url: {e}")))?;
+        let tls = parsed.connector().map_err(StoreError::Unavailable)?;
+        tracing::info!(sslmode = parsed.mode.as_str(), "connecting to PostgreSQL");
+        let mut cfg = parsed.config;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -153,7 +173,7 @@ impl PostgresStore {
         }
         let mgr = Manager::from_config(
             cfg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -197,7 +217,9 @@ impl PostgresStore {
                 events: std::sync::OnceLock::new(),
             }),
             listen_cfg,
+            tls,
             schema,
+
             health: StoreHealth::new(outage_grace, now),
             clock,
         })
