@@ -96,15 +96,15 @@ impl Proxy {
     /// then [`Proxy::decide`]. Needs only the request's head.
     pub(crate) async fn authorize<'a, B>(
         &'a self,
-        peer: IpAddr,
+        conn: &super::ProxyConn,
         req: &Request<B>,
         ctx: &mut Ctx<'a>,
     ) -> Result<Authorized<'a>, ProxyError> {
         // Row 1. A request we can reason about at all.
         check_form(req, self.cfg.max_header_bytes)?;
-        let host = request_host(req)?;
+        let host = request_host(req, Some(&conn.host))?;
         // The client IP comes from the TCP peer, or from X-Forwarded-For of a trusted peer.
-        let peer = net::canonical_ip(peer);
+        let peer = net::canonical_ip(conn.info.peer.ip());
         let client_ip = net::client_ip(
             peer,
             &self.cfg.trusted_proxies,
@@ -433,9 +433,43 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The last `Host` value of a client connection whose routing host is a part of it as sent
+/// (`api.example:8080` → `api.example`: no case or IPv6 form to change). An HTTP/1 client
+/// sends the same value with every request, and a request whose `Host` is byte for byte that
+/// value skips its validation (`normalise_host`, about 2 % of a proxied request's
+/// instructions) and takes the same part. Only a value that passed is kept, and
+/// `normalise_host` depends on nothing but its input, so the answer is the one it would give.
+#[derive(Debug, Default)]
+pub struct KnownHost(std::sync::Mutex<(String, usize)>);
+
+impl KnownHost {
+    /// The length of the routing host within `raw`, when `raw` is the known value.
+    fn host_len(&self, raw: &[u8]) -> Option<usize> {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!known.0.is_empty() && known.0.as_bytes() == raw).then_some(known.1)
+    }
+
+    fn remember(&self, raw: &str, host_len: usize) {
+        let mut known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.0.clear();
+        known.0.push_str(raw);
+        known.1 = host_len;
+    }
+}
+
 /// The request's host for routing: `Host`, or the URI authority (`:authority` in HTTP/2);
-/// both present and different → 400. HTTP/1.1 requires `Host` (RFC 9112 §3.2).
-pub(crate) fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
+/// both present and different → 400. HTTP/1.1 requires `Host` (RFC 9112 §3.2). `known`: the
+/// connection's [`KnownHost`], if it keeps one.
+pub(crate) fn request_host<'r, B>(
+    req: &'r Request<B>,
+    known: Option<&KnownHost>,
+) -> Result<Option<Cow<'r, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -446,16 +480,34 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, 
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    let from_header = match header {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(normalise_host)
-                .ok_or(ProxyError::InvalidRequest("invalid Host header"))?,
-        ),
+    let authority = req.uri().authority();
+    let cached = match (header, known) {
+        (Some(v), Some(k)) if authority.is_none() => k.host_len(v.as_bytes()),
+        _ => None,
     };
-    let from_uri = match req.uri().authority() {
+    let from_header = match (header, cached) {
+        (None, _) => None,
+        // The connection's previous Host, which passed: ASCII, so `from_utf8` cannot fail, and
+        // the routing host is the same leading part of it.
+        (Some(v), Some(n)) => std::str::from_utf8(&v.as_bytes()[..n])
+            .ok()
+            .map(Cow::Borrowed),
+        (Some(v), None) => {
+            let raw = v
+                .to_str()
+                .map_err(|_| ProxyError::InvalidRequest("invalid Host header"))?;
+            let host =
+                normalise_host(raw).ok_or(ProxyError::InvalidRequest("invalid Host header"))?;
+            if let (Some(k), Cow::Borrowed(h)) = (known, &host) {
+                // A part of the value as sent (the name without its port or final dot).
+                if std::ptr::eq(h.as_ptr(), raw.as_ptr()) {
+                    k.remember(raw, h.len());
+                }
+            }
+            Some(host)
+        }
+    };
+    let from_uri = match authority {
         None => None,
         Some(a) => Some(
             normalise_host(a.as_str()).ok_or(ProxyError::InvalidRequest("invalid authority"))?,
@@ -507,6 +559,58 @@ mod tests {
         assert_eq!(bearer(&hm(&["Bearer  abc "])), Ok(&b"abc"[..]));
         assert!(matches!(
             bearer(&hm(&["Bearer a", "Bearer b"])),
+            Err(ProxyError::InvalidRequest(_))
+        ));
+    }
+
+    fn with_host(host: &str) -> Request<()> {
+        Request::get("/x").header(HOST, host).body(()).unwrap()
+    }
+
+    #[test]
+    fn a_connections_known_host_gives_the_answer_the_check_gives() {
+        // One connection's requests, in order: repeats, changes, invalid and uncacheable
+        // values; with the cache each answer must be the one computed without it.
+        let known = KnownHost::default();
+        let hosts = [
+            "api.example:8080",
+            "api.example:8080",
+            "api.example.",
+            "api.example.",
+            "API.example",
+            "API.example",
+            "[0:0::1]:443",
+            "[0:0::1]:443",
+            "api..example",
+            "api..example",
+            "api.example:8080",
+            "api.example:99999",
+            "api.example:99999",
+            "api.example:8080",
+        ];
+        for h in hosts {
+            let req = with_host(h);
+            let fresh = request_host(&req, None);
+            let cached = request_host(&req, Some(&known));
+            assert_eq!(cached, fresh, "{h}");
+        }
+        // A value that passed is known; a value that failed never is.
+        assert_eq!(known.host_len(b"api.example:8080"), Some(11));
+        assert_eq!(known.host_len(b"api.example:99999"), None);
+        assert_eq!(known.host_len(b"api..example"), None);
+    }
+
+    #[test]
+    fn a_known_host_is_not_used_beside_an_authority() {
+        let known = KnownHost::default();
+        request_host(&with_host("a.example"), Some(&known)).unwrap();
+        // Absolute form naming another host: the disagreement is still seen.
+        let req = Request::get("http://b.example/x")
+            .header(HOST, "a.example")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            request_host(&req, Some(&known)),
             Err(ProxyError::InvalidRequest(_))
         ));
     }

@@ -170,7 +170,7 @@ impl ForwardAuth {
             Kind::Envoy => {
                 // Envoy's check is the original request (after the prefix), so its method
                 // (checked by `check_form` above) and host are the check's own.
-                (request_host(req)?, original.unwrap_or("/"))
+                (request_host(req, None)?, original.unwrap_or("/"))
             }
             Kind::Auth => {
                 let method = match one(

@@ -63,12 +63,25 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(name))
     };
+    // Whether `Connection` lists a name beyond the hop-by-hop ones, found once. Usually it
+    // does not (an upstream's `Connection: keep-alive` names one of them), and then no header
+    // needs the per-name scan of `Connection`'s values below.
+    let lists_others = connection
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        });
     // Collect first (the names borrow from the map about to change), and only names that
     // are present: a response's usual `Connection: keep-alive` costs two removals, not a
     // parsed name and a removal per hop-by-hop header.
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || listed(k.as_str()))
+        .filter(|k| HOP_BY_HOP.contains(k) || (lists_others && listed(k.as_str())))
         .cloned()
         .collect();
     for name in doomed {
@@ -242,6 +255,27 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn every_connection_line_counts_whatever_the_first_one_says() {
+        // The first line names only hop-by-hop headers; a later one names another.
+        let mut h = map(&[
+            ("connection", "Keep-Alive, TE"),
+            ("connection", "x-debug"),
+            ("x-debug", "1"),
+            ("keep-alive", "timeout=5"),
+            ("server", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.get("x-debug").is_none());
+        assert!(h.get("keep-alive").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get("server").unwrap(), "kept");
+        // Only hop-by-hop names listed: the rest stays.
+        let mut h = map(&[("connection", "keep-alive"), ("server", "kept")]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("server").unwrap(), "kept");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! across an `.await`, and allocates little: identity header values are prebuilt per token,
 //! common refusal bodies are static.
 
-mod authorize;
+pub(crate) mod authorize;
 mod forward;
 mod forward_auth;
 pub mod headers;
@@ -133,6 +133,8 @@ pub struct Proxy {
 pub struct ProxyConn {
     pub info: ConnInfo,
     pub upstream: upstream::Affinity,
+    /// The connection's last `Host`, already canonical (see [`authorize::KnownHost`]).
+    pub host: authorize::KnownHost,
 }
 
 impl Ctx<'_> {
@@ -160,6 +162,7 @@ impl ProxyConn {
         ProxyConn {
             info,
             upstream: upstream::Affinity::default(),
+            host: authorize::KnownHost::default(),
         }
     }
 }
@@ -272,7 +275,7 @@ impl Proxy {
         );
         let mut ctx = Ctx::new(&span);
         let outcome = async {
-            match self.authorize(conn.info.peer.ip(), &req, &mut ctx).await {
+            match self.authorize(&conn, &req, &mut ctx).await {
                 Ok(auth) => self.forward(&conn, req, auth).await,
                 Err(e) => Err(e),
             }
