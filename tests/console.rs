@@ -5,8 +5,8 @@
 //! The browser tests skip, with a printed reason, when `/usr/bin/chromium` or
 //! `/usr/bin/chromedriver` is missing, and fail instead when `TOKENGATE_TEST_REQUIRE` names
 //! `chromium` (see `support::skip`); `.ci/run` installs both and requires them. With `TOKENGATE_SCREENSHOTS=1`
-//! they also write the README's pictures: `docs/console-{list,token,rotation,audit}.png` at
-//! 1280 px and `docs/console-{list,token,audit}-narrow.png` at 400 px.
+//! they also write the README's pictures: `docs/console-{list,token,usage,rotation,audit}.png` at
+//! 1280 px and `docs/console-{list,token,usage,audit}-narrow.png` at 400 px.
 //!
 //! The console's "now" (for "3 days ago") is the page's `Date.now()`; [`sign_in`] pins it to
 //! the gateway's manual clock, so relative times follow the time the tests move.
