@@ -1224,7 +1224,8 @@
 
   // --- usage over time (SPEC §12): stacked bars in inline SVG, a table beside them ---
 
-  var SVG_NS = 'http://www.w3.org/2000/svg';
+  // The chart's <svg> is in the page; its namespace is the one new SVG elements take.
+  function svgNs() { return $('usage-svg').namespaceURI; }
   var REASONS = [
     ['token_expired', 'Expired'],
     ['token_inactive', 'Inactive'],
@@ -1238,7 +1239,7 @@
   var DAY_MS = 86400000;
 
   function svg(tag, attrs) {
-    var node = document.createElementNS(SVG_NS, tag);
+    var node = document.createElementNS(svgNs(), tag);
     Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
     for (var i = 2; i < arguments.length; i++) node.appendChild(arguments[i]);
     return node;
@@ -1265,7 +1266,8 @@
   function clearUsage() {
     state.usageSeq++;
     ['usage-summary', 'usage-error', 'usage-max', 'usage-first', 'usage-last'].forEach(function (id) { setText(id, ''); });
-    clear($('usage-chart'));
+    clear($('usage-svg'));
+    $('usage-svg').removeAttribute('viewBox');
     clear($('usage-rows'));
   }
 
@@ -1325,10 +1327,11 @@
     setText('usage-last', buckets.length ? bucketText(buckets[buckets.length - 1].start, step) : '');
     // One unit of width per bucket, 100 of height; the bars stretch to the frame's width.
     var n = buckets.length;
-    var chart = svg('svg', {
-      viewBox: '0 0 ' + n + ' 100', preserveAspectRatio: 'none', role: 'img',
-      'aria-label': $('usage-summary').textContent, 'data-step': step
-    });
+    var chart = $('usage-svg');
+    clear(chart);
+    chart.setAttribute('viewBox', '0 0 ' + Math.max(n, 1) + ' 100');
+    chart.setAttribute('aria-label', $('usage-summary').textContent);
+    chart.setAttribute('data-step', step);
     buckets.forEach(function (b, i) {
       var g = svg('g', { class: 'bar', 'data-start': b.start, 'data-requests': b.requests, 'data-refused': refusedTotal(b) },
         svg('title', {}));
@@ -1345,9 +1348,6 @@
       });
       chart.appendChild(g);
     });
-    var plot = $('usage-chart');
-    clear(plot);
-    plot.appendChild(chart);
     var legend = $('usage-legend');
     clear(legend);
     [['requests', 'Admitted']].concat(REASONS).forEach(function (r) {
