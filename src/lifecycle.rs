@@ -1,5 +1,6 @@
 //! The lifecycle sweep: persists the idle policy (SPEC §1) that the proxy and admin API
-//! already apply exactly at request time, and prunes the audit log past `audit.retention`.
+//! already apply exactly at request time, and prunes the audit log past `audit.retention` and
+//! the hourly usage history past `usage.history`.
 //!
 //! Runs once at start-up and every `lifecycle.sweep_interval`. It reads the time first, then
 //! flushes this instance's pending usage, then asks the store to apply both rules while
@@ -32,6 +33,8 @@ pub struct Sweeper {
     pub clock: SharedClock,
     pub lifecycle: LifecycleConfig,
     pub audit_retention: Duration,
+    /// `usage.history`: how long hourly usage rows are kept.
+    pub usage_history: Duration,
     /// How long after the policy's instant a token is swept: [`shared_store_margin`] with a
     /// shared store, zero with the embedded one (this instance's own flush, run first, and
     /// its memory see every use).
@@ -50,6 +53,7 @@ impl Sweeper {
             clock: shared.clock.clone(),
             lifecycle: config.lifecycle,
             audit_retention: config.audit.retention,
+            usage_history: config.usage.history,
             margin: if shared.store.health().is_some() {
                 shared_store_margin(config.usage.flush_interval)
             } else {
@@ -87,6 +91,7 @@ impl Sweeper {
             inactive_before: now.minus(self.lifecycle.inactive_after.saturating_add(self.margin)),
             delete_before: now.minus(self.lifecycle.delete_after.saturating_add(self.margin)),
             audit_before: now.minus(self.audit_retention),
+            usage_before: now.minus(self.usage_history),
             inactive_after_ms: i64::try_from(self.lifecycle.inactive_after.as_millis())
                 .unwrap_or(i64::MAX),
             expiring_before: self.expiry_notice.map(|n| now.plus(n)),
@@ -109,6 +114,12 @@ impl Sweeper {
             tracing::info!(
                 pruned = out.pruned,
                 "audit entries past audit.retention pruned"
+            );
+        }
+        if out.usage_pruned > 0 {
+            tracing::debug!(
+                pruned = out.usage_pruned,
+                "hourly usage rows past usage.history pruned"
             );
         }
         Ok(out)

@@ -193,11 +193,19 @@ pub struct IpRecord {
     pub blocked_at: Option<Timestamp>,
 }
 
-/// Usage gathered in memory since the last flush, for one token and one client IP.
+/// Usage gathered in memory since the last flush, for one token, one client IP and one hour
+/// (a pair used across an hour boundary makes one delta per hour).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub token_id: TokenId,
-    pub ip: IpAddr,
+    /// `None`: refusals whose (token, IP) pair the recorder could not keep (its hourly cap
+    /// of new pairs, SPEC §3); they count in the token's own hourly row only.
+    pub ip: Option<IpAddr>,
+    /// The start of the hour these counts fall in (UTC, ms).
+    pub hour: Timestamp,
+    /// Refusals of the token in that hour, by reason ([`Refusal::index`]); `ip_blocked` and
+    /// `ip_not_allowed` are also in `denied`.
+    pub refused: Refusals,
     pub requests: u64,
     pub denied: u64,
     /// First and last forwarded use in this batch (`None` if only denied requests).
@@ -224,6 +232,88 @@ impl Denial {
         }
     }
 }
+
+/// A refusal of a known token, by its error code (SPEC §12): what the usage history counts
+/// besides admitted requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TokenExpired,
+    TokenInactive,
+    IpBlocked,
+    IpNotAllowed,
+    AccessDenied,
+    RateLimited,
+    NoRoute,
+}
+
+/// Counts per [`Refusal`], indexed by [`Refusal::index`].
+pub type Refusals = [u64; Refusal::COUNT];
+
+impl Refusal {
+    pub const COUNT: usize = 7;
+    /// In the order of SPEC §2's rows (the order the API and the stores' columns use).
+    pub const ALL: [Refusal; Refusal::COUNT] = [
+        Refusal::TokenExpired,
+        Refusal::TokenInactive,
+        Refusal::IpBlocked,
+        Refusal::IpNotAllowed,
+        Refusal::NoRoute,
+        Refusal::AccessDenied,
+        Refusal::RateLimited,
+    ];
+
+    /// The error code (also the store's column name).
+    pub const fn code(self) -> &'static str {
+        match self {
+            Refusal::TokenExpired => "token_expired",
+            Refusal::TokenInactive => "token_inactive",
+            Refusal::IpBlocked => "ip_blocked",
+            Refusal::IpNotAllowed => "ip_not_allowed",
+            Refusal::AccessDenied => "access_denied",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::NoRoute => "no_route",
+        }
+    }
+
+    /// Its place in [`Refusal::ALL`] and in a [`Refusals`] array.
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::TokenExpired => 0,
+            Refusal::TokenInactive => 1,
+            Refusal::IpBlocked => 2,
+            Refusal::IpNotAllowed => 3,
+            Refusal::NoRoute => 4,
+            Refusal::AccessDenied => 5,
+            Refusal::RateLimited => 6,
+        }
+    }
+}
+
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Refusal {
+        match d {
+            Denial::Blocked => Refusal::IpBlocked,
+            Denial::NotAllowed => Refusal::IpNotAllowed,
+        }
+    }
+}
+
+/// One hourly usage row as stored (SPEC §12): a token's, or one of its IPs'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourCounts {
+    /// The hour's start (UTC, ms).
+    pub hour: Timestamp,
+    pub requests: u64,
+    pub refused: Refusals,
+}
+
+/// The start of the UTC hour holding `t`.
+pub fn hour_of(t: Timestamp) -> Timestamp {
+    Timestamp(t.0 - t.0.rem_euclid(HOUR_MS))
+}
+
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
 
 /// One audit row (SPEC §8): written in the same transaction as the change it records.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,6 +401,19 @@ mod tests {
             assert_eq!(AuditAction::from_db(a.as_str()), Some(a));
         }
         assert_eq!(AuditAction::from_db("prune"), None);
+    }
+
+    #[test]
+    fn refusals_have_distinct_places_in_spec_order() {
+        for (i, r) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        assert_eq!(
+            Refusal::from(Denial::Blocked).code(),
+            Denial::Blocked.as_str()
+        );
+        assert_eq!(hour_of(Timestamp(HOUR_MS * 5 + 1)), Timestamp(HOUR_MS * 5));
+        assert_eq!(hour_of(Timestamp(-1)), Timestamp(-HOUR_MS));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Usage records: per (token, client IP) counters gathered in memory on the request path and
-//! written behind to the store.
+//! Usage records: per (token, client IP, hour) counters gathered in memory on the request path
+//! and written behind to the store: the IP records of SPEC §3 and the hourly history of §12
+//! (admitted requests and refusals of a known token by reason).
 //!
-//! Recording is a dashmap update (no await, no store). A flush task drains the pending map at
+//! Recording is one dashmap update (no await, no store); the hour is part of the key, so a
+//! pair used across an hour boundary is two entries and each lands in its own hourly row. A flush task drains the pending map at
 //! least every `usage.flush_interval` and once more at shutdown; a failed flush puts the batch
 //! back so nothing is lost while the store is briefly unavailable. The pending map is bounded:
 //! past [`MAX_PENDING`] distinct pairs, new pairs are dropped (and counted) rather than
@@ -15,7 +17,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::clock::Timestamp;
-use crate::model::{Denial, TokenId, UsageDelta};
+use crate::model::{hour_of, Denial, Refusal, TokenId, UsageDelta, HOUR_MS};
 use crate::store::{Store, StoreResult};
 
 /// Distinct (token, IP) pairs held between flushes at most.
@@ -23,7 +25,10 @@ pub const MAX_PENDING: usize = 1_000_000;
 /// New IP records that refusals (blocked, not allowed) may create per token per hour (SPEC §3),
 /// so a client rotating addresses cannot flush a token's real history.
 pub const MAX_NEW_DENIED_PER_HOUR: u32 = 1_000;
-const HOUR_MS: i64 = 3_600_000;
+
+/// What a pending entry counts: one token, one client IP (`None`: refusals past the token's
+/// cap of new pairs, kept for its own hourly row only), one hour (its start, ms).
+type Key = (TokenId, Option<IpAddr>, i64);
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
@@ -35,6 +40,8 @@ struct Counters {
     /// The latest refusal (ms; 0 = none) and its reason.
     denied_at: i64,
     denied_error: Option<Denial>,
+    /// Refusals by reason ([`Refusal::index`]), for the hourly history.
+    refused: [u32; Refusal::COUNT],
 }
 
 impl Counters {
@@ -49,11 +56,19 @@ impl Counters {
             self.denied_at = o.denied_at;
             self.denied_error = o.denied_error;
         }
+        for (a, b) in self.refused.iter_mut().zip(o.refused) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) {
+        let n = &mut self.refused[why.index()];
+        *n = n.saturating_add(1);
     }
 }
 
 pub struct UsageRecorder {
-    pending: DashMap<(TokenId, IpAddr), Counters>,
+    pending: DashMap<Key, Counters>,
     dropped: AtomicU64,
     flush_errors: AtomicU64,
     max_ips_per_token: usize,
@@ -77,7 +92,7 @@ impl UsageRecorder {
 
     /// Records a forwarded request.
     pub fn record_use(&self, token_id: TokenId, ip: IpAddr, now: Timestamp) {
-        self.update(token_id, ip, |c| {
+        self.update((token_id, Some(ip), hour_of(now).0), |c| {
             c.requests += 1;
             if c.first_used == 0 {
                 c.first_used = now.0;
@@ -92,15 +107,30 @@ impl UsageRecorder {
     /// [`UsageRecorder::denied_capped`]. (A pair already flushed to the store counts as new
     /// here too: the cap errs on the side of fewer writes.)
     pub fn record_denied(&self, token_id: TokenId, ip: IpAddr, why: Denial, now: Timestamp) {
-        let deny = |c: &mut Counters| {
+        self.refusal(token_id, ip, now, |c: &mut Counters| {
             c.denied += 1;
             if now.0 >= c.denied_at {
                 c.denied_at = now.0;
                 c.denied_error = Some(why);
             }
-        };
-        if let Some(mut c) = self.pending.get_mut(&(token_id, ip)) {
-            deny(&mut c);
+            c.refuse(why.into());
+        });
+    }
+
+    /// Records any other refusal of a known token (SPEC §12: expired, inactive, no route,
+    /// access denied, rate limited) for the hourly history; it makes no IP record (the
+    /// flush adds it to the IP's hourly row only if the IP has one). New pairs count against
+    /// the same hourly cap as [`UsageRecorder::record_denied`]'s.
+    pub fn record_refused(&self, token_id: TokenId, ip: IpAddr, why: Refusal, now: Timestamp) {
+        self.refusal(token_id, ip, now, |c: &mut Counters| c.refuse(why));
+    }
+
+    /// A refusal: on its pending pair, or on a new pair within the token's hourly cap, else
+    /// on the token's own entry for the hour (counted in `denied_capped`).
+    fn refusal(&self, token_id: TokenId, ip: IpAddr, now: Timestamp, f: impl Fn(&mut Counters)) {
+        let hour = hour_of(now).0;
+        if let Some(mut c) = self.pending.get_mut(&(token_id, Some(ip), hour)) {
+            f(&mut c);
             return;
         }
         let admitted = {
@@ -114,9 +144,18 @@ impl UsageRecorder {
             }
         };
         if admitted {
-            self.update(token_id, ip, deny);
+            self.update((token_id, Some(ip), hour), f);
         } else {
             self.denied_capped.fetch_add(1, Ordering::Relaxed);
+            // Still a refusal of the token: its hourly row counts it (no denied count, no
+            // IP: nothing that would make or grow a record).
+            self.update((token_id, None, hour), |c| {
+                let mut one = Counters::default();
+                f(&mut one);
+                for (a, b) in c.refused.iter_mut().zip(one.refused) {
+                    *a = a.saturating_add(b);
+                }
+            });
         }
     }
 
@@ -131,8 +170,7 @@ impl UsageRecorder {
             .retain(|_, (start, _)| now.0 - *start < HOUR_MS && now.0 >= *start);
     }
 
-    fn update(&self, token_id: TokenId, ip: IpAddr, f: impl FnOnce(&mut Counters)) {
-        let key = (token_id, ip);
+    fn update(&self, key: Key, f: impl FnOnce(&mut Counters)) {
         if let Some(mut c) = self.pending.get_mut(&key) {
             f(&mut c);
             return;
@@ -162,7 +200,7 @@ impl UsageRecorder {
     /// Writes everything pending to the store. On failure the batch is merged back and the
     /// error returned; the next flush retries it.
     pub async fn flush(&self, store: &dyn Store) -> StoreResult<usize> {
-        let mut taken: Vec<((TokenId, IpAddr), Counters)> = Vec::new();
+        let mut taken: Vec<(Key, Counters)> = Vec::new();
         self.pending.retain(|k, v| {
             taken.push((*k, *v));
             false
@@ -172,9 +210,11 @@ impl UsageRecorder {
         }
         let batch: Vec<UsageDelta> = taken
             .iter()
-            .map(|((id, ip), c)| UsageDelta {
+            .map(|((id, ip, hour), c)| UsageDelta {
                 token_id: *id,
                 ip: *ip,
+                hour: Timestamp(*hour),
+                refused: c.refused.map(u64::from),
                 requests: c.requests,
                 denied: c.denied,
                 first_used_at: (c.first_used != 0).then_some(Timestamp(c.first_used)),
@@ -281,11 +321,38 @@ mod tests {
         u.record_denied(t, ip, Denial::Blocked, Timestamp(1));
         u.record_use(t, "192.0.2.2".parse().unwrap(), Timestamp(30));
         assert_eq!(u.pending(), 2);
-        let c = *u.pending.get(&(t, ip)).unwrap();
+        let c = *u.pending.get(&(t, Some(ip), 0)).unwrap();
         assert_eq!(
             (c.requests, c.denied, c.first_used, c.last_used),
             (2, 1, 10, 20)
         );
+        assert_eq!(c.refused[Refusal::IpBlocked.index()], 1);
+    }
+
+    #[test]
+    fn each_hour_is_its_own_entry_and_refusals_count_by_reason() {
+        let u = UsageRecorder::new(10);
+        let t = TokenId::generate();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        u.record_use(t, ip, Timestamp(HOUR_MS - 1));
+        u.record_use(t, ip, Timestamp(HOUR_MS));
+        u.record_refused(t, ip, Refusal::RateLimited, Timestamp(HOUR_MS + 5));
+        u.record_refused(t, ip, Refusal::NoRoute, Timestamp(HOUR_MS + 6));
+        u.record_denied(t, ip, Denial::NotAllowed, Timestamp(HOUR_MS + 7));
+        assert_eq!(u.pending(), 2);
+        let first = *u.pending.get(&(t, Some(ip), 0)).unwrap();
+        let second = *u.pending.get(&(t, Some(ip), HOUR_MS)).unwrap();
+        assert_eq!((first.requests, second.requests), (1, 1));
+        assert_eq!(first.refused, [0; Refusal::COUNT]);
+        let mut want = [0; Refusal::COUNT];
+        for r in [
+            Refusal::RateLimited,
+            Refusal::NoRoute,
+            Refusal::IpNotAllowed,
+        ] {
+            want[r.index()] = 1;
+        }
+        assert_eq!((second.refused, second.denied), (want, 1));
     }
 }
 
@@ -303,18 +370,25 @@ mod denied_cap {
         for i in 0..1_500 {
             u.record_denied(t, ip(i), Denial::Blocked, at);
         }
-        assert_eq!(u.pending(), 1_000);
+        // The 1 000 pairs, and the token's own entry holding the 500 capped refusals.
+        assert_eq!(u.pending(), 1_001);
         assert_eq!(u.denied_capped(), 500);
+        let own = *u.pending.get(&(t, None, hour_of(at).0)).unwrap();
+        assert_eq!(
+            (own.refused[Refusal::IpBlocked.index()], own.denied),
+            (500, 0)
+        );
         // A pair already pending still counts its refusals; another token has its own share.
         u.record_denied(t, ip(7), Denial::Blocked, at);
         u.record_denied(other, ip(5_000), Denial::Blocked, at);
-        assert_eq!(u.pending(), 1_001);
+        assert_eq!(u.pending(), 1_002);
         assert_eq!(u.denied_capped(), 500);
         // An hour later the token may make new records again.
         u.record_denied(t, ip(2_000), Denial::Blocked, Timestamp(at.0 + HOUR_MS - 1));
         assert_eq!(u.denied_capped(), 501);
         u.record_denied(t, ip(2_000), Denial::Blocked, Timestamp(at.0 + HOUR_MS));
-        assert_eq!(u.pending(), 1_002);
+        // The capped one landed in the token's entry of the next hour, then a new pair.
+        assert_eq!(u.pending(), 1_004);
         u.prune_denied_windows(Timestamp(at.0 + 3 * HOUR_MS));
         assert!(u.new_denied.is_empty());
     }

@@ -1244,3 +1244,73 @@ async fn serve_logs_the_console_url_and_warns_without_routes() {
     let warn = lines.last().unwrap();
     assert!(warn.contains("WARN") && warn.contains("404"), "{warn}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_usage_prints_totals_and_a_sparkline() {
+    let (gw, _up) = routed().await;
+    let (secret, _) = gw.create_token("feed", &[SD]).await;
+    for _ in 0..3 {
+        gw.get("/sd/x", Some(&secret)).await.expect(200, None);
+    }
+    gw.get("/feeds/x", Some(&secret))
+        .await
+        .expect(403, Some("access_denied"));
+    gw.clock.advance(Duration::from_secs(86_400));
+    for _ in 0..2 {
+        gw.get("/sd/x", Some(&secret)).await.expect(200, None);
+    }
+    let cli = Cli::new(&gw);
+    // The last 24 hours, by hour: yesterday's hour is just outside.
+    let o = cli.run(&["token", "usage", "feed"]).await;
+    o.ok();
+    assert!(o.stdout.starts_with("feed: 24 buckets of 1h"), "{o}");
+    let requests = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("requests"))
+        .unwrap();
+    let fields: Vec<&str> = requests.split_whitespace().collect();
+    assert_eq!(fields[1], "2", "{o}");
+    assert_eq!(fields[2].chars().count(), 24, "one bar per hour: {o}");
+    assert!(fields[2].ends_with('█'), "{o}");
+    // Two days, by day, ending with the gateway's today; the refusal by reason.
+    let o = cli.run(&["token", "usage", "feed", "--days", "2"]).await;
+    o.ok();
+    assert!(o.stdout.contains("2 buckets of 1d"), "{o}");
+    assert!(o.stdout.contains("requests           5"), "{o}");
+    assert!(o.stdout.contains("  access_denied            1"), "{o}");
+    let v = cli
+        .run(&[
+            "token",
+            "usage",
+            "feed",
+            "--days",
+            "2",
+            "--ip",
+            "127.0.0.1",
+            "--json",
+        ])
+        .await
+        .json();
+    let now = tokengate::clock::Clock::now(&gw.clock).millis();
+    let today = tokengate::clock::Timestamp(now - now % 86_400_000).rfc3339();
+    assert_eq!(v["step"], "1d");
+    assert_eq!(v["buckets"][1]["start"], today.as_str(), "{v}");
+    let per_day: Vec<u64> = v["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_day, [3, 2], "{v}");
+    assert_eq!(
+        cli.run(&["token", "usage", "feed", "--days", "0"])
+            .await
+            .code,
+        Some(2)
+    );
+    cli.run(&["token", "usage", "feed", "--ip", "10.0.0.0/8"])
+        .await
+        .refused();
+    cli.run(&["token", "usage", "nope"]).await.refused();
+}

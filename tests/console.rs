@@ -5,8 +5,8 @@
 //! The browser tests skip, with a printed reason, when `/usr/bin/chromium` or
 //! `/usr/bin/chromedriver` is missing, and fail instead when `TOKENGATE_TEST_REQUIRE` names
 //! `chromium` (see `support::skip`); `.ci/run` installs both and requires them. With `TOKENGATE_SCREENSHOTS=1`
-//! they also write the README's pictures: `docs/console-{list,token,rotation,audit}.png` at
-//! 1280 px and `docs/console-{list,token,audit}-narrow.png` at 400 px.
+//! they also write the README's pictures: `docs/console-{list,token,usage,rotation,audit}.png` at
+//! 1280 px and `docs/console-{list,token,usage,audit}-narrow.png` at 400 px.
 //!
 //! The console's "now" (for "3 days ago") is the page's `Date.now()`; [`sign_in`] pins it to
 //! the gateway's manual clock, so relative times follow the time the tests move.
@@ -2243,5 +2243,250 @@ async fn console_holds_at_400_px() {
         b.set_window(1280, 900).await;
         b.js("document.activeElement.blur()", json!([])).await;
         b.screenshot(&dir.join("console-audit.png")).await;
+    }
+}
+
+/// Issue 24: the token page charts its usage (SPEC §12): one bar group per bucket of the
+/// API's answer with its values, stacked admitted and refused by reason, a table with the
+/// same numbers, 24 h / 7 d / 30 d, each IP row's 7-day sparkline from `requests_7d`, and a
+/// page that holds at 400 px. With `TOKENGATE_SCREENSHOTS=1` it writes
+/// `docs/console-usage.png` and `docs/console-usage-narrow.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_usage_chart() {
+    let Some(b) = Browser::start("console_usage_chart").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    // Eight days ago, on the hour: a week of daily use, then the last 24 hours by the hour.
+    let now = tokengate::clock::Clock::now(&tokengate::clock::SystemClock).millis();
+    let hour_ms = 3_600_000;
+    let start = now - now % hour_ms - 8 * 24 * hour_ms;
+    let gw = TestGateway::builder()
+        .clock(&tokengate::clock::ManualClock::new(
+            tokengate::clock::Timestamp(start),
+        ))
+        .route("/sd/", "security-director", up.addr)
+        .route("/feeds/", "third-party-feeds", up.addr)
+        .configure(|c| c.proxy.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()])
+        .start()
+        .await;
+    let secret = create(
+        &gw,
+        "siem-export",
+        "Nightly SIEM export of alarms and audit events",
+        &["security-director"],
+    )
+    .await;
+    gw.admin(
+        Method::POST,
+        "/v1/tokens/siem-export/ips/block",
+        Some(json!({"ips": ["203.0.113.9"]})),
+    )
+    .await
+    .expect(200, None);
+    let set = |ms: i64| gw.clock.set(tokengate::clock::Timestamp(ms));
+    for day in 0..7 {
+        set(start + day * 24 * hour_ms + 12 * hour_ms);
+        for _ in 0..(2 + day % 3) {
+            get_from(&gw, "/sd/events", &secret, "198.51.100.23")
+                .await
+                .expect(200, None);
+        }
+    }
+    let last = now - now % hour_ms;
+    for h in 0..24 {
+        set(last - (23 - h) * hour_ms + 60_000);
+        let n = [3, 5, 2, 6, 9, 4][h as usize % 6];
+        for i in 0..n {
+            let ip = if i % 3 == 0 {
+                "2001:db8::7"
+            } else {
+                "192.0.2.44"
+            };
+            get_from(&gw, "/sd/events", &secret, ip)
+                .await
+                .expect(200, None);
+        }
+        if h % 4 == 1 {
+            get_from(&gw, "/feeds/daily", &secret, "192.0.2.44")
+                .await
+                .expect(403, Some("access_denied"));
+        }
+        if h % 6 == 3 {
+            get_from(&gw, "/sd/events", &secret, "203.0.113.9")
+                .await
+                .expect(403, Some("ip_blocked"));
+            get_from(&gw, "/archive/x", &secret, "192.0.2.44")
+                .await
+                .expect(404, Some("no_route"));
+        }
+    }
+    set(last + 30 * 60_000);
+
+    sign_in(&b, &gw).await;
+    b.wait_rows("#token-rows", 1).await;
+    b.click("#token-rows tr[data-name='siem-export'] td.name a")
+        .await;
+    b.wait_rows("#ip-rows", 4).await;
+
+    // The page's bars as (start, requests, refused, {reason: n}) against the API's buckets.
+    let drawn = || {
+        let b = &b;
+        async move {
+            b.js(
+                "return [...document.querySelectorAll('#usage-chart svg g.bar')].map(g => [\
+                   g.dataset.start, Number(g.dataset.requests), Number(g.dataset.refused),\
+                   Object.fromEntries([...g.querySelectorAll('rect[data-reason]')]\
+                     .map(r => [r.dataset.reason, Number(r.dataset.n)]))])",
+                json!([]),
+            )
+            .await
+        }
+    };
+    let expected = |answer: &Value| -> Value {
+        answer["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|bk| {
+                let mut segs = serde_json::Map::new();
+                let mut refused = 0;
+                if bk["requests"].as_u64().unwrap() > 0 {
+                    segs.insert("requests".into(), bk["requests"].clone());
+                }
+                for (k, n) in bk["refused"].as_object().unwrap() {
+                    let n = n.as_u64().unwrap();
+                    refused += n;
+                    if n > 0 {
+                        segs.insert(k.clone(), json!(n));
+                    }
+                }
+                json!([bk["start"], bk["requests"], refused, segs])
+            })
+            .collect()
+    };
+    let api = |query: &str| {
+        let (gw, query) = (&gw, query.to_string());
+        async move {
+            let r = gw
+                .admin(
+                    Method::GET,
+                    &format!("/v1/tokens/siem-export/usage?{query}"),
+                    None,
+                )
+                .await;
+            r.expect(200, None);
+            r.json()
+        }
+    };
+    b.wait(
+        "24 bars",
+        "return document.querySelectorAll('#usage-chart svg g.bar').length === 24",
+        json!([]),
+    )
+    .await;
+    let hourly = api("step=1h").await;
+    assert_eq!(drawn().await, expected(&hourly));
+    let total: u64 = hourly["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bk| bk["requests"].as_u64().unwrap())
+        .sum();
+    assert!(total > 100, "{hourly}");
+    let summary = b.text("#usage-summary").await;
+    assert!(
+        summary.starts_with(&format!("{total} requests and ")),
+        "{summary}"
+    );
+    // The table holds the same numbers, one row per bucket.
+    b.wait_rows("#usage-rows", 24).await;
+    let cells = b
+        .js(
+            "return [...document.querySelectorAll('#usage-rows tr')].map(r => \
+               [r.dataset.start, Number(r.cells[1].textContent), Number(r.cells[2].textContent)])",
+            json!([]),
+        )
+        .await;
+    let want: Vec<Value> = expected(&hourly)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| json!([e[0], e[1], e[2]]))
+        .collect();
+    assert_eq!(cells, json!(want));
+
+    // Each IP row's sparkline: seven days from requests_7d.
+    let ips = gw.ips("siem-export").await;
+    for row in &ips {
+        let ip = row["ip"].as_str().unwrap();
+        let bars = b
+            .js(
+                "return [...document.querySelectorAll(`#ip-rows tr[data-ip='${arguments[0]}'] td.week rect`)]\
+                   .map(r => Number(r.dataset.n))",
+                json!([ip]),
+            )
+            .await;
+        assert_eq!(bars, row["requests_7d"], "{ip}");
+    }
+
+    if let Some(dir) = screenshots_wanted() {
+        b.set_window(1280, 1100).await;
+        b.js(
+            "document.getElementById('usage-card').scrollIntoView(); document.activeElement.blur()",
+            json!([]),
+        )
+        .await;
+        b.screenshot(&dir.join("console-usage.png")).await;
+    }
+
+    // 7 days and 30 days: daily bars ending today.
+    for (button, n) in [("7d", 7), ("30d", 30)] {
+        b.click(&format!("#usage-card button[data-period='{button}']"))
+            .await;
+        b.wait(
+            "daily bars",
+            "const s = document.querySelector('#usage-chart svg'); \
+             return s && s.dataset.step === '1d' && s.querySelectorAll('g.bar').length === arguments[0]",
+            json!([n]),
+        )
+        .await;
+        let today = last - last % (24 * hour_ms);
+        let from = tokengate::clock::Timestamp(today - (n - 1) * 24 * hour_ms).rfc3339();
+        let daily = api(&format!("step=1d&from={from}")).await;
+        assert_eq!(drawn().await, expected(&daily), "{button}");
+        assert_eq!(
+            b.text("#usage-card button[aria-pressed='true']").await,
+            button.replace('d', " d")
+        );
+    }
+
+    // 400 px: the chart fits and nothing scrolls sideways.
+    b.click("#usage-card button[data-period='24h']").await;
+    b.wait(
+        "24 bars again",
+        "return document.querySelectorAll('#usage-chart svg g.bar').length === 24",
+        json!([]),
+    )
+    .await;
+    b.set_window(400, 900).await;
+    assert_eq!(b.js(FITS, json!([])).await, json!(true));
+    let width = b
+        .js(
+            "return document.querySelector('#usage-chart svg').getBoundingClientRect().width",
+            json!([]),
+        )
+        .await;
+    assert!(
+        width.as_f64().is_some_and(|w| w > 250.0 && w <= 400.0),
+        "{width}"
+    );
+    if let Some(dir) = screenshots_wanted() {
+        b.js(
+            "document.getElementById('usage-card').scrollIntoView(); document.activeElement.blur()",
+            json!([]),
+        )
+        .await;
+        b.screenshot(&dir.join("console-usage-narrow.png")).await;
     }
 }

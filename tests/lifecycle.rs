@@ -853,6 +853,7 @@ async fn sweeps_of_two_instances_sharing_a_store_change_each_token_once() {
         clock: Arc::new(gw.clock.clone()),
         lifecycle: gw.config.lifecycle,
         audit_retention: gw.config.audit.retention,
+        usage_history: gw.config.usage.history,
         margin: Duration::ZERO,
         expiry_notice: None,
     };
@@ -975,6 +976,7 @@ async fn a_use_between_the_sweeps_flush_and_its_update_is_not_lapsed() {
         }),
         lifecycle: cfg.lifecycle,
         audit_retention: cfg.audit.retention,
+        usage_history: cfg.usage.history,
         margin: Duration::ZERO,
         expiry_notice: None,
     };

@@ -146,7 +146,7 @@ async fn a_postgres_schema_of_the_previous_release_migrates_and_its_tokens_keep_
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
     // The legacy access bits became names (migration 4).
     assert_eq!(
         old["access"],

@@ -429,7 +429,7 @@ async fn instances_starting_together_migrate_once() {
     let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8],
         "each migration applied once"
     );
 }

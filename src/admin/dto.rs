@@ -72,6 +72,10 @@ pub(crate) struct IpDto {
     pub blocked_by: Option<String>,
     #[schema(format = DateTime)]
     pub blocked_at: Option<String>,
+    /// Requests (uses) from this IP per UTC day over the last seven days, oldest first, today
+    /// last (SPEC §12).
+    #[schema(min_items = 7, max_items = 7)]
+    pub requests_7d: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -122,6 +126,53 @@ pub(crate) struct DeliveryDto {
     pub response_status: Option<i64>,
 }
 
+/// `GET /v1/tokens/{name}/usage` (SPEC §12): every bucket of the range, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Usage {
+    /// The buckets' width: `1h` or `1d` (UTC-aligned).
+    #[schema(value_type = String, pattern = "^1[hd]$")]
+    pub step: &'static str,
+    pub buckets: Vec<UsageBucket>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UsageBucket {
+    /// The bucket's first instant.
+    #[schema(format = DateTime)]
+    pub start: String,
+    /// Admitted requests (uses).
+    pub requests: u64,
+    pub refused: RefusedCounts,
+}
+
+/// Refusals of the token in one bucket, by error code (every code always present).
+#[derive(Debug, Default, Serialize, ToSchema, PartialEq, Eq)]
+pub(crate) struct RefusedCounts {
+    pub token_expired: u64,
+    pub token_inactive: u64,
+    pub ip_blocked: u64,
+    pub ip_not_allowed: u64,
+    pub no_route: u64,
+    pub access_denied: u64,
+    pub rate_limited: u64,
+}
+
+impl From<crate::model::Refusals> for RefusedCounts {
+    fn from(r: crate::model::Refusals) -> RefusedCounts {
+        let [token_expired, token_inactive, ip_blocked, ip_not_allowed, no_route, access_denied, rate_limited] =
+            r;
+        RefusedCounts {
+            token_expired,
+            token_inactive,
+            ip_blocked,
+            ip_not_allowed,
+            no_route,
+            access_denied,
+            rate_limited,
+        }
+    }
+}
+
 /// `GET /v1/access-types`: the configured types, in config order.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AccessTypeList<'a> {
@@ -132,4 +183,35 @@ pub(crate) struct AccessTypeList<'a> {
 pub(crate) struct AccessTypeDto<'a> {
     pub name: &'a str,
     pub label: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Refusal;
+
+    /// The refusal counts' fields are the error codes of `Refusal::ALL`, in its order.
+    #[test]
+    fn refused_counts_are_keyed_by_the_refusal_codes() {
+        let mut r = [0; Refusal::COUNT];
+        for (i, n) in r.iter_mut().enumerate() {
+            *n = i as u64 + 1;
+        }
+        let v = serde_json::to_value(RefusedCounts::from(r)).unwrap();
+        let got: Vec<(&str, u64)> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| (k.as_str(), n.as_u64().unwrap()))
+            .collect();
+        let want: Vec<(&str, u64)> = Refusal::ALL
+            .iter()
+            .map(|r| (r.code(), r.index() as u64 + 1))
+            .collect();
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(got_sorted, want_sorted);
+    }
 }

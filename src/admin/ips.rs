@@ -1,6 +1,8 @@
 //! A token's IP list and its block list: `GET /v1/tokens/{name}/ips` and
 //! `POST /v1/tokens/{name}/ips/block|unblock`.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -21,13 +23,11 @@ impl Admin {
     }
 
     async fn ip_list(&self, token_id: TokenId) -> Result<IpList, AdminError> {
-        // Write pending usage first, so the list includes requests made a moment ago.
-        if let Err(e) = self.usage.flush(self.store.as_ref()).await {
-            tracing::warn!(error = %e, "usage flush before listing IPs failed");
-        }
+        self.flush_pending("IPs").await;
         let records = self.store.list_ips(token_id).await?;
+        let weeks = self.ip_weeks(token_id).await?;
         Ok(IpList {
-            ips: ip_dtos(records),
+            ips: ip_dtos(records, &weeks),
         })
     }
 
@@ -90,7 +90,8 @@ impl Admin {
 
 /// The IP list of SPEC §4: effective block state per row, newest use first, never-used rows
 /// last, then by address.
-pub(crate) fn ip_dtos(records: Vec<IpRecord>) -> Vec<IpDto> {
+/// `weeks` holds each IP's `requests_7d` (an IP absent from it had none).
+pub(crate) fn ip_dtos(records: Vec<IpRecord>, weeks: &HashMap<String, [u64; 7]>) -> Vec<IpDto> {
     let blocks: Vec<(BlockEntry, Timestamp)> = records
         .iter()
         .filter_map(|r| r.blocked_at.map(|at| (r.entry, at)))
@@ -105,8 +106,10 @@ pub(crate) fn ip_dtos(records: Vec<IpRecord>) -> Vec<IpDto> {
                     .find(|(b, _)| !b.is_single() && b.net().contains(&r.entry.net()))
                     .copied(),
             };
+            let ip = r.entry.to_string();
             let dto = IpDto {
-                ip: r.entry.to_string(),
+                requests_7d: weeks.get(&ip).copied().unwrap_or_default().to_vec(),
+                ip,
                 first_used_at: r.first_used_at.map(Timestamp::rfc3339),
                 last_used_at: r.last_used_at.map(Timestamp::rfc3339),
                 requests: r.requests,

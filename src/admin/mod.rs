@@ -24,6 +24,7 @@ mod probes;
 mod query;
 mod routes;
 mod tokens;
+mod usage;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -23,7 +23,7 @@ use super::dto::{
     AccessTypeList, AuditList, CreatedToken, DeliveryList, IpList, TokenDto, TokenList, Tokens,
 };
 use super::error::AdminError;
-use super::query::{ListParams, AUDIT_LIST, DELIVERY_LIST, TOKEN_LIST};
+use super::query::{QueryParams, AUDIT_LIST, DELIVERY_LIST, TOKEN_LIST};
 use super::routes::Op;
 use super::{json_response, Admin};
 
@@ -105,8 +105,8 @@ impl ToSchema for crate::ratelimit::RateLimit {}
 struct OpDoc {
     summary: &'static str,
     tag: &'static str,
-    /// The list query it takes, if any.
-    query: Option<&'static ListParams>,
+    /// The query parameters it takes, if any.
+    query: Option<&'static dyn QueryParams>,
     /// The request body's schema, and whether the body is required.
     body: Option<(&'static str, bool)>,
     /// The success status and its JSON schema (`None`: no body, or not JSON).
@@ -214,6 +214,15 @@ fn doc_of(op: Op) -> OpDoc {
                 "ips",
                 (200, Some("IpList")),
                 &[404, 409],
+            )
+        },
+        Op::TokenUsage => OpDoc {
+            query: Some(&super::usage::USAGE_PARAMS),
+            ..d(
+                "A token's admitted requests and refusals by reason, per hour or day (at most 2000 buckets)",
+                "usage",
+                (200, Some("Usage")),
+                &[400, 404],
             )
         },
         Op::AccessTypes => d(
@@ -410,6 +419,9 @@ fn components(access_types: Vec<&str>) -> Value {
         super::dto::DeliveryDto,
         AccessTypeList,
         super::dto::AccessTypeDto,
+        super::dto::Usage,
+        super::dto::UsageBucket,
+        super::dto::RefusedCounts,
         crate::model::Status,
         crate::model::InactiveReason,
         crate::events::DeliveryStatus,

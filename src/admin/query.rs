@@ -48,9 +48,15 @@ pub(crate) struct ListQuery {
     pub token: Option<String>,
 }
 
-impl ListParams {
+/// An operation's query parameters, as the OpenAPI document describes them.
+pub(crate) trait QueryParams: Sync {
+    /// The parameters as OpenAPI parameter objects.
+    fn openapi_parameters(&self) -> Vec<serde_json::Value>;
+}
+
+impl QueryParams for ListParams {
     /// This list's query parameters as OpenAPI parameter objects.
-    pub(crate) fn openapi_parameters(&self) -> Vec<serde_json::Value> {
+    fn openapi_parameters(&self) -> Vec<serde_json::Value> {
         use serde_json::json;
         let empty = "An empty value is the same as none.";
         self.params
@@ -90,7 +96,20 @@ impl ListParams {
             })
             .collect()
     }
+}
 
+/// The refusal of a query parameter an operation does not take.
+pub(crate) fn unknown_parameter(k: &str) -> AdminError {
+    invalid(
+        k,
+        format!(
+            "unknown query parameter {:?}",
+            token::truncate_for_message(k)
+        ),
+    )
+}
+
+impl ListParams {
     pub(crate) fn parse(&self, query: Option<&str>) -> Result<ListQuery, AdminError> {
         let mut out = ListQuery {
             limit: self.default_limit,
@@ -119,15 +138,7 @@ impl ListParams {
                 }
                 Some("after") => out.after = name(&v),
                 Some("token") => out.token = name(&v),
-                _ => {
-                    return Err(invalid(
-                        &k,
-                        format!(
-                            "unknown query parameter {:?}",
-                            token::truncate_for_message(&k)
-                        ),
-                    ))
-                }
+                _ => return Err(unknown_parameter(&k)),
             }
         }
         Ok(out)

@@ -27,6 +27,7 @@ pub(crate) enum Op {
     ListIps,
     BlockIps,
     UnblockIps,
+    TokenUsage,
     AccessTypes,
     Audit,
     Deliveries,
@@ -37,7 +38,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    pub(crate) const ALL: [Op; 18] = [
+    pub(crate) const ALL: [Op; 19] = [
         Op::ListTokens,
         Op::CreateToken,
         Op::ActivateTokens,
@@ -49,6 +50,7 @@ impl Op {
         Op::ListIps,
         Op::BlockIps,
         Op::UnblockIps,
+        Op::TokenUsage,
         Op::AccessTypes,
         Op::Audit,
         Op::Deliveries,
@@ -72,6 +74,7 @@ impl Op {
             Op::ListIps => (Method::GET, "/v1/tokens/{name}/ips"),
             Op::BlockIps => (Method::POST, "/v1/tokens/{name}/ips/block"),
             Op::UnblockIps => (Method::POST, "/v1/tokens/{name}/ips/unblock"),
+            Op::TokenUsage => (Method::GET, "/v1/tokens/{name}/usage"),
             Op::AccessTypes => (Method::GET, "/v1/access-types"),
             Op::Audit => (Method::GET, "/v1/audit"),
             Op::Deliveries => (Method::GET, "/v1/webhooks/deliveries"),
@@ -96,6 +99,7 @@ impl Op {
             Op::ListIps => "list_ips",
             Op::BlockIps => "block_ips",
             Op::UnblockIps => "unblock_ips",
+            Op::TokenUsage => "token_usage",
             Op::AccessTypes => "list_access_types",
             Op::Audit => "list_audit",
             Op::Deliveries => "list_webhook_deliveries",
@@ -151,6 +155,7 @@ fn template(path: &str) -> Option<(&'static str, Option<&str>)> {
         ["v1", "tokens", name, "ips"] => ("/v1/tokens/{name}/ips", Some(*name)),
         ["v1", "tokens", name, "ips", "block"] => ("/v1/tokens/{name}/ips/block", Some(*name)),
         ["v1", "tokens", name, "ips", "unblock"] => ("/v1/tokens/{name}/ips/unblock", Some(*name)),
+        ["v1", "tokens", name, "usage"] => ("/v1/tokens/{name}/usage", Some(*name)),
         ["v1", "access-types"] => ("/v1/access-types", None),
         ["v1", "audit"] => ("/v1/audit", None),
         ["v1", "webhooks", "deliveries"] => ("/v1/webhooks/deliveries", None),
@@ -221,6 +226,7 @@ impl Admin {
             Op::ListIps => self.ips(name).await,
             Op::BlockIps => self.block(actor, name, body, true).await,
             Op::UnblockIps => self.block(actor, name, body, false).await,
+            Op::TokenUsage => self.usage(name, query).await,
             Op::AccessTypes => Ok(self.access_types()),
             Op::Audit => self.audit(query).await,
             Op::Deliveries => self.deliveries(query).await,

@@ -230,6 +230,17 @@ pub enum TokenCmd {
         /// The token's name (ignoring case).
         name: String,
     },
+    /// A token's use over time: totals and a sparkline (hourly for one day, else daily).
+    Usage {
+        /// The token's name (ignoring case).
+        name: String,
+        /// How many days, today included: 1 = the last 24 hours by hour; more = by UTC day.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2000))]
+        days: u32,
+        /// Only this client IP's counts.
+        #[arg(long)]
+        ip: Option<String>,
+    },
     /// Change a token's description, access, expiry, rate limit or allow-list.
     Update {
         /// The token's name (ignoring case).
@@ -667,6 +678,14 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             }
             v
         }
+        TokenCmd::Usage { name, days, ip } => {
+            let v = usage_cmd(&c, &name, days, ip.as_deref()).await?;
+            if !g.json {
+                out(&usage_text(&name, &v));
+                return Ok(());
+            }
+            v
+        }
         TokenCmd::Update {
             name,
             description,
@@ -782,6 +801,39 @@ async fn token_cmd(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         print_json(&v);
     }
     Ok(())
+}
+
+/// `token usage`: the last 24 hourly buckets, or `days` daily ones ending today. Today is the
+/// gateway's (its clock is the source of truth): the last bucket of a default daily query.
+async fn usage_cmd(
+    c: &AdminClient,
+    name: &str,
+    days: u32,
+    ip: Option<&str>,
+) -> anyhow::Result<Value> {
+    let base = format!("/v1/tokens/{}/usage", enc(name));
+    let ip = ip.map_or(String::new(), |ip| format!("&ip={}", enc(ip)));
+    if days == 1 {
+        return Ok(c
+            .call(Method::GET, &format!("{base}?step=1h{ip}"), None)
+            .await?);
+    }
+    let probe = c
+        .call(Method::GET, &format!("{base}?step=1d{ip}"), None)
+        .await?;
+    let today = probe["buckets"]
+        .as_array()
+        .and_then(|b| b.last())
+        .and_then(|b| b["start"].as_str())
+        .and_then(crate::clock::Timestamp::parse_rfc3339)
+        .ok_or_else(|| anyhow::anyhow!("unexpected answer from the admin API"))?;
+    let from = crate::clock::Timestamp(today.0 - i64::from(days - 1) * crate::model::DAY_MS);
+    let path = format!(
+        "{base}?step=1d&from={}&to={}{ip}",
+        enc(&from.rfc3339()),
+        enc(&today.rfc3339())
+    );
+    Ok(c.call(Method::GET, &path, None).await?)
 }
 
 async fn status_cmd(

@@ -269,3 +269,104 @@ pub(super) fn print_secret(t: &Value, secret_only: bool) {
         s(t, "token")
     ));
 }
+
+/// A usage answer (`GET /v1/tokens/{name}/usage`) for a terminal: totals, refusals by reason,
+/// a sparkline of admitted requests (and one of refusals when there are any) and the span.
+pub(super) fn usage_text(name: &str, v: &Value) -> String {
+    let empty = Vec::new();
+    let buckets = v["buckets"].as_array().unwrap_or(&empty);
+    let n = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
+    let refused_of = |b: &Value| {
+        b["refused"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())
+    };
+    let requests: Vec<u64> = buckets.iter().map(|b| n(b, "requests")).collect();
+    let refused: Vec<u64> = buckets.iter().map(refused_of).collect();
+    let mut by_reason: Vec<(String, u64)> = Vec::new();
+    for b in buckets {
+        for (k, c) in b["refused"].as_object().into_iter().flatten() {
+            let c = c.as_u64().unwrap_or(0);
+            match by_reason.iter_mut().find(|(r, _)| r == k) {
+                Some((_, t)) => *t += c,
+                None => by_reason.push((k.clone(), c)),
+            }
+        }
+    }
+    by_reason.retain(|(_, c)| *c > 0);
+    let step = printable(v["step"].as_str().unwrap_or("?")).into_owned();
+    let span = match (buckets.first(), buckets.last()) {
+        (Some(a), Some(b)) => format!("{} .. {}", s(a, "start"), s(b, "start")),
+        _ => "-".into(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {} buckets of {step}, {span} (UTC)",
+        printable(name),
+        buckets.len()
+    );
+    let _ = writeln!(
+        out,
+        "requests  {:>10}  {}",
+        requests.iter().sum::<u64>(),
+        sparkline(&requests)
+    );
+    let total_refused: u64 = refused.iter().sum();
+    let _ = writeln!(
+        out,
+        "refused   {total_refused:>10}  {}",
+        sparkline(&refused)
+    );
+    for (reason, c) in by_reason {
+        let _ = writeln!(out, "  {:<16}{c:>10}", printable(&reason));
+    }
+    out
+}
+
+/// One character per value, `▁` (none) to `█` (the largest).
+pub(super) fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().max().unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| match v {
+            0 => BARS[0],
+            // 1..=max onto ▂..█ (rounded up: any use shows above the floor).
+            v => {
+                BARS[1 + usize::try_from((v * 7 - 1) / max.max(1))
+                    .unwrap_or(6)
+                    .min(6)]
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn sparklines_scale_to_the_largest_value() {
+        assert_eq!(sparkline(&[0, 1, 7, 14]), "▁▂▅█");
+        assert_eq!(sparkline(&[0, 0]), "▁▁");
+        assert_eq!(sparkline(&[]), "");
+    }
+
+    #[test]
+    fn usage_text_shows_totals_and_reasons() {
+        let v = serde_json::json!({"step": "1h", "buckets": [
+            {"start": "2027-01-01T10:00:00Z", "requests": 2, "refused": {"rate_limited": 1, "no_route": 0}},
+            {"start": "2027-01-01T11:00:00Z", "requests": 0, "refused": {"rate_limited": 2, "no_route": 0}},
+        ]});
+        let t = usage_text("feed-a", &v);
+        assert!(
+            t.starts_with("feed-a: 2 buckets of 1h, 2027-01-01T10:00:00Z .. 2027-01-01T11:00:00Z"),
+            "{t}"
+        );
+        assert!(t.contains("requests           2  █▁"), "{t}");
+        assert!(t.contains("refused            3  ▅█"), "{t}");
+        assert!(t.contains("  rate_limited             3"), "{t}");
+        assert!(!t.contains("no_route"), "{t}");
+    }
+}

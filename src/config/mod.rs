@@ -152,6 +152,8 @@ pub struct StoreConfig {
 pub struct UsageConfig {
     pub flush_interval: Duration,
     pub max_ips_per_token: usize,
+    /// How long the hourly usage counters are kept (SPEC §12): at least an hour.
+    pub history: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -454,7 +456,17 @@ impl RawConfig {
                 1,
                 10_000_000,
             )?,
+            history: duration("usage.history", &self.usage.history)?,
         };
+        if usage.history < Duration::from_secs(3600) {
+            return Err(invalid(
+                "usage.history",
+                format!(
+                    "must be at least 1h (hourly counters), got {:?}",
+                    self.usage.history
+                ),
+            ));
+        }
         let lifecycle = LifecycleConfig {
             inactive_after: positive("lifecycle.inactive_after", &self.lifecycle.inactive_after)?,
             delete_after: positive("lifecycle.delete_after", &self.lifecycle.delete_after)?,

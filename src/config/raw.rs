@@ -150,6 +150,8 @@ pub struct RawUsage {
     pub flush_interval: String,
     #[serde(deserialize_with = "lenient")]
     pub max_ips_per_token: u64,
+    /// How long the hourly usage counters are kept (SPEC §12).
+    pub history: String,
 }
 
 impl Default for RawUsage {
@@ -157,6 +159,7 @@ impl Default for RawUsage {
         RawUsage {
             flush_interval: "1s".into(),
             max_ips_per_token: 10000,
+            history: "90d".into(),
         }
     }
 }

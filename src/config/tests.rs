@@ -584,3 +584,21 @@ fn webhook_endpoints_need_their_own_secrets_and_an_hour_of_retention() {
         "{err}"
     );
 }
+
+#[test]
+fn usage_history_is_a_config_key_of_at_least_an_hour() {
+    assert_eq!(
+        Config::defaults().usage.history,
+        Duration::from_secs(90 * 86400)
+    );
+    let c = load_str("[usage]\nhistory = \"7d\"\n", &[]).unwrap();
+    assert_eq!(c.usage.history, Duration::from_secs(7 * 86400));
+    let c = load_str("", &[("TOKENGATE_USAGE__HISTORY", "2h")]).unwrap();
+    assert_eq!(c.usage.history, Duration::from_secs(7200));
+    for (value, why) in [("\"soon\"", "invalid duration"), ("\"30m\"", "at least 1h")] {
+        let e = load_str(&format!("[usage]\nhistory = {value}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("usage.history:") && e.contains(why), "{e}");
+    }
+}

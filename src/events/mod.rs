@@ -385,14 +385,14 @@ impl Router {
             return groups;
         }
         for d in batch {
-            let (Some(name), Some(at), Some(error)) =
-                (name_of(d.token_id), d.denied_at, d.denied_error)
+            let (Some(name), Some(ip), Some(at), Some(error)) =
+                (name_of(d.token_id), d.ip, d.denied_at, d.denied_error)
             else {
                 continue;
             };
             let (id, ip) = (
                 d.token_id.to_string(),
-                crate::net::canonical_ip(d.ip).to_string(),
+                crate::net::canonical_ip(ip).to_string(),
             );
             let hour = at.0.div_euclid(HOUR_MS);
             for row in self.rows(&Event::denied(&id, name, &ip, error.as_str(), at)) {

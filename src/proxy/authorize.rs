@@ -17,7 +17,7 @@ use crate::access::Access;
 use crate::clock::Timestamp;
 use crate::config::OnBackendError;
 use crate::error::ProxyError;
-use crate::model::{Denial, InactiveReason, Status};
+use crate::model::{Denial, InactiveReason, Refusal, Status};
 use crate::net;
 use crate::policy::{self, Effective};
 use crate::ratelimit::{self, RateLimit, Verdict};
@@ -177,13 +177,16 @@ impl Proxy {
                  the proxy in front forwards it as sent",
             ));
         }
+        // From here on every refusal is of a known token: counted by reason in its hourly
+        // history (SPEC §12), the same dashmap update a use costs.
+        let refuse = |why: Refusal, e: ProxyError| self.refused(&token, client_ip, now, why, e);
         // Row 7a. Past its expires_at: 401, and not a failed authentication.
         if status == Effective::Inactive(InactiveReason::Expired) {
-            return Err(ProxyError::TokenExpired);
+            return refuse(Refusal::TokenExpired, ProxyError::TokenExpired);
         }
         // Row 8. Status, row 9. IP block (counted in the IP's record).
         if status != Effective::Active {
-            return Err(ProxyError::TokenInactive);
+            return refuse(Refusal::TokenInactive, ProxyError::TokenInactive);
         }
         if policy::blocked_by(&token.blocks, client_ip).is_some() {
             self.usage
@@ -199,16 +202,16 @@ impl Proxy {
         // Row 10. Route, row 11. access.
         let (route, required, strip) = match want {
             Want::Route { forwarding } => {
-                let m = self
-                    .routes
-                    .find(host.as_deref(), &path)
-                    .ok_or(ProxyError::NoRoute)?;
-                let route = self.upstreams.get(*m.route).ok_or(ProxyError::NoRoute)?;
+                let found = self.routes.find(host.as_deref(), &path);
+                let Some((m, route)) = found.and_then(|m| Some((m, self.upstreams.get(*m.route)?)))
+                else {
+                    return refuse(Refusal::NoRoute, ProxyError::NoRoute);
+                };
                 ctx.route = Some(route);
                 ctx.note("route", &route.label);
                 if forwarding && route.target.is_none() {
                     // A forward-auth-only route does not exist on the proxy listener.
-                    return Err(ProxyError::NoRoute);
+                    return refuse(Refusal::NoRoute, ProxyError::NoRoute);
                 }
                 // `strip_prefix` removes the prefix's directory (the prefix without its
                 // trailing slash); what is left is the rest, or `/` for the directory itself.
@@ -226,12 +229,17 @@ impl Proxy {
             Want::Access(access) => (None, access, 0),
         };
         if !token.access.contains(required) {
-            return Err(ProxyError::AccessDenied);
+            return refuse(Refusal::AccessDenied, ProxyError::AccessDenied);
         }
         // Row 11a. The token's rate limit: only a request every check above let through
         // draws on it, and a refused one is not a use.
         let rate = match token.rate_limit() {
-            Some(limit) => self.check_rate(&token, limit, now).await?,
+            Some(limit) => match self.check_rate(&token, limit, now).await {
+                Err(e @ ProxyError::RateLimited { .. }) => {
+                    return self.refused(&token, client_ip, now, Refusal::RateLimited, e)
+                }
+                r => r?,
+            },
             None => None,
         };
         // Every check passed: this is a use, whatever the upstream answers.
@@ -251,6 +259,19 @@ impl Proxy {
             strip,
             rate,
         })
+    }
+
+    /// Counts a refusal of a known token in its hourly history (SPEC §12) and returns it.
+    fn refused<T>(
+        &self,
+        token: &TokenState,
+        client_ip: IpAddr,
+        now: Timestamp,
+        why: Refusal,
+        e: ProxyError,
+    ) -> Result<T, ProxyError> {
+        self.usage.record_refused(token.id, client_ip, why, now);
+        Err(e)
     }
 
     fn status_at(&self, token: &TokenState, now: Timestamp) -> Effective {

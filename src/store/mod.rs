@@ -24,7 +24,9 @@ use async_trait::async_trait;
 
 use crate::clock::Timestamp;
 use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow};
-use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
+use crate::model::{
+    AuditEntry, HourCounts, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta,
+};
 use crate::net::BlockEntry;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,8 @@ pub struct SweepCutoffs {
     pub delete_before: Timestamp,
     /// Audit rows older than this are pruned.
     pub audit_before: Timestamp,
+    /// Hourly usage rows of hours starting before this are pruned (`usage.history`).
+    pub usage_before: Timestamp,
     /// `lifecycle.inactive_after` in ms: a token deactivated as idle records `deactivated_at`
     /// = its idle start + this, the instant it lapsed, however late the sweep ran.
     pub inactive_after_ms: i64,
@@ -102,6 +106,8 @@ pub struct SweepOutcome {
     pub audit: Vec<AuditEntry>,
     /// Audit rows older than the retention that were pruned.
     pub pruned: usize,
+    /// Hourly usage rows older than `usage.history` that were pruned.
+    pub usage_pruned: usize,
 }
 
 /// Reachability of a store shared over the network, as its change follower last saw it.
@@ -217,11 +223,33 @@ pub trait Store: Send + Sync + 'static {
     /// the latest last use), raises each token's `last_used_at`, then trims each touched token
     /// to `max_ips` unblocked records, least recently used first. Deltas of tokens that no
     /// longer exist are dropped.
+    ///
+    /// Also adds each delta to the hourly history (SPEC §12): to its token's row of its hour,
+    /// and to its IP's row of that hour if the IP has a record once the batch is applied
+    /// (a refusal makes no record but of a blocked or not-allowed IP). A trimmed record's
+    /// hourly rows go with it.
     async fn flush_usage(&self, batch: &[UsageDelta], max_ips: usize) -> StoreResult<()>;
+    /// A token's hourly rows, its own (`ip` `None`) or one IP's, for the hours starting in
+    /// [`from`, `until`), oldest first; hours without a row are absent.
+    async fn usage_hours(
+        &self,
+        token_id: TokenId,
+        ip: Option<std::net::IpAddr>,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<HourCounts>>;
+    /// Per IP of a token, its requests per UTC day from the day starting at `since` on:
+    /// (IP as stored, day number from `since`, requests), days without a request absent.
+    async fn ip_days(
+        &self,
+        token_id: TokenId,
+        since: Timestamp,
+    ) -> StoreResult<Vec<(String, i64, u64)>>;
     /// Persists the idle policy at `at.now`: active tokens idle since `at.inactive_before` or
     /// earlier become inactive (reason idle); tokens idle since `at.delete_before` are deleted;
     /// each change gets an audit row (actor `idle-policy`) in the same transaction. Audit rows
-    /// older than `at.audit_before` are pruned.
+    /// older than `at.audit_before` and hourly usage rows of hours before `at.usage_before`
+    /// are pruned.
     ///
     /// `keep` lists token ids this instance knows were used recently (in memory, possibly not
     /// flushed yet): they are left alone whatever the store says.

@@ -185,6 +185,25 @@ fn previous_secret<R: Columns>(row: &R, i: usize) -> Result<Option<PreviousSecre
 }
 
 /// An IP record from [`IP_COLUMNS`].
+/// An hourly usage row: `hour` then `sql::HOUR_COLUMNS` (`Dialect::usage_hours_select`).
+pub(super) fn hour<R: Columns>(row: &R) -> Result<crate::model::HourCounts, R::Error> {
+    let mut sums: super::sql::HourSums = Default::default();
+    for (i, s) in sums.iter_mut().enumerate() {
+        *s = row.column(i + 1)?;
+    }
+    Ok(super::sql::hour_counts(row.column(0)?, sums))
+}
+
+/// One IP's requests on one day (`Dialect::ip_days_select`): ip, day number, requests.
+pub(super) fn ip_day<R: Columns>(row: &R) -> Result<(String, i64, u64), R::Error> {
+    let n: i64 = row.column(2)?;
+    Ok((
+        row.column(0)?,
+        row.column(1)?,
+        u64::try_from(n).unwrap_or(0),
+    ))
+}
+
 pub(super) fn ip<R: Columns>(row: &R) -> Result<IpRecord, R::Error> {
     let entry: String = row.column(0)?;
     let count = |i| row.column::<i64>(i).map(|n| u64::try_from(n).unwrap_or(0));

@@ -2,6 +2,9 @@
 //! dialect (parameters, the idle start, a list of ids to leave alone) and the
 //! least-recently-used trim of usage records.
 
+use std::collections::BTreeMap;
+
+use crate::model::{HourCounts, Refusal, TokenId, UsageDelta};
 use crate::net::BlockEntry;
 
 /// The SQL dialect of a store.
@@ -157,9 +160,156 @@ CREATE INDEX webhook_outbox_done ON webhook_outbox (status, last_attempt_at);
 CREATE INDEX webhook_outbox_by_time ON webhook_outbox (created_at);
 CREATE INDEX webhook_outbox_by_token ON webhook_outbox (token_id, event_type, created_at);";
 
+/// The hourly usage history (SPEC §12; SQLite migration 9, PostgreSQL 8), in SQL both read
+/// alike: one row per token, client IP and hour (`ip = ''`: the token's own row, every
+/// request and refusal of the token that hour), summed by every instance's flush. A token's
+/// rows go with it (cascade); an IP's go with its record (the least-recently-used trim) and
+/// all of them after `usage.history` (the sweep). The refusal columns are named after their
+/// error codes, in [`Refusal::ALL`]'s order ([`HOUR_COLUMNS`]).
+pub(super) const USAGE_HOURS_TABLE: &str = "CREATE TABLE usage_hours (
+    token_id       text NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    ip             text NOT NULL,
+    hour           bigint NOT NULL,
+    requests       bigint NOT NULL DEFAULT 0,
+    token_expired  bigint NOT NULL DEFAULT 0,
+    token_inactive bigint NOT NULL DEFAULT 0,
+    ip_blocked     bigint NOT NULL DEFAULT 0,
+    ip_not_allowed bigint NOT NULL DEFAULT 0,
+    no_route       bigint NOT NULL DEFAULT 0,
+    access_denied  bigint NOT NULL DEFAULT 0,
+    rate_limited   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (token_id, ip, hour)
+);
+CREATE INDEX usage_hours_by_time ON usage_hours (hour);";
+
+/// The counter columns of `usage_hours`: `requests`, then one per [`Refusal::ALL`], named by
+/// its error code.
+pub(super) const HOUR_COLUMNS: [&str; 1 + Refusal::COUNT] = {
+    let mut cols = ["requests"; 1 + Refusal::COUNT];
+    let mut i = 0;
+    while i < Refusal::COUNT {
+        cols[i + 1] = Refusal::ALL[i].code();
+        i += 1;
+    }
+    cols
+};
+
+/// One hourly row's counters in [`HOUR_COLUMNS`]' order.
+pub(super) type HourSums = [i64; 1 + Refusal::COUNT];
+
+/// A flush's hourly rows, one per (token, IP or `""` for the token's own row, hour start),
+/// in key order (the order PostgreSQL takes their row locks in): each delta adds to its IP's
+/// row (when it has an IP) and to its token's.
+pub(super) fn hour_rows(batch: &[UsageDelta]) -> BTreeMap<(TokenId, String, i64), HourSums> {
+    let mut rows: BTreeMap<(TokenId, String, i64), HourSums> = BTreeMap::new();
+    for d in batch {
+        let mut sums: HourSums = [0; 1 + Refusal::COUNT];
+        sums[0] = i64::try_from(d.requests).unwrap_or(i64::MAX);
+        for (s, r) in sums[1..].iter_mut().zip(d.refused) {
+            *s = i64::try_from(r).unwrap_or(i64::MAX);
+        }
+        if sums.iter().all(|&n| n == 0) {
+            continue;
+        }
+        let ip = d.ip.map(|ip| crate::net::canonical_ip(ip).to_string());
+        for key in std::iter::once(String::new()).chain(ip) {
+            let row = rows.entry((d.token_id, key, d.hour.0)).or_default();
+            for (a, b) in row.iter_mut().zip(sums) {
+                *a = a.saturating_add(b);
+            }
+        }
+    }
+    rows
+}
+
+/// An hourly row as read (`hour` then [`HOUR_COLUMNS`]).
+pub(super) fn hour_counts(hour: i64, sums: HourSums) -> HourCounts {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    HourCounts {
+        hour: crate::clock::Timestamp(hour),
+        requests: n(sums[0]),
+        refused: std::array::from_fn(|i| n(sums[i + 1])),
+    }
+}
+
+impl Dialect {
+    /// A token's hourly rows for one IP (`''`: its own) with hours in [from, until):
+    /// parameters token id, ip, from, until; columns `hour` then [`HOUR_COLUMNS`].
+    pub(super) fn usage_hours_select(self) -> String {
+        format!(
+            "SELECT hour, {cols} FROM usage_hours
+             WHERE token_id = {p1} AND ip = {p2} AND hour >= {p3} AND hour < {p4} ORDER BY hour",
+            cols = HOUR_COLUMNS.join(", "),
+            p1 = self.param(1),
+            p2 = self.param(2),
+            p3 = self.param(3),
+            p4 = self.param(4),
+        )
+    }
+
+    /// Per IP of a token, its requests per UTC day from the day starting at parameter 2:
+    /// (ip, day number from that day, requests).
+    pub(super) fn ip_days_select(self) -> String {
+        format!(
+            "SELECT ip, (hour - {p2}) / {day} AS day, CAST(sum(requests) AS bigint) FROM usage_hours
+             WHERE token_id = {p1} AND ip <> '' AND hour >= {p2} AND requests > 0
+             GROUP BY ip, day",
+            day = crate::model::DAY_MS,
+            p1 = self.param(1),
+            p2 = self.param(2),
+        )
+    }
+
+    /// `SET` of an hourly upsert: every counter adds the new row's.
+    pub(super) fn hour_sums_update(self) -> String {
+        HOUR_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = usage_hours.{c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_has_every_hour_column() {
+        for c in HOUR_COLUMNS {
+            assert!(USAGE_HOURS_TABLE.contains(&format!("    {c} ")), "{c}");
+        }
+    }
+
+    #[test]
+    fn a_flush_adds_each_delta_to_its_ips_row_and_its_tokens() {
+        let t = TokenId::generate();
+        let delta = |ip: Option<&str>, hour: i64, requests: u64, expired: u64| UsageDelta {
+            token_id: t,
+            ip: ip.map(|s| s.parse().unwrap()),
+            hour: crate::clock::Timestamp(hour),
+            refused: [expired, 0, 0, 0, 0, 0, 0],
+            requests,
+            denied: 0,
+            first_used_at: None,
+            last_used_at: None,
+            denied_at: None,
+            denied_error: None,
+        };
+        let rows = hour_rows(&[
+            delta(Some("192.0.2.1"), 0, 2, 0),
+            delta(Some("::ffff:192.0.2.1"), 0, 1, 1),
+            delta(Some("192.0.2.2"), 3_600_000, 1, 0),
+            delta(None, 0, 0, 4),
+            delta(Some("192.0.2.3"), 0, 0, 0),
+        ]);
+        let get = |ip: &str, hour: i64| rows[&(t, ip.to_string(), hour)];
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert_eq!(get("", 0), [3, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(get("192.0.2.1", 0), [3, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(get("", 3_600_000)[0], 1);
+        assert_eq!(get("192.0.2.2", 3_600_000)[0], 1);
+    }
 
     #[test]
     fn the_trim_drops_the_least_recently_used_uncovered_records() {

@@ -347,7 +347,10 @@
     auditSeq: 0,
     // The rate limit and allow-list the edit form was filled with: a save sends them only
     // when the form now differs, so it never undoes a change made elsewhere meanwhile.
-    editBase: { rate_limit: null, allowed_ips: null }
+    editBase: { rate_limit: null, allowed_ips: null },
+    // The usage chart's period: '24h' (hourly), '7d' or '30d' (daily).
+    usagePeriod: '24h',
+    usageSeq: 0
   };
 
   var VIEWS = ['view-signin', 'view-list', 'view-token', 'view-audit'];
@@ -385,6 +388,7 @@
     clear($('audit-rows'));
     clear($('ip-rows'));
     clear($('token-facts'));
+    clearUsage();
     ['create-dialog', 'secret-dialog', 'confirm-dialog'].forEach(function (id) {
       if ($(id).open) $(id).close();
     });
@@ -847,6 +851,7 @@
       $('token-body').hidden = false;
       if (fromNavigation) focusHeading('token-title');
       loadIps();
+      loadUsage();
     }, function (e) {
       if (seq !== state.tokenSeq || e.status === 401) return;
       setText('token-load-error', e.status === 404 ? 'There is no token named ' + name + '. It may have been deleted.' : e.message);
@@ -1073,6 +1078,7 @@
         el('td', { class: 'when' }, when(r.first_used_at, 'never')),
         el('td', { class: 'when' }, when(r.last_used_at, 'never')),
         el('td', { class: 'num requests', text: String(r.requests) }),
+        el('td', { class: 'week' }, sparkline(r.requests_7d)),
         el('td', { class: 'num denied', text: String(r.denied) }),
         blocked
       );
@@ -1213,6 +1219,166 @@
       if (e.status !== 401) setText('token-action-error', actionMessage(e));
     });
     loadIps();
+    loadUsage();
+  }
+
+  // --- usage over time (SPEC §12): stacked bars in inline SVG, a table beside them ---
+
+  // The chart's <svg> is in the page; its namespace is the one new SVG elements take.
+  function svgNs() { return $('usage-svg').namespaceURI; }
+  var REASONS = [
+    ['token_expired', 'Expired'],
+    ['token_inactive', 'Inactive'],
+    ['ip_blocked', 'IP blocked'],
+    ['ip_not_allowed', 'IP not allowed'],
+    ['no_route', 'No route'],
+    ['access_denied', 'Access denied'],
+    ['rate_limited', 'Rate limited']
+  ];
+  var PERIODS = { '24h': { days: 1, text: 'the last 24 hours' }, '7d': { days: 7, text: 'the last 7 days' }, '30d': { days: 30, text: 'the last 30 days' } };
+  var DAY_MS = 86400000;
+
+  function svg(tag, attrs) {
+    var node = document.createElementNS(svgNs(), tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
+    for (var i = 2; i < arguments.length; i++) node.appendChild(arguments[i]);
+    return node;
+  }
+
+  function refusedTotal(b) {
+    return REASONS.reduce(function (n, r) { return n + (b.refused[r[0]] || 0); }, 0);
+  }
+
+  // A bucket's start as the table and the hover text show it (UTC).
+  function bucketText(start, step) {
+    var d = new Date(start);
+    var day = d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate());
+    return step === '1d' ? day : day + ' ' + pad(d.getUTCHours()) + ':00';
+  }
+
+  function bucketDescription(b, step) {
+    var parts = REASONS.filter(function (r) { return b.refused[r[0]]; })
+      .map(function (r) { return r[1].toLowerCase() + ' ' + b.refused[r[0]]; });
+    return bucketText(b.start, step) + ' UTC: ' + b.requests + ' requests, ' + refusedTotal(b) + ' refused' +
+      (parts.length ? ' (' + parts.join(', ') + ')' : '');
+  }
+
+  function clearUsage() {
+    state.usageSeq++;
+    ['usage-summary', 'usage-error', 'usage-max', 'usage-first', 'usage-last'].forEach(function (id) { setText(id, ''); });
+    clear($('usage-svg'));
+    $('usage-svg').removeAttribute('viewBox');
+    clear($('usage-rows'));
+  }
+
+  function usageQuery(path, period) {
+    if (period === '24h') return Promise.resolve('?step=1h');
+    // Daily buckets ending today, the gateway's today: the last bucket of its default answer.
+    return api('GET', path + '?step=1d').then(function (probe) {
+      var today = Date.parse(probe.buckets[probe.buckets.length - 1].start);
+      var from = new Date(today - (PERIODS[period].days - 1) * DAY_MS).toISOString().replace('.000Z', 'Z');
+      var to = new Date(today).toISOString().replace('.000Z', 'Z');
+      return '?step=1d&from=' + encodeURIComponent(from) + '&to=' + encodeURIComponent(to);
+    });
+  }
+
+  function loadUsage() {
+    var t = state.token;
+    if (!t) return Promise.resolve();
+    var seq = ++state.usageSeq;
+    var period = state.usagePeriod;
+    var path = tokenPath(t.name) + '/usage';
+    setText('usage-error', '');
+    $('usage-card').setAttribute('aria-busy', 'true');
+    return usageQuery(path, period).then(function (q) {
+      return api('GET', path + q);
+    }).then(function (data) {
+      if (seq !== state.usageSeq) return;
+      renderUsage(data, period);
+    }, function (e) {
+      if (seq === state.usageSeq && e.status !== 401) setText('usage-error', e.message);
+    }).then(function () {
+      if (seq === state.usageSeq) $('usage-card').removeAttribute('aria-busy');
+    });
+  }
+
+  function choosePeriod(period) {
+    state.usagePeriod = period;
+    Array.prototype.forEach.call($('usage-card').querySelectorAll('[data-period]'), function (b) {
+      b.setAttribute('aria-pressed', b.getAttribute('data-period') === period ? 'true' : 'false');
+    });
+    loadUsage();
+  }
+
+  function renderUsage(data, period) {
+    var buckets = data.buckets;
+    var step = data.step;
+    var totalReq = 0, totalRef = 0, max = 0;
+    buckets.forEach(function (b) {
+      var r = refusedTotal(b);
+      totalReq += b.requests;
+      totalRef += r;
+      max = Math.max(max, b.requests + r);
+    });
+    setText('usage-summary', totalReq + ' requests and ' + totalRef + ' refused in ' + PERIODS[period].text +
+      (step === '1d' ? ', by UTC day.' : ', by hour.'));
+    setText('usage-max', max > 0 ? 'max ' + max : '');
+    setText('usage-first', buckets.length ? bucketText(buckets[0].start, step) : '');
+    setText('usage-last', buckets.length ? bucketText(buckets[buckets.length - 1].start, step) : '');
+    // One unit of width per bucket, 100 of height; the bars stretch to the frame's width.
+    var n = buckets.length;
+    var chart = $('usage-svg');
+    clear(chart);
+    chart.setAttribute('viewBox', '0 0 ' + Math.max(n, 1) + ' 100');
+    chart.setAttribute('aria-label', $('usage-summary').textContent);
+    chart.setAttribute('data-step', step);
+    buckets.forEach(function (b, i) {
+      var g = svg('g', { class: 'bar', 'data-start': b.start, 'data-requests': b.requests, 'data-refused': refusedTotal(b) },
+        svg('title', {}));
+      g.firstChild.textContent = bucketDescription(b, step);
+      var y = 100;
+      var segs = [['requests', b.requests]].concat(REASONS.map(function (r) { return [r[0], b.refused[r[0]] || 0]; }));
+      // Full height for the hover target, then the stacked segments from the bottom up.
+      g.appendChild(svg('rect', { x: i, y: 0, width: 1, height: 100, class: 'hit', fill: 'transparent' }));
+      segs.forEach(function (s) {
+        if (!s[1] || !max) return;
+        var h = s[1] / max * 100;
+        y -= h;
+        g.appendChild(svg('rect', { x: i + 0.1, y: y, width: 0.8, height: h, class: 'seg-' + s[0], 'data-reason': s[0], 'data-n': s[1] }));
+      });
+      chart.appendChild(g);
+    });
+    var legend = $('usage-legend');
+    clear(legend);
+    [['requests', 'Admitted']].concat(REASONS).forEach(function (r) {
+      legend.appendChild(el('li', null, svg('svg', { viewBox: '0 0 1 1' }, svg('rect', { width: 1, height: 1, class: 'seg-' + r[0] })), r[1]));
+    });
+    var rows = $('usage-rows');
+    clear(rows);
+    buckets.forEach(function (b) {
+      var parts = REASONS.filter(function (r) { return b.refused[r[0]]; })
+        .map(function (r) { return r[1] + ' ' + b.refused[r[0]]; });
+      rows.appendChild(el('tr', { 'data-start': b.start },
+        el('td', { class: 'when', text: bucketText(b.start, step) }),
+        el('td', { class: 'num', text: String(b.requests) }),
+        el('td', { class: 'num', text: String(refusedTotal(b)) }),
+        el('td', { text: parts.join(', ') })));
+    });
+  }
+
+  // The IP table's 7-day sparkline: one bar per day, oldest first, today last.
+  function sparkline(days) {
+    days = days || [];
+    var max = days.reduce(function (m, v) { return Math.max(m, v); }, 0);
+    var label = 'Requests per day, last 7 days: ' + days.join(', ');
+    var chart = svg('svg', { viewBox: '0 0 7 10', preserveAspectRatio: 'none', role: 'img', 'aria-label': label });
+    days.forEach(function (v, i) {
+      var h = max ? Math.max(v / max * 10, v ? 1 : 0) : 0;
+      chart.appendChild(v
+        ? svg('rect', { x: i + 0.1, y: 10 - h, width: 0.8, height: h, class: 'seg-requests', 'data-n': v })
+        : svg('rect', { x: i + 0.1, y: 9.5, width: 0.8, height: 0.5, class: 'empty-day', 'data-n': 0 }));
+    });
+    return el('span', { class: 'spark', title: label }, chart);
   }
 
   // --- audit log ---
@@ -1364,6 +1530,9 @@
     $('token-delete').addEventListener('click', deleteToken);
     $('edit-form').addEventListener('submit', submitEdit);
     $('ips-refresh').addEventListener('click', refreshToken);
+    Array.prototype.forEach.call($('usage-card').querySelectorAll('[data-period]'), function (b) {
+      b.addEventListener('click', function () { choosePeriod(b.getAttribute('data-period')); });
+    });
     $('select-all-ips').addEventListener('change', selectAllIps);
     $('ips-block').addEventListener('click', function () { blockSelected(true); });
     $('ips-unblock').addEventListener('click', function () { blockSelected(false); });

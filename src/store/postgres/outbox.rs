@@ -93,11 +93,13 @@ impl Inner {
         if router.wants(EventType::IpFirstSeen) {
             let (mut ids, mut entries, mut ats) = (Vec::new(), Vec::new(), Vec::new());
             for d in batch {
-                if let (Some(at), true) =
-                    (d.first_used_at, names.contains_key(&d.token_id.to_string()))
-                {
+                if let (Some(at), Some(ip), true) = (
+                    d.first_used_at,
+                    d.ip,
+                    names.contains_key(&d.token_id.to_string()),
+                ) {
                     ids.push(d.token_id.to_string());
-                    entries.push(crate::net::canonical_ip(d.ip).to_string());
+                    entries.push(crate::net::canonical_ip(ip).to_string());
                     ats.push(at);
                 }
             }

@@ -11,13 +11,18 @@ use tokio_postgres::Row;
 use super::{describe, follower, Fail, PostgresStore};
 use crate::clock::Timestamp;
 use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow};
-use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
+use crate::model::{
+    AuditEntry, HourCounts, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta,
+};
 use crate::net::BlockEntry;
 use crate::store::rows::{self, TOKEN_COLUMNS};
+use crate::store::sql::Dialect;
 use crate::store::{
     ChangeSink, Store, StoreError, StoreHealth, StoreResult, SweepCutoffs, SweepOutcome, TokenSink,
     LOAD_BATCH,
 };
+
+const SQL: Dialect = Dialect::Postgres;
 
 /// The token's block entries, read in the same statement (one snapshot), after
 /// [`TOKEN_COLUMNS`] of `tokens t`.
@@ -212,6 +217,37 @@ impl Store for PostgresStore {
         }
         self.run(batch.to_vec(), move |i, b| async move {
             i.flush_usage(&b, max_ips).await
+        })
+        .await
+    }
+
+    async fn usage_hours(
+        &self,
+        token_id: TokenId,
+        ip: Option<std::net::IpAddr>,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<HourCounts>> {
+        let ip = ip.map_or(String::new(), |ip| crate::net::canonical_ip(ip).to_string());
+        self.run((token_id.to_string(), ip), move |i, a| async move {
+            let c = i.client().await?;
+            let rows = c
+                .query(&SQL.usage_hours_select(), &[&a.0, &a.1, &from.0, &until.0])
+                .await?;
+            rows.iter().map(rows::hour).collect()
+        })
+        .await
+    }
+
+    async fn ip_days(
+        &self,
+        token_id: TokenId,
+        since: Timestamp,
+    ) -> StoreResult<Vec<(String, i64, u64)>> {
+        self.run(token_id.to_string(), move |i, id| async move {
+            let c = i.client().await?;
+            let rows = c.query(&SQL.ip_days_select(), &[&*id, &since.0]).await?;
+            rows.iter().map(rows::ip_day).collect()
         })
         .await
     }

@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // The webhook outbox (SPEC §10), as in SQLite's migration 8.
         crate::store::sql::OUTBOX_TABLE,
     ),
+    (
+        8,
+        // The hourly usage history (SPEC §12), as in SQLite's migration 9.
+        crate::store::sql::USAGE_HOURS_TABLE,
+    ),
 ];
 
 /// The unique constraint PostgreSQL names after `tokens.name_key` (`<table>_<column>_key`).

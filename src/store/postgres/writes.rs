@@ -316,10 +316,16 @@ impl Inner {
     ) -> Result<(), Fail> {
         // One row per (token, canonical IP), in key order (the order row locks are taken in).
         let mut merged: BTreeMap<(String, String), Merged> = BTreeMap::new();
+        let mut ids: Vec<String> = Vec::new();
         for d in batch {
+            ids.push(d.token_id.to_string());
+            // A refusal other than a block or the allow-list makes no record.
+            let Some(ip) = d.ip.filter(|_| d.requests > 0 || d.denied > 0) else {
+                continue;
+            };
             let key = (
                 d.token_id.to_string(),
-                crate::net::canonical_ip(d.ip).to_string(),
+                crate::net::canonical_ip(ip).to_string(),
             );
             let m = merged.entry(key).or_insert((0, 0, None, None));
             m.0 =
@@ -333,11 +339,8 @@ impl Inner {
                 m.3 = Some(m.3.map_or(l.0, |x| x.max(l.0)));
             }
         }
-        let ids: Vec<&str> = {
-            let mut v: Vec<&str> = merged.keys().map(|(id, _)| id.as_str()).collect();
-            v.dedup();
-            v
-        };
+        ids.sort_unstable();
+        ids.dedup();
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // Lock the tokens first, in id order: a token deleted meanwhile is simply absent
@@ -371,13 +374,9 @@ impl Inner {
                 *e = (*e).max(*l);
             }
         }
-        if t_ids.is_empty() {
-            tx.commit().await?;
-            self.written(events);
-            return Ok(());
-        }
         // LEAST/GREATEST ignore NULLs: the earliest first use and the latest last use win.
-        tx.execute(
+        if !t_ids.is_empty() {
+            tx.execute(
             "INSERT INTO token_ips (token_id, entry, first_used_at, last_used_at, requests, denied)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
              ON CONFLICT (token_id, entry) DO UPDATE SET
@@ -388,6 +387,8 @@ impl Inner {
             &[&t_ids, &entries, &firsts, &lasts, &reqs, &dens],
         )
         .await?;
+        }
+        write_hours(&tx, batch, &names).await?;
         if !raise.is_empty() {
             let r_ids: Vec<&str> = raise.keys().copied().collect();
             let r_last: Vec<i64> = raise.values().copied().collect();
@@ -472,6 +473,13 @@ impl Inner {
             .execute("DELETE FROM audit WHERE at < $1", &[&at.audit_before.0])
             .await?;
         out.pruned = usize::try_from(pruned).unwrap_or(usize::MAX);
+        let pruned = tx
+            .execute(
+                "DELETE FROM usage_hours WHERE hour < $1",
+                &[&at.usage_before.0],
+            )
+            .await?;
+        out.usage_pruned = usize::try_from(pruned).unwrap_or(usize::MAX);
         tx.commit().await?;
         self.written(events);
         Ok(out)
@@ -480,6 +488,53 @@ impl Inner {
 
 /// One usage row's sums in a flush: requests, denied, first use, last use (ms).
 type Merged = (i64, i64, Option<i64>, Option<i64>);
+
+/// The flush's hourly rows, summed into the other instances' (after the records: an IP's row
+/// is written only if it has one), in key order under the tokens' locks.
+async fn write_hours(
+    tx: &Transaction<'_>,
+    batch: &[UsageDelta],
+    names: &HashMap<String, String>,
+) -> Result<(), Fail> {
+    let mut cols: Vec<Vec<i64>> = vec![Vec::new(); sql::HOUR_COLUMNS.len()];
+    let (mut ids, mut ips, mut hours) = (Vec::new(), Vec::new(), Vec::new());
+    for ((id, ip, hour), sums) in sql::hour_rows(batch) {
+        let id = id.to_string();
+        if !names.contains_key(&id) {
+            continue;
+        }
+        ids.push(id);
+        ips.push(ip);
+        hours.push(hour);
+        for (col, n) in cols.iter_mut().zip(sums) {
+            col.push(n);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let names = sql::HOUR_COLUMNS.join(", ");
+    let arrays = (4..4 + sql::HOUR_COLUMNS.len())
+        .map(|i| format!("${i}::int8[]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statement = format!(
+        "INSERT INTO usage_hours (token_id, ip, hour, {names})
+         SELECT u.* FROM unnest($1::text[], $2::text[], $3::int8[], {arrays})
+            AS u(token_id, ip, hour, {names})
+         WHERE u.ip = '' OR EXISTS (SELECT 1 FROM token_ips i
+                                     WHERE i.token_id = u.token_id AND i.entry = u.ip)
+         ON CONFLICT (token_id, ip, hour) DO UPDATE SET {set}",
+        set = SQL.hour_sums_update(),
+    );
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&ids, &ips, &hours];
+    params.extend(
+        cols.iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
+    tx.execute(&statement, &params).await?;
+    Ok(())
+}
 
 /// Keeps at most `max_ips` unblocked records for a token (see [`sql::trim_victims`]).
 async fn trim_ips(tx: &Transaction<'_>, token_id: &str, max_ips: usize) -> Result<(), Fail> {
@@ -495,6 +550,12 @@ async fn trim_ips(tx: &Transaction<'_>, token_id: &str, max_ips: usize) -> Resul
     }
     tx.execute(
         "DELETE FROM token_ips WHERE token_id = $1 AND entry = ANY($2)",
+        &[&token_id, &doomed],
+    )
+    .await?;
+    // The history of the IP records it keeps (SPEC §12): an evicted record's goes too.
+    tx.execute(
+        "DELETE FROM usage_hours WHERE token_id = $1 AND ip = ANY($2)",
         &[&token_id, &doomed],
     )
     .await?;

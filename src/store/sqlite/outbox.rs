@@ -81,10 +81,11 @@ pub(super) fn usage_events(
         let mut seen = HashSet::new();
         let mut rows = Vec::new();
         for d in batch {
-            let (Some(at), Some(name)) = (d.first_used_at, names.get(&d.token_id)) else {
+            let (Some(at), Some(ip), Some(name)) = (d.first_used_at, d.ip, names.get(&d.token_id))
+            else {
                 continue;
             };
-            let ip = crate::net::canonical_ip(d.ip).to_string();
+            let ip = crate::net::canonical_ip(ip).to_string();
             let id = d.token_id.to_string();
             if !seen.insert((d.token_id, ip.clone()))
                 || used.exists(params![id, ip]).map_err(unavailable)?

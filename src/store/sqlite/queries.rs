@@ -13,7 +13,9 @@ use super::{
 use crate::audit;
 use crate::clock::Timestamp;
 use crate::events::{AttemptResult, Claimed, DeliveryRecord, OutboxRow, Router};
-use crate::model::{AuditEntry, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta};
+use crate::model::{
+    AuditEntry, HourCounts, IpRecord, TokenId, TokenRecord, TokenWithBlocks, UsageDelta,
+};
 use crate::net::BlockEntry;
 use crate::store::rows::{self, TOKEN_COLUMNS};
 use crate::store::sql::{self, Dialect};
@@ -378,6 +380,45 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn usage_hours(
+        &self,
+        token_id: TokenId,
+        ip: Option<std::net::IpAddr>,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<HourCounts>> {
+        let id = token_id.to_string();
+        let ip = ip.map_or(String::new(), |ip| crate::net::canonical_ip(ip).to_string());
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&SQL.usage_hours_select())
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![id, ip, from.0, until.0], |r| rows::hour(r))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ip_days(
+        &self,
+        token_id: TokenId,
+        since: Timestamp,
+    ) -> StoreResult<Vec<(String, i64, u64)>> {
+        let id = token_id.to_string();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&SQL.ip_days_select())
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![id, since.0], |r| rows::ip_day(r))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn sweep(&self, at: SweepCutoffs, keep: &[String]) -> StoreResult<SweepOutcome> {
         let keep = serde_json::Value::from(keep.to_vec()).to_string();
         let ev = self.router();
@@ -401,6 +442,12 @@ impl Store for SqliteStore {
             let pruned = tx
                 .execute("DELETE FROM audit WHERE at < ?1", [at.audit_before.0])
                 .map_err(unavailable)?;
+            let usage_pruned = tx
+                .execute(
+                    "DELETE FROM usage_hours WHERE hour < ?1",
+                    [at.usage_before.0],
+                )
+                .map_err(unavailable)?;
             commit(tx, ev.as_deref(), n)?;
             Ok(SweepOutcome {
                 deactivated,
@@ -408,6 +455,7 @@ impl Store for SqliteStore {
                 expired,
                 audit,
                 pruned,
+                usage_pruned,
             })
         })
         .await
@@ -630,10 +678,14 @@ fn flush_blocking(
             let Some((true, last)) = touched.get_mut(&d.token_id) else {
                 continue;
             };
+            // A refusal other than a block or the allow-list makes no record.
+            let Some(addr) = d.ip.filter(|_| d.requests > 0 || d.denied > 0) else {
+                continue;
+            };
             upsert
                 .execute(params![
                     d.token_id,
-                    ip.format(crate::net::canonical_ip(d.ip)),
+                    ip.format(crate::net::canonical_ip(addr)),
                     d.first_used_at.map(|x| x.0),
                     d.last_used_at.map(|x| x.0),
                     i64::try_from(d.requests).unwrap_or(i64::MAX),
@@ -655,12 +707,45 @@ fn flush_blocking(
             }
         }
     }
+    write_hours(&tx, batch, &touched)?;
     for (id, (found, _)) in &touched {
         if *found {
             trim_ips(&tx, &id.to_string(), max_ips)?;
         }
     }
     commit(tx, router, events)
+}
+
+/// The flush's hourly rows (after the records: an IP's row is written only if it has one).
+fn write_hours(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[UsageDelta],
+    touched: &HashMap<TokenId, (bool, Option<i64>)>,
+) -> Step<()> {
+    let cols = sql::HOUR_COLUMNS.join(", ");
+    let values = (4..4 + sql::HOUR_COLUMNS.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut upsert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO usage_hours (token_id, ip, hour, {cols})
+             SELECT ?1, ?2, ?3, {values}
+             WHERE ?2 = '' OR EXISTS (SELECT 1 FROM token_ips WHERE token_id = ?1 AND entry = ?2)
+             ON CONFLICT (token_id, ip, hour) DO UPDATE SET {set}",
+            set = SQL.hour_sums_update(),
+        ))
+        .map_err(unavailable)?;
+    for ((id, ip, hour), sums) in sql::hour_rows(batch) {
+        if !matches!(touched.get(&id), Some((true, _))) {
+            continue;
+        }
+        let [r, a, b, c, d, e, f, g] = sums;
+        upsert
+            .execute(params![id, ip, hour, r, a, b, c, d, e, f, g])
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// An IP's text form written into a reused buffer (a flush formats thousands of them).
@@ -699,8 +784,15 @@ fn trim_ips(tx: &rusqlite::Transaction<'_>, token_id: &str, max_ips: usize) -> S
     let mut del = tx
         .prepare_cached("DELETE FROM token_ips WHERE token_id = ?1 AND entry = ?2")
         .map_err(unavailable)?;
+    // The history of the IP records it keeps (SPEC §12): an evicted record's goes too.
+    let mut del_hours = tx
+        .prepare_cached("DELETE FROM usage_hours WHERE token_id = ?1 AND ip = ?2")
+        .map_err(unavailable)?;
     for entry in doomed {
         del.execute(params![token_id, entry]).map_err(unavailable)?;
+        del_hours
+            .execute(params![token_id, entry])
+            .map_err(unavailable)?;
     }
     Ok(())
 }

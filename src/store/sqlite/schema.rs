@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // The webhook outbox (SPEC §10), as in PostgreSQL's migration 7.
         crate::store::sql::OUTBOX_TABLE,
     ),
+    (
+        9,
+        // The hourly usage history (SPEC §12), as in PostgreSQL's migration 8.
+        crate::store::sql::USAGE_HOURS_TABLE,
+    ),
 ];
 
 pub(super) fn open_blocking(path: &Path) -> StoreResult<Connection> {
