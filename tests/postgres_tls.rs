@@ -189,7 +189,9 @@ async fn a_gateway_over_verify_full_encrypts_every_connection() {
         return;
     }
     let ca = Ca::new("tokengate test PostgreSQL CA");
-    let cluster = tls_cluster(&ca.server(&["127.0.0.1"]), &ca, TLS_ONLY).await;
+    // Plaintext allowed too, so a connection that skipped TLS would be counted below.
+    let either = "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 trust";
+    let cluster = tls_cluster(&ca.server(&["127.0.0.1"]), &ca, either).await;
     let files = tempfile::tempdir().unwrap();
     let root = write(files.path(), "ca.pem", &ca.pem());
     let url = format!(
