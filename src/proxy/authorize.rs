@@ -503,7 +503,7 @@ pub(crate) fn request_host<'r, B>(
     }
     let authority = req.uri().authority();
     let cached = match (header, known) {
-        (Some(v), Some(k)) if authority.is_none() => k.host_len(v.as_bytes()),
+        (Some(v), Some(k)) => k.host_len(v.as_bytes()),
         _ => None,
     };
     let from_header = match (header, cached) {
@@ -622,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn a_known_host_is_not_used_beside_an_authority() {
+    fn a_known_host_still_meets_the_authority_check() {
         let known = KnownHost::default();
         request_host(&with_host("a.example"), Some(&known)).unwrap();
         // Absolute form naming another host: the disagreement is still seen.

@@ -197,6 +197,11 @@ pub(super) const HOUR_COLUMNS: [&str; 1 + Refusal::COUNT] = {
 /// One hourly row's counters in [`HOUR_COLUMNS`]' order.
 pub(super) type HourSums = [i64; 1 + Refusal::COUNT];
 
+/// The `ip` column of an hourly row: the IP as stored, or `""` for the token's own row.
+pub(super) fn hour_ip(ip: Option<std::net::IpAddr>) -> String {
+    ip.map_or(String::new(), |ip| crate::net::canonical_ip(ip).to_string())
+}
+
 /// A flush's hourly rows, one per (token, IP or `""` for the token's own row, hour start),
 /// in key order (the order PostgreSQL takes their row locks in): each delta adds to its IP's
 /// row (when it has an IP) and to its token's.
@@ -211,8 +216,8 @@ pub(super) fn hour_rows(batch: &[UsageDelta]) -> BTreeMap<(TokenId, String, i64)
         if sums.iter().all(|&n| n == 0) {
             continue;
         }
-        let ip = d.ip.map(|ip| crate::net::canonical_ip(ip).to_string());
-        for key in std::iter::once(String::new()).chain(ip) {
+        let own = std::iter::once(hour_ip(None));
+        for key in own.chain(d.ip.map(|ip| hour_ip(Some(ip)))) {
             let row = rows.entry((d.token_id, key, d.hour.0)).or_default();
             for (a, b) in row.iter_mut().zip(sums) {
                 *a = a.saturating_add(b);

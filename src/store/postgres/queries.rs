@@ -228,7 +228,7 @@ impl Store for PostgresStore {
         from: Timestamp,
         until: Timestamp,
     ) -> StoreResult<Vec<HourCounts>> {
-        let ip = ip.map_or(String::new(), |ip| crate::net::canonical_ip(ip).to_string());
+        let ip = crate::store::sql::hour_ip(ip);
         self.run((token_id.to_string(), ip), move |i, a| async move {
             let c = i.client().await?;
             let rows = c

@@ -388,7 +388,7 @@ impl Store for SqliteStore {
         until: Timestamp,
     ) -> StoreResult<Vec<HourCounts>> {
         let id = token_id.to_string();
-        let ip = ip.map_or(String::new(), |ip| crate::net::canonical_ip(ip).to_string());
+        let ip = crate::store::sql::hour_ip(ip);
         self.run(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&SQL.usage_hours_select())
